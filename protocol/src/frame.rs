@@ -1,0 +1,487 @@
+//! Frames exchanged over the WebSocket, in JSON (text frames) or MessagePack (binary
+//! frames, maps with the same field names). Every frame is one object with a `type`.
+//!
+//! Decoding goes through a flat struct of optional fields rather than a tagged enum:
+//! it keeps the payload's JSON text borrowed-free and lets errors name the missing
+//! field and echo the correlation id when it was readable.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorCode, Payload, ProtocolError, Publication};
+
+/// Subprotocol selecting JSON text frames (the default when none is offered).
+pub const JSON_PROTOCOL: &str = "tidings.json";
+/// Subprotocol selecting MessagePack binary frames.
+pub const MSGPACK_PROTOCOL: &str = "tidings.msgpack";
+/// Prefix of a `Sec-WebSocket-Protocol` entry carrying the JWT (for browsers, which
+/// cannot set an `Authorization` header). Never echoed back.
+pub const TOKEN_PROTOCOL_PREFIX: &str = "tidings.token.";
+
+/// The frame encoding of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Json,
+    MsgPack,
+}
+
+impl Encoding {
+    pub fn from_subprotocol(name: &str) -> Option<Self> {
+        match name {
+            JSON_PROTOCOL => Some(Encoding::Json),
+            MSGPACK_PROTOCOL => Some(Encoding::MsgPack),
+            _ => None,
+        }
+    }
+
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Encoding::Json => JSON_PROTOCOL,
+            Encoding::MsgPack => MSGPACK_PROTOCOL,
+        }
+    }
+
+    /// JSON travels in text frames, MessagePack in binary frames.
+    pub fn is_text(self) -> bool {
+        self == Encoding::Json
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::MsgPack => "msgpack",
+        }
+    }
+
+    pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes, ProtocolError> {
+        match self {
+            Encoding::Json => serde_json::to_vec(value)
+                .map(Bytes::from)
+                .map_err(|e| ProtocolError::Encode(e.to_string())),
+            Encoding::MsgPack => rmp_serde::to_vec_named(value)
+                .map(Bytes::from)
+                .map_err(|e| ProtocolError::Encode(e.to_string())),
+        }
+    }
+
+    fn decode<'de, T: Deserialize<'de>>(self, bytes: &'de [u8]) -> Result<T, String> {
+        match self {
+            Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Where a subscriber left off in a channel's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    Subscribe {
+        id: u64,
+        channel: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<Since>,
+    },
+    Unsubscribe {
+        id: u64,
+        channel: String,
+    },
+    Publish {
+        id: u64,
+        channel: String,
+        event: String,
+        payload: Payload,
+    },
+    Refresh {
+        id: u64,
+        token: String,
+    },
+    Ack {
+        id: u64,
+        offset: u64,
+    },
+    Pong,
+}
+
+impl ClientFrame {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Subscribe { .. } => "subscribe",
+            ClientFrame::Unsubscribe { .. } => "unsubscribe",
+            ClientFrame::Publish { .. } => "publish",
+            ClientFrame::Refresh { .. } => "refresh",
+            ClientFrame::Ack { .. } => "ack",
+            ClientFrame::Pong => "pong",
+        }
+    }
+
+    pub fn encode(&self, enc: Encoding) -> Result<Bytes, ProtocolError> {
+        enc.encode(self)
+    }
+}
+
+#[derive(Deserialize)]
+struct FlatClient {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    id: Option<u64>,
+    channel: Option<String>,
+    event: Option<String>,
+    payload: Option<Payload>,
+    token: Option<String>,
+    since: Option<Since>,
+    offset: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: Option<u64>,
+}
+
+fn frame_err(code: ErrorCode, id: Option<u64>, message: impl Into<String>) -> ProtocolError {
+    ProtocolError::Frame {
+        code,
+        id,
+        message: message.into(),
+    }
+}
+
+/// Decodes a client frame. Errors carry the correlation id when it could be read.
+pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, ProtocolError> {
+    let flat: FlatClient = match enc.decode(bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            let id = enc.decode::<IdOnly>(bytes).ok().and_then(|i| i.id);
+            return Err(frame_err(ErrorCode::BadFrame, id, e));
+        }
+    };
+    let id = flat.id;
+    let kind = flat
+        .kind
+        .ok_or_else(|| frame_err(ErrorCode::BadFrame, id, "missing field `type`"))?;
+    if kind == "pong" {
+        return Ok(ClientFrame::Pong);
+    }
+    let need_id = || id.ok_or_else(|| frame_err(ErrorCode::BadRequest, None, "missing field `id`"));
+    let need = |v: Option<String>, field: &str| {
+        v.ok_or_else(|| frame_err(ErrorCode::BadRequest, id, format!("missing field `{field}`")))
+    };
+    Ok(match kind.as_str() {
+        "subscribe" => ClientFrame::Subscribe {
+            id: need_id()?,
+            channel: need(flat.channel, "channel")?,
+            since: flat.since,
+        },
+        "unsubscribe" => ClientFrame::Unsubscribe {
+            id: need_id()?,
+            channel: need(flat.channel, "channel")?,
+        },
+        "publish" => ClientFrame::Publish {
+            id: need_id()?,
+            channel: need(flat.channel, "channel")?,
+            event: flat
+                .event
+                .unwrap_or_else(|| crate::envelope::DEFAULT_EVENT.to_owned()),
+            payload: flat.payload.unwrap_or_else(Payload::null),
+        },
+        "refresh" => ClientFrame::Refresh {
+            id: need_id()?,
+            token: need(flat.token, "token")?,
+        },
+        "ack" => ClientFrame::Ack {
+            id: need_id()?,
+            offset: flat
+                .offset
+                .ok_or_else(|| frame_err(ErrorCode::BadRequest, id, "missing field `offset`"))?,
+        },
+        other => {
+            return Err(frame_err(
+                ErrorCode::UnknownType,
+                id,
+                format!("unknown frame type `{}`", other.chars().take(32).collect::<String>()),
+            ));
+        }
+    })
+}
+
+/// Limits advertised in `welcome` so clients can stay inside them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Largest inbound frame; bigger ones close the connection with 1009.
+    pub max_message_bytes: u64,
+    /// Largest `publish` payload (JSON text bytes).
+    pub max_payload_bytes: u64,
+    /// Channels one connection may hold besides its personal channel.
+    pub max_channels: u32,
+    /// Sustained inbound frames per second, and the burst allowed above it.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+}
+
+/// First frame on every connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub session: String,
+    pub node: String,
+    pub user: String,
+    /// The personal channel the connection is already subscribed to.
+    pub channel: String,
+    pub heartbeat_ms: u64,
+    /// Token expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+    pub limits: Limits,
+}
+
+/// A notification delivered to the client.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Message {
+    pub channel: String,
+    pub event: String,
+    pub payload: Payload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    pub ts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// The answer to a client request, echoing its `id` (absent when the request was
+/// too malformed to carry one).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Reply {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    pub fn ok(id: u64, result: serde_json::Value) -> Self {
+        Self {
+            id: Some(id),
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
+    pub fn error(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            ok: false,
+            result: None,
+            error: Some(ErrorBody {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome(Welcome),
+    Message(Message),
+    Reply(Reply),
+    Ping,
+}
+
+impl ServerFrame {
+    pub fn encode(&self, enc: Encoding) -> Result<Bytes, ProtocolError> {
+        enc.encode(self)
+    }
+}
+
+#[derive(Serialize)]
+struct MessageRef<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    channel: &'a str,
+    event: &'a str,
+    payload: &'a Payload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    msg_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    ts: u64,
+}
+
+/// Encodes the `message` frame for a publication without copying its fields; the
+/// gateway calls this once per publication and encoding.
+pub fn encode_message(enc: Encoding, p: &Publication) -> Result<Bytes, ProtocolError> {
+    enc.encode(&MessageRef {
+        kind: "message",
+        channel: &p.channel,
+        event: &p.event,
+        payload: &p.payload,
+        msg_id: p.id.as_deref(),
+        offset: p.offset,
+        ts: p.ts,
+    })
+}
+
+#[derive(Deserialize)]
+struct FlatServer {
+    #[serde(rename = "type")]
+    kind: String,
+    id: Option<u64>,
+    session: Option<String>,
+    node: Option<String>,
+    user: Option<String>,
+    channel: Option<String>,
+    heartbeat_ms: Option<u64>,
+    expires_at: Option<u64>,
+    limits: Option<Limits>,
+    event: Option<String>,
+    payload: Option<Payload>,
+    msg_id: Option<String>,
+    offset: Option<u64>,
+    ts: Option<u64>,
+    ok: Option<bool>,
+    result: Option<serde_json::Value>,
+    error: Option<ErrorBody>,
+}
+
+/// Decodes a server frame (for clients and tests).
+pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<ServerFrame, ProtocolError> {
+    let f: FlatServer = enc
+        .decode(bytes)
+        .map_err(|e| frame_err(ErrorCode::BadFrame, None, e))?;
+    let missing = |field: &str| frame_err(ErrorCode::BadRequest, f.id, format!("missing `{field}`"));
+    Ok(match f.kind.as_str() {
+        "welcome" => ServerFrame::Welcome(Welcome {
+            session: f.session.clone().ok_or_else(|| missing("session"))?,
+            node: f.node.clone().ok_or_else(|| missing("node"))?,
+            user: f.user.clone().ok_or_else(|| missing("user"))?,
+            channel: f.channel.clone().ok_or_else(|| missing("channel"))?,
+            heartbeat_ms: f.heartbeat_ms.ok_or_else(|| missing("heartbeat_ms"))?,
+            expires_at: f.expires_at.ok_or_else(|| missing("expires_at"))?,
+            limits: f.limits.clone().ok_or_else(|| missing("limits"))?,
+        }),
+        "message" => ServerFrame::Message(Message {
+            channel: f.channel.clone().ok_or_else(|| missing("channel"))?,
+            event: f.event.clone().ok_or_else(|| missing("event"))?,
+            payload: f.payload.clone().unwrap_or_else(Payload::null),
+            msg_id: f.msg_id.clone(),
+            offset: f.offset,
+            ts: f.ts.unwrap_or(0),
+        }),
+        "reply" => ServerFrame::Reply(Reply {
+            id: f.id,
+            ok: f.ok.ok_or_else(|| missing("ok"))?,
+            result: f.result.clone(),
+            error: f.error.clone(),
+        }),
+        "ping" => ServerFrame::Ping,
+        other => {
+            return Err(frame_err(
+                ErrorCode::UnknownType,
+                f.id,
+                format!("unknown frame type `{other}`"),
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn both() -> [Encoding; 2] {
+        [Encoding::Json, Encoding::MsgPack]
+    }
+
+    #[test]
+    fn client_frames_round_trip() {
+        let frames = vec![
+            ClientFrame::Subscribe {
+                id: 1,
+                channel: "news".into(),
+                since: Some(Since {
+                    offset: 3,
+                    epoch: "e".into(),
+                }),
+            },
+            ClientFrame::Unsubscribe {
+                id: 2,
+                channel: "news".into(),
+            },
+            ClientFrame::Publish {
+                id: 3,
+                channel: "room:1".into(),
+                event: "typing".into(),
+                payload: Payload::from_json(r#"{"who":"a","n":[1,2]}"#).unwrap(),
+            },
+            ClientFrame::Refresh {
+                id: 4,
+                token: "t".into(),
+            },
+            ClientFrame::Ack { id: 5, offset: 9 },
+            ClientFrame::Pong,
+        ];
+        for enc in both() {
+            for f in &frames {
+                let bytes = f.encode(enc).unwrap();
+                assert_eq!(&decode_client(enc, &bytes).unwrap(), f, "{enc:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn client_errors_name_the_problem() {
+        let e = decode_client(Encoding::Json, br#"{"type":"subscribe","id":7}"#).unwrap_err();
+        assert!(matches!(e, ProtocolError::Frame { code: ErrorCode::BadRequest, id: Some(7), .. }));
+        let e = decode_client(Encoding::Json, br#"{"type":"dance","id":8}"#).unwrap_err();
+        assert!(matches!(e, ProtocolError::Frame { code: ErrorCode::UnknownType, id: Some(8), .. }));
+        let e = decode_client(Encoding::Json, b"not json").unwrap_err();
+        assert!(matches!(e, ProtocolError::Frame { code: ErrorCode::BadFrame, id: None, .. }));
+        let e = decode_client(Encoding::Json, br#"{"type":"subscribe","id":9,"channel":5}"#)
+            .unwrap_err();
+        assert!(matches!(e, ProtocolError::Frame { code: ErrorCode::BadFrame, id: Some(9), .. }));
+        let e = decode_client(Encoding::MsgPack, b"\xc1").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        let mut p = Publication::new("news", "created", Payload::from_json(r#"{"x":1}"#).unwrap());
+        p.offset = Some(4);
+        for enc in both() {
+            let bytes = encode_message(enc, &p).unwrap();
+            match decode_server(enc, &bytes).unwrap() {
+                ServerFrame::Message(m) => {
+                    assert_eq!(m.channel, "news");
+                    assert_eq!(m.payload.json(), r#"{"x":1}"#);
+                    assert_eq!(m.offset, Some(4));
+                    assert_eq!(m.ts, p.ts);
+                }
+                other => panic!("{other:?}"),
+            }
+            let r = ServerFrame::Reply(Reply::error(Some(3), ErrorCode::Forbidden, "no"));
+            assert_eq!(decode_server(enc, &r.encode(enc).unwrap()).unwrap(), r);
+            let ping = ServerFrame::Ping;
+            assert_eq!(decode_server(enc, &ping.encode(enc).unwrap()).unwrap(), ping);
+        }
+        let json = encode_message(Encoding::Json, &p).unwrap();
+        let text = std::str::from_utf8(&json).unwrap();
+        assert!(text.starts_with(r#"{"type":"message","channel":"news""#), "{text}");
+    }
+}
