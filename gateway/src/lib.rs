@@ -1,1 +1,178 @@
-//! placeholder
+//! A Tidings gateway node: holds client WebSocket connections and delivers
+//! notifications to them.
+//!
+//! Data flows socket -> session -> hub -> broker and back. [`server`] accepts TCP
+//! connections and [`handshake`] authenticates the upgrade (JWT) before the 101;
+//! [`socket`] runs one task per connection, feeding client frames to its
+//! [`session`] (subscriptions, publishes, token refresh) and writing what the
+//! [`outbox`] holds. The [`hub`] keeps which local connections want which channel
+//! and fans a publication out by pushing one shared encoded frame into each outbox.
+//! The [`broker`] carries publications between nodes (in memory for a single node)
+//! and subscribes only to channels the hub has local interest in. [`api`] is the
+//! HTTP publish endpoint for backends; [`metrics`] and the admin listener expose
+//! health. [`run`] wires it all and drains connections on shutdown.
+
+pub mod api;
+pub mod auth;
+pub mod broker;
+pub mod config;
+mod error;
+pub mod handshake;
+pub mod heartbeat;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod ratelimit;
+pub mod server;
+pub mod session;
+pub mod socket;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+pub use config::Config;
+pub use error::{GatewayError, SessionEnd};
+
+use broker::{Broker, MemoryBroker};
+use hub::{Hub, Table};
+use metrics::Metrics;
+use node::Node;
+
+/// Runs a node until `shutdown` resolves, then drains its connections and returns.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    let metrics = Arc::new(Metrics::new());
+    let verifier = auth::Verifier::new(&config.jwt)?;
+    let table = Arc::new(Table::new(metrics.clone()));
+    let broker: Arc<dyn Broker> = match &config.redis_url {
+        None => Arc::new(MemoryBroker::new(table.clone())),
+        Some(_) => {
+            return Err(GatewayError::Config {
+                setting: "redis-url",
+                message: "the Redis broker is not built into this version".into(),
+            });
+        }
+    };
+    metrics.broker.up.set(1);
+    let hub = Hub::new(table, broker, metrics.clone());
+    let listen = config.listen;
+    let admin_listen = config.admin_listen;
+    let node =
+        Arc::new(
+            Node::new(config, hub, metrics, verifier).map_err(|e| GatewayError::Config {
+                setting: "protocol",
+                message: e.to_string(),
+            })?,
+        );
+    let public = TcpListener::bind(listen)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let admin = TcpListener::bind(admin_listen)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: admin_listen,
+            source,
+        })?;
+    let addr = public.local_addr().map_err(|source| GatewayError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let admin_addr = admin.local_addr().map_err(|source| GatewayError::Bind {
+        addr: admin_listen,
+        source,
+    })?;
+    tracing::info!(
+        %addr,
+        %admin_addr,
+        node = %node.config.node_id,
+        broker = if node.config.redis_url.is_some() { "redis" } else { "memory" },
+        "listening"
+    );
+    let public_task = tokio::spawn(server::serve_public(public, node.clone()));
+    let admin_task = tokio::spawn(server::serve_admin(admin, node.clone()));
+    shutdown.await;
+    drain(&node).await;
+    public_task.abort();
+    admin_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Closes every connection with 1001 in jittered batches spread over the drain
+/// period, so the remaining nodes see a steady trickle of reconnects, not a storm.
+async fn drain(node: &Arc<Node>) {
+    node.start_draining();
+    let period = node.config.drain_period;
+    let mut targets = node.hub.table().outboxes(protocol::channel::BROADCAST);
+    targets.shuffle(&mut rand::rng());
+    tracing::info!(connections = targets.len(), period = ?period, "draining");
+    let start = Instant::now();
+    let slots = (period.as_millis() / 50).clamp(1, targets.len().max(1) as u128) as usize;
+    let per_slot = targets.len().div_ceil(slots).max(1);
+    for (i, batch) in targets.chunks(per_slot).enumerate() {
+        let slot_len = period / slots as u32;
+        let jitter = slot_len.mul_f64(rand::random::<f64>());
+        tokio::time::sleep_until(start + slot_len * i as u32 + jitter).await;
+        for outbox in batch {
+            outbox.close(protocol::close::GOING_AWAY);
+        }
+    }
+    // Give closing handshakes a moment; stuck peers are cut when the process exits.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while node.metrics.open_connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// Installs the tracing subscriber in the configured format.
+pub fn init_tracing(config: &Config) -> Result<(), GatewayError> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&config.log).map_err(|e| GatewayError::Config {
+            setting: "log",
+            message: e.to_string(),
+        })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match config.log_format {
+        config::LogFormat::Human => builder.try_init(),
+        config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| GatewayError::Config {
+        setting: "log",
+        message: e.to_string(),
+    })
+}

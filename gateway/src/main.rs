@@ -1,1 +1,29 @@
-fn main() {}
+//! The `gateway` binary: parse configuration, start tracing, run until a signal.
+
+use anyhow::Context;
+use clap::Parser;
+use gateway::config::{Cli, Command};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::MintToken(m)) = cli.command {
+        let token = gateway::auth::mint_hs256(
+            m.secret.as_bytes(),
+            &m.sub,
+            m.ttl.0.as_secs(),
+            &m.subscribe,
+            &m.publish,
+        )
+        .context("cannot mint token")?;
+        println!("{token}");
+        return Ok(());
+    }
+    let config = gateway::Config::from_settings(cli.settings)?;
+    gateway::init_tracing(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(gateway::run(config, gateway::shutdown_signal()))?;
+    Ok(())
+}

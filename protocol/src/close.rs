@@ -29,7 +29,15 @@ pub const UNAUTHORIZED: u16 = 4004;
 /// Whether a client should reconnect automatically after this close code (with its
 /// usual backoff). Auth failures must not loop: the client needs a new token first.
 pub fn should_reconnect(code: u16) -> bool {
-    !matches!(code, NORMAL | TOKEN_EXPIRED | UNAUTHORIZED | POLICY_VIOLATION | MESSAGE_TOO_BIG | INVALID_PAYLOAD)
+    !matches!(
+        code,
+        NORMAL
+            | TOKEN_EXPIRED
+            | UNAUTHORIZED
+            | POLICY_VIOLATION
+            | MESSAGE_TOO_BIG
+            | INVALID_PAYLOAD
+    )
 }
 
 /// Whether the client must obtain a fresh token before it reconnects.

@@ -171,7 +171,13 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, Protoco
     }
     let need_id = || id.ok_or_else(|| frame_err(ErrorCode::BadRequest, None, "missing field `id`"));
     let need = |v: Option<String>, field: &str| {
-        v.ok_or_else(|| frame_err(ErrorCode::BadRequest, id, format!("missing field `{field}`")))
+        v.ok_or_else(|| {
+            frame_err(
+                ErrorCode::BadRequest,
+                id,
+                format!("missing field `{field}`"),
+            )
+        })
     };
     Ok(match kind.as_str() {
         "subscribe" => ClientFrame::Subscribe {
@@ -205,7 +211,10 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, Protoco
             return Err(frame_err(
                 ErrorCode::UnknownType,
                 id,
-                format!("unknown frame type `{}`", other.chars().take(32).collect::<String>()),
+                format!(
+                    "unknown frame type `{}`",
+                    other.chars().take(32).collect::<String>()
+                ),
             ));
         }
     })
@@ -365,7 +374,8 @@ pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<ServerFrame, Protoco
     let f: FlatServer = enc
         .decode(bytes)
         .map_err(|e| frame_err(ErrorCode::BadFrame, None, e))?;
-    let missing = |field: &str| frame_err(ErrorCode::BadRequest, f.id, format!("missing `{field}`"));
+    let missing =
+        |field: &str| frame_err(ErrorCode::BadRequest, f.id, format!("missing `{field}`"));
     Ok(match f.kind.as_str() {
         "welcome" => ServerFrame::Welcome(Welcome {
             session: f.session.clone().ok_or_else(|| missing("session"))?,
@@ -448,14 +458,45 @@ mod tests {
     #[test]
     fn client_errors_name_the_problem() {
         let e = decode_client(Encoding::Json, br#"{"type":"subscribe","id":7}"#).unwrap_err();
-        assert!(matches!(e, ProtocolError::Frame { code: ErrorCode::BadRequest, id: Some(7), .. }));
+        assert!(matches!(
+            e,
+            ProtocolError::Frame {
+                code: ErrorCode::BadRequest,
+                id: Some(7),
+                ..
+            }
+        ));
         let e = decode_client(Encoding::Json, br#"{"type":"dance","id":8}"#).unwrap_err();
-        assert!(matches!(e, ProtocolError::Frame { code: ErrorCode::UnknownType, id: Some(8), .. }));
+        assert!(matches!(
+            e,
+            ProtocolError::Frame {
+                code: ErrorCode::UnknownType,
+                id: Some(8),
+                ..
+            }
+        ));
         let e = decode_client(Encoding::Json, b"not json").unwrap_err();
-        assert!(matches!(e, ProtocolError::Frame { code: ErrorCode::BadFrame, id: None, .. }));
-        let e = decode_client(Encoding::Json, br#"{"type":"subscribe","id":9,"channel":5}"#)
-            .unwrap_err();
-        assert!(matches!(e, ProtocolError::Frame { code: ErrorCode::BadFrame, id: Some(9), .. }));
+        assert!(matches!(
+            e,
+            ProtocolError::Frame {
+                code: ErrorCode::BadFrame,
+                id: None,
+                ..
+            }
+        ));
+        let e = decode_client(
+            Encoding::Json,
+            br#"{"type":"subscribe","id":9,"channel":5}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            ProtocolError::Frame {
+                code: ErrorCode::BadFrame,
+                id: Some(9),
+                ..
+            }
+        ));
         let e = decode_client(Encoding::MsgPack, b"\xc1").unwrap_err();
         assert_eq!(e.code(), ErrorCode::BadFrame);
     }
@@ -478,10 +519,16 @@ mod tests {
             let r = ServerFrame::Reply(Reply::error(Some(3), ErrorCode::Forbidden, "no"));
             assert_eq!(decode_server(enc, &r.encode(enc).unwrap()).unwrap(), r);
             let ping = ServerFrame::Ping;
-            assert_eq!(decode_server(enc, &ping.encode(enc).unwrap()).unwrap(), ping);
+            assert_eq!(
+                decode_server(enc, &ping.encode(enc).unwrap()).unwrap(),
+                ping
+            );
         }
         let json = encode_message(Encoding::Json, &p).unwrap();
         let text = std::str::from_utf8(&json).unwrap();
-        assert!(text.starts_with(r#"{"type":"message","channel":"news""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"type":"message","channel":"news""#),
+            "{text}"
+        );
     }
 }

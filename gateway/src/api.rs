@@ -1,0 +1,284 @@
+//! The HTTP publish API for backends in any language: `POST /api/v1/publish` and
+//! `POST /api/v1/publish/batch`, authenticated by an API key (Bearer). Publications
+//! go through the hub's broker, the same path client publishes take.
+
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use protocol::channel::{self, BROADCAST};
+use protocol::{Payload, Publication, envelope};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::broker::Receipt;
+use crate::http::{Body, bearer, error, json};
+use crate::node::Node;
+
+/// Most targets (users or channels) in one publish request.
+pub const MAX_TARGETS: usize = 1000;
+/// Most messages in one batch request.
+pub const MAX_BATCH: usize = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    user: Option<String>,
+    users: Option<Vec<String>>,
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    broadcast: bool,
+    event: Option<String>,
+    payload: Option<Payload>,
+    /// Message id, passed to clients as `msg_id`.
+    id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    messages: Vec<PublishRequest>,
+}
+
+struct Invalid(String);
+
+/// Resolves a request into the client-visible channels it targets.
+fn targets(r: &PublishRequest) -> Result<Vec<String>, Invalid> {
+    let given = [
+        r.user.is_some(),
+        r.users.is_some(),
+        r.channel.is_some(),
+        r.channels.is_some(),
+        r.broadcast,
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count();
+    if given != 1 {
+        return Err(Invalid(
+            "give exactly one target: user, users, channel, channels or broadcast: true".into(),
+        ));
+    }
+    let check_user = |u: &String| {
+        channel::validate_user(u)
+            .map(|()| channel::personal(u))
+            .map_err(|e| Invalid(format!("user `{u}`: {e}")))
+    };
+    let check_channel = |c: &String| {
+        channel::validate(c)
+            .map(|()| c.clone())
+            .map_err(|e| Invalid(format!("channel `{c}`: {e}")))
+    };
+    let list = |v: &Vec<String>| {
+        if v.is_empty() || v.len() > MAX_TARGETS {
+            Err(Invalid(format!(
+                "a target list holds 1..={MAX_TARGETS} entries"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    if let Some(u) = &r.user {
+        return Ok(vec![check_user(u)?]);
+    }
+    if let Some(us) = &r.users {
+        list(us)?;
+        return us.iter().map(check_user).collect();
+    }
+    if let Some(c) = &r.channel {
+        return Ok(vec![check_channel(c)?]);
+    }
+    if let Some(cs) = &r.channels {
+        list(cs)?;
+        return cs.iter().map(check_channel).collect();
+    }
+    Ok(vec![BROADCAST.to_owned()])
+}
+
+enum Failure {
+    Invalid(String),
+    TooLarge(String),
+    Unavailable(String),
+}
+
+async fn publish_one(node: &Node, r: PublishRequest) -> Result<Receipt, Failure> {
+    let channels = targets(&r).map_err(|Invalid(m)| Failure::Invalid(m))?;
+    let event = r
+        .event
+        .unwrap_or_else(|| envelope::DEFAULT_EVENT.to_owned());
+    envelope::validate_event(&event).map_err(Failure::Invalid)?;
+    let payload = r.payload.unwrap_or_else(Payload::null);
+    if payload.len() > node.config.max_payload_size {
+        return Err(Failure::TooLarge(format!(
+            "payload is larger than {} bytes",
+            node.config.max_payload_size
+        )));
+    }
+    if let Some(id) = &r.id {
+        if id.is_empty() || id.len() > 128 {
+            return Err(Failure::Invalid("id must be 1..=128 bytes".into()));
+        }
+    }
+    let mut total = Receipt::default();
+    for ch in channels {
+        let mut p = Publication::new(ch, event.clone(), payload.clone());
+        p.id = r.id.clone();
+        node.metrics.published("api");
+        let receipt = node
+            .hub
+            .publish(p)
+            .await
+            .map_err(|e| Failure::Unavailable(e.to_string()))?;
+        total.nodes += receipt.nodes;
+        total.sessions = match (total.sessions, receipt.sessions) {
+            (Some(a), Some(b)) => Some(a + b),
+            (None, b) => b,
+            (a, None) => a,
+        };
+    }
+    Ok(total)
+}
+
+fn failure_response(f: Failure) -> Response<Body> {
+    match f {
+        Failure::Invalid(m) => error(StatusCode::BAD_REQUEST, "bad_request", &m),
+        Failure::TooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &m),
+        Failure::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &m),
+    }
+}
+
+fn key_matches(keys: &[String], given: &str) -> bool {
+    // Compare every byte of every key so timing does not reveal a prefix match.
+    keys.iter().fold(false, |found, k| {
+        let same_len = k.len() == given.len();
+        let diff = k
+            .bytes()
+            .zip(given.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        found | (same_len & (diff == 0))
+    })
+}
+
+/// Serves the publish routes (the caller matched the path).
+pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Response<Body> {
+    if req.method() != http::Method::POST {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use POST",
+        );
+    }
+    if node.config.api_keys.is_empty() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the publish API is disabled: configure --api-keys",
+        );
+    }
+    match bearer(req.headers()) {
+        Some(k) if key_matches(&node.config.api_keys, k) => {}
+        _ => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong API key",
+            );
+        }
+    }
+    let limit = if batch {
+        MAX_BATCH * (node.config.max_payload_size + 4096)
+    } else {
+        node.config.max_payload_size + 16 * 1024
+    };
+    let body = match Limited::new(req.into_body(), limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return if e
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    &format!("body is larger than {limit} bytes"),
+                )
+            } else {
+                error(StatusCode::BAD_REQUEST, "bad_request", "cannot read body")
+            };
+        }
+    };
+    if !batch {
+        let r: PublishRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &format!("invalid JSON body: {e}"),
+                );
+            }
+        };
+        return match publish_one(&node, r).await {
+            Ok(receipt) => json(StatusCode::OK, &receipt),
+            Err(f) => failure_response(f),
+        };
+    }
+    let b: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                &format!("invalid JSON body: {e}"),
+            );
+        }
+    };
+    if b.messages.is_empty() || b.messages.len() > MAX_BATCH {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("a batch holds 1..={MAX_BATCH} messages"),
+        );
+    }
+    let mut results = Vec::with_capacity(b.messages.len());
+    for r in b.messages {
+        results.push(match publish_one(&node, r).await {
+            Ok(receipt) => json!(receipt),
+            Err(Failure::Invalid(m)) => json!({"error": "bad_request", "message": m}),
+            Err(Failure::TooLarge(m)) => json!({"error": "payload_too_large", "message": m}),
+            Err(Failure::Unavailable(m)) => json!({"error": "unavailable", "message": m}),
+        });
+    }
+    json(StatusCode::OK, &json!({ "results": results }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_exactly() {
+        let keys = vec![
+            "0123456789abcdef".to_string(),
+            "fedcba9876543210".to_string(),
+        ];
+        assert!(key_matches(&keys, "fedcba9876543210"));
+        assert!(!key_matches(&keys, "0123456789abcde"));
+        assert!(!key_matches(&keys, "0123456789abcdefX"));
+        assert!(!key_matches(&[], "x"));
+    }
+
+    #[test]
+    fn exactly_one_target() {
+        let r: PublishRequest = serde_json::from_str(r#"{"user":"a","channel":"b"}"#).unwrap();
+        assert!(targets(&r).is_err());
+        let r: PublishRequest = serde_json::from_str(r#"{"users":["a","b"]}"#).unwrap();
+        assert_eq!(targets(&r).ok().unwrap(), vec!["$user:a", "$user:b"]);
+        let r: PublishRequest = serde_json::from_str(r#"{"broadcast":true}"#).unwrap();
+        assert_eq!(targets(&r).ok().unwrap(), vec!["$broadcast"]);
+        let r: PublishRequest = serde_json::from_str(r#"{"channel":"$broadcast"}"#).unwrap();
+        assert!(targets(&r).is_err());
+    }
+}

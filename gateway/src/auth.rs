@@ -1,0 +1,362 @@
+//! JWT verification. The accepted algorithms and keys come from configuration only:
+//! a token's header picks among them (by `alg` and `kid`) but can never widen them,
+//! so `alg: none` and RS/HS key confusion are refused.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+
+use crate::GatewayError;
+use crate::config::JwtConfig;
+
+/// The claims Tidings reads from a client token.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Claims {
+    /// The user id; names the personal channel.
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch (required).
+    pub exp: u64,
+    /// Channel patterns the user may subscribe to (`news`, `room:*`, `*`).
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Channel patterns the user may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+/// Why a token was refused; the message is safe to return to the client (it never
+/// contains the token).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "missing token: send Authorization: Bearer, a tidings.token.<jwt> subprotocol or ?token="
+    )]
+    Missing,
+    #[error("token expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+struct Key {
+    key: DecodingKey,
+    /// Algorithms this key may verify (from configuration and the key's type).
+    algorithms: Vec<Algorithm>,
+}
+
+/// Verifies client JWTs against the configured keys.
+pub struct Verifier {
+    algorithms: Vec<Algorithm>,
+    secret: Option<Key>,
+    pem: Vec<Key>,
+    jwks: HashMap<String, Key>,
+    leeway: u64,
+    issuer: Vec<String>,
+    audience: Vec<String>,
+}
+
+const HS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+const RSA: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
+fn parse_alg(name: &str) -> Result<Algorithm, GatewayError> {
+    name.trim()
+        .parse::<Algorithm>()
+        .map_err(|_| GatewayError::Config {
+            setting: "jwt-algorithms",
+            message: format!("unknown algorithm `{name}`"),
+        })
+}
+
+fn cfg(setting: &'static str, message: String) -> GatewayError {
+    GatewayError::Config { setting, message }
+}
+
+fn load_pem(path: &Path) -> Result<Key, GatewayError> {
+    let pem = std::fs::read(path).map_err(|e| {
+        cfg(
+            "jwt-public-keys",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+        return Ok(Key {
+            key,
+            algorithms: RSA.to_vec(),
+        });
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+        return Ok(Key {
+            key,
+            algorithms: vec![Algorithm::ES256, Algorithm::ES384],
+        });
+    }
+    if let Ok(key) = DecodingKey::from_ed_pem(&pem) {
+        return Ok(Key {
+            key,
+            algorithms: vec![Algorithm::EdDSA],
+        });
+    }
+    Err(cfg(
+        "jwt-public-keys",
+        format!(
+            "{} is not an RSA, EC or Ed25519 public key in PEM",
+            path.display()
+        ),
+    ))
+}
+
+fn load_jwks(path: &Path) -> Result<HashMap<String, Key>, GatewayError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        cfg(
+            "jwt-jwks-file",
+            format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let set: JwkSet = serde_json::from_str(&text)
+        .map_err(|e| cfg("jwt-jwks-file", format!("{}: {e}", path.display())))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| cfg("jwt-jwks-file", "every key needs a `kid`".into()))?;
+        let key = DecodingKey::from_jwk(jwk)
+            .map_err(|e| cfg("jwt-jwks-file", format!("key `{kid}`: {e}")))?;
+        let algorithms = match jwk
+            .common
+            .key_algorithm
+            .and_then(|a| a.to_string().parse::<Algorithm>().ok())
+        {
+            Some(a) => vec![a],
+            None => match key.family() {
+                jsonwebtoken::AlgorithmFamily::Rsa => RSA.to_vec(),
+                jsonwebtoken::AlgorithmFamily::Ec => vec![Algorithm::ES256, Algorithm::ES384],
+                jsonwebtoken::AlgorithmFamily::Ed => vec![Algorithm::EdDSA],
+                jsonwebtoken::AlgorithmFamily::Hmac => {
+                    return Err(cfg(
+                        "jwt-jwks-file",
+                        format!("key `{kid}`: symmetric keys belong in jwt-secret"),
+                    ));
+                }
+            },
+        };
+        keys.insert(kid, Key { key, algorithms });
+    }
+    Ok(keys)
+}
+
+impl Verifier {
+    pub fn new(c: &JwtConfig) -> Result<Self, GatewayError> {
+        let secret = c.secret.as_ref().map(|s| Key {
+            key: DecodingKey::from_secret(s),
+            algorithms: HS.to_vec(),
+        });
+        let pem = c
+            .public_keys
+            .iter()
+            .map(|p| load_pem(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let jwks = match &c.jwks_file {
+            Some(p) => load_jwks(p)?,
+            None => HashMap::new(),
+        };
+        let algorithms = match &c.algorithms {
+            Some(names) => names
+                .iter()
+                .map(|n| parse_alg(n))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => {
+                // Without an explicit list: the most common algorithm of each key.
+                let mut algs = Vec::new();
+                if secret.is_some() {
+                    algs.push(Algorithm::HS256);
+                }
+                for k in pem.iter().chain(jwks.values()) {
+                    let a = k.algorithms[0];
+                    if !algs.contains(&a) {
+                        algs.push(a);
+                    }
+                }
+                algs
+            }
+        };
+        if algorithms.is_empty() {
+            return Err(cfg("jwt-algorithms", "no algorithm accepted".into()));
+        }
+        for a in &algorithms {
+            let has_key = secret
+                .iter()
+                .chain(pem.iter())
+                .chain(jwks.values())
+                .any(|k| k.algorithms.contains(a));
+            if !has_key {
+                return Err(cfg(
+                    "jwt-algorithms",
+                    format!("no configured key can verify {a:?}"),
+                ));
+            }
+        }
+        Ok(Self {
+            algorithms,
+            secret,
+            pem,
+            jwks,
+            leeway: c.leeway.as_secs(),
+            issuer: c.issuer.clone(),
+            audience: c.audience.clone(),
+        })
+    }
+
+    /// The leeway applied to `exp`, in seconds.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
+    }
+
+    /// Verifies a token and returns its claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let alg = header.alg;
+        if !self.algorithms.contains(&alg) {
+            return Err(AuthError::Invalid(format!(
+                "algorithm {alg:?} not accepted"
+            )));
+        }
+        let key = if HS.contains(&alg) {
+            self.secret.as_ref()
+        } else if let Some(kid) = &header.kid {
+            self.jwks
+                .get(kid)
+                .or_else(|| self.pem.iter().find(|k| k.algorithms.contains(&alg)))
+        } else {
+            self.pem.iter().find(|k| k.algorithms.contains(&alg))
+        };
+        let key = key
+            .filter(|k| k.algorithms.contains(&alg))
+            .ok_or_else(|| AuthError::Invalid(format!("no key for algorithm {alg:?}")))?;
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        if self.issuer.is_empty() {
+            v.iss = None;
+        } else {
+            v.set_issuer(&self.issuer);
+        }
+        if self.audience.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&self.audience);
+        }
+        let data = decode::<Claims>(token, &key.key, &v).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
+        protocol::channel::validate_user(&data.claims.sub)
+            .map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
+        Ok(data.claims)
+    }
+}
+
+/// Mints an HS256 token (for `gateway mint-token` and tests).
+pub fn mint_hs256(
+    secret: &[u8],
+    sub: &str,
+    ttl_secs: u64,
+    subscribe: &[String],
+    publish: &[String],
+) -> Result<String, jsonwebtoken::errors::Error> {
+    #[derive(serde::Serialize)]
+    struct Mint<'a> {
+        sub: &'a str,
+        exp: u64,
+        iat: u64,
+        subscribe: &'a [String],
+        publish: &'a [String],
+    }
+    let now = jsonwebtoken::get_current_timestamp();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &Mint {
+            sub,
+            exp: now + ttl_secs,
+            iat: now,
+            subscribe,
+            publish,
+        },
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123";
+
+    fn verifier() -> Verifier {
+        Verifier::new(&JwtConfig {
+            secret: Some(SECRET.to_vec()),
+            leeway: std::time::Duration::from_secs(0),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn accepts_valid_and_refuses_expired() {
+        let v = verifier();
+        let t = mint_hs256(SECRET, "alice", 60, &["news".into()], &[]).unwrap();
+        let c = v.verify(&t).unwrap();
+        assert_eq!(c.sub, "alice");
+        assert_eq!(c.subscribe, vec!["news".to_string()]);
+        let expired = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "a", "exp": 1000}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert!(matches!(v.verify(&expired), Err(AuthError::Expired)));
+    }
+
+    #[test]
+    fn refuses_alg_none_wrong_key_and_missing_exp() {
+        let v = verifier();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(br#"{"sub":"a","exp":99999999999}"#)
+        );
+        assert!(matches!(v.verify(&none), Err(AuthError::Invalid(_))));
+        let other = mint_hs256(b"another-secret-of-16", "alice", 60, &[], &[]).unwrap();
+        assert!(matches!(v.verify(&other), Err(AuthError::Invalid(_))));
+        let no_exp = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "a"}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert!(matches!(v.verify(&no_exp), Err(AuthError::Invalid(_))));
+        // HS384 is not in the accepted list even though the secret could verify it.
+        let hs384 = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS384),
+            &serde_json::json!({"sub": "a", "exp": 99999999999u64}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert!(matches!(v.verify(&hs384), Err(AuthError::Invalid(_))));
+        assert!(v.verify("garbage").is_err());
+    }
+}

@@ -1,0 +1,43 @@
+//! Where publications travel between nodes. A [`Broker`] takes publications from this
+//! node (HTTP API, client publishes) and hands every publication for a channel with
+//! local interest to the hub's [`Table`](crate::hub::Table). The in-memory broker
+//! serves a single node; the Redis broker connects replicas.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use protocol::Publication;
+use serde::Serialize;
+
+mod memory;
+
+pub use memory::MemoryBroker;
+
+/// What a publish reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// Gateway nodes that held interest in the channel when it was published.
+    pub nodes: u64,
+    /// Local connections reached, when the broker delivers in-process (memory broker).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes to every node interested in `p.channel`.
+    async fn publish(&self, p: Publication) -> Result<Receipt, BrokerError>;
+
+    /// A channel gained its first or lost its last local subscriber. Must not block:
+    /// the broker re-reads the table's interest set to decide what to do.
+    fn interest_changed(&self, channel: &Arc<str>);
+
+    /// Whether the broker can currently deliver (drives `/readyz`).
+    fn is_ready(&self) -> bool;
+}

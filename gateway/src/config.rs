@@ -1,0 +1,518 @@
+//! Configuration: one typed [`Config`], built from CLI flags, `TIDINGS_*` environment
+//! variables and an optional TOML file (in that order of precedence), validated at
+//! startup so a bad value fails fast with the setting's name.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::GatewayError;
+
+/// A duration written like `30s`, `500ms` or `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s)
+            .map(HumanDuration)
+            .map_err(|e| format!("`{s}` is not a duration like 30s or 500ms ({e})"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Command line of the `gateway` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "Tidings WebSocket notification gateway"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print an HS256 development token (for trying the gateway out; never for production).
+    MintToken(MintToken),
+}
+
+#[derive(Debug, Args)]
+pub struct MintToken {
+    /// HS256 secret, the same as the gateway's --jwt-secret.
+    #[arg(long, env = "TIDINGS_JWT_SECRET")]
+    pub secret: String,
+    /// The user id (`sub` claim).
+    #[arg(long, default_value = "dev-user")]
+    pub sub: String,
+    /// Lifetime of the token.
+    #[arg(long, default_value = "1h")]
+    pub ttl: HumanDuration,
+    /// Channel patterns the user may subscribe to (`news`, `room:*`).
+    #[arg(long, value_delimiter = ',')]
+    pub subscribe: Vec<String>,
+    /// Channel patterns the user may publish to.
+    #[arg(long, value_delimiter = ',')]
+    pub publish: Vec<String>,
+}
+
+/// Every setting, as given (unset ones are `None`). Flags override environment
+/// variables, which override the file.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// TOML file with any of these settings (keys as the long flag names).
+    #[arg(long, env = "TIDINGS_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// WebSocket and publish API listener. [default: 0.0.0.0:8080]
+    #[arg(long, env = "TIDINGS_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener (/healthz, /readyz, /metrics). [default: 0.0.0.0:9090]
+    #[arg(long, env = "TIDINGS_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Node id shown to clients and in logs. [default: hostname plus a random suffix]
+    #[arg(long, env = "TIDINGS_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Log format: human or json. [default: human]
+    #[arg(long, env = "TIDINGS_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter in tracing's EnvFilter syntax. [default: info]
+    #[arg(long, env = "TIDINGS_LOG")]
+    pub log: Option<String>,
+
+    /// HS256 secret for verifying client JWTs. [default: none]
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// File holding the HS256 secret (trailing newline ignored). [default: none]
+    #[arg(long, env = "TIDINGS_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key files (RSA, EC P-256/P-384 or Ed25519), comma-separated. [default: none]
+    #[arg(long, env = "TIDINGS_JWT_PUBLIC_KEYS", value_delimiter = ',')]
+    pub jwt_public_keys: Option<Vec<PathBuf>>,
+    /// JWKS file; tokens select a key by `kid`. [default: none]
+    #[arg(long, env = "TIDINGS_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// Accepted JWT algorithms, comma-separated (HS256, HS384, HS512, RS256, RS384, RS512,
+    /// PS256, PS384, PS512, ES256, ES384, EdDSA). [default: inferred from the configured keys]
+    #[arg(long, env = "TIDINGS_JWT_ALGORITHMS", value_delimiter = ',')]
+    pub jwt_algorithms: Option<Vec<String>>,
+    /// Required `iss` values, comma-separated. [default: not checked]
+    #[arg(long, env = "TIDINGS_JWT_ISSUER", value_delimiter = ',')]
+    pub jwt_issuer: Option<Vec<String>>,
+    /// Required `aud` values, comma-separated. [default: not checked]
+    #[arg(long, env = "TIDINGS_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Option<Vec<String>>,
+    /// Clock-skew leeway for `exp` and `nbf`. [default: 5s]
+    #[arg(long, env = "TIDINGS_JWT_LEEWAY")]
+    pub jwt_leeway: Option<HumanDuration>,
+
+    /// Allowed `Origin` values for browser upgrades, comma-separated; `*` as the first
+    /// label of a host matches subdomains (https://*.example.com). [default: any origin]
+    #[arg(long, env = "TIDINGS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// API keys for the HTTP publish API, comma-separated. [default: API disabled]
+    #[arg(
+        long,
+        env = "TIDINGS_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub api_keys: Option<Vec<String>>,
+    /// File with one API key per line. [default: none]
+    #[arg(long, env = "TIDINGS_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Maximum open WebSocket connections on this node. [default: 100000]
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Maximum connections of one user on this node. [default: 32]
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<u32>,
+    /// Channels one connection may subscribe to besides its personal one. [default: 128]
+    #[arg(long, env = "TIDINGS_MAX_CHANNELS")]
+    pub max_channels: Option<u32>,
+    /// Largest inbound WebSocket message in bytes; larger closes with 1009. [default: 65536]
+    #[arg(long, env = "TIDINGS_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<usize>,
+    /// Largest publish payload (JSON text) in bytes. [default: 65536]
+    #[arg(long, env = "TIDINGS_MAX_PAYLOAD_SIZE")]
+    pub max_payload_size: Option<usize>,
+    /// Outbound frames queued per connection before it is closed as a slow consumer. [default: 256]
+    #[arg(long, env = "TIDINGS_OUTBOUND_QUEUE")]
+    pub outbound_queue: Option<usize>,
+    /// Interval of server pings; a peer silent for two intervals is closed. [default: 30s]
+    #[arg(long, env = "TIDINGS_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<HumanDuration>,
+    /// Time allowed for the HTTP request and upgrade. [default: 10s]
+    #[arg(long, env = "TIDINGS_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout: Option<HumanDuration>,
+    /// Sustained inbound frames per second per connection. [default: 50]
+    #[arg(long, env = "TIDINGS_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Inbound burst above the sustained rate. [default: 100]
+    #[arg(long, env = "TIDINGS_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+    /// Period over which connections are closed (1001) on shutdown. [default: 10s]
+    #[arg(long, env = "TIDINGS_DRAIN_PERIOD")]
+    pub drain_period: Option<HumanDuration>,
+    /// WebSocket read buffer per connection in bytes (grows for larger frames). [default: 2048]
+    #[arg(long, env = "TIDINGS_WS_READ_BUFFER")]
+    pub ws_read_buffer: Option<usize>,
+    /// Redis URL (redis://host:port/db); without it the node runs alone on the in-memory broker. [default: none]
+    #[arg(long, env = "TIDINGS_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Namespace prefixed to every Redis key and channel. [default: tidings]
+    #[arg(long, env = "TIDINGS_REDIS_NAMESPACE")]
+    pub redis_namespace: Option<String>,
+}
+
+macro_rules! merge {
+    ($hi:expr, $lo:expr, $($f:ident),* $(,)?) => {
+        $( if $hi.$f.is_none() { $hi.$f = $lo.$f.take(); } )*
+    };
+}
+
+impl Settings {
+    /// Fills unset values from the config file named by `--config`, if any.
+    pub fn with_file(mut self) -> Result<Self, GatewayError> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| config_err("config", format!("cannot read {}: {e}", path.display())))?;
+        let mut file: Settings = toml::from_str(&text)
+            .map_err(|e| config_err("config", format!("{}: {e}", path.display())))?;
+        merge!(
+            self,
+            file,
+            listen,
+            admin_listen,
+            node_id,
+            log_format,
+            log,
+            jwt_secret,
+            jwt_secret_file,
+            jwt_public_keys,
+            jwt_jwks_file,
+            jwt_algorithms,
+            jwt_issuer,
+            jwt_audience,
+            jwt_leeway,
+            allowed_origins,
+            api_keys,
+            api_key_file,
+            max_connections,
+            max_connections_per_user,
+            max_channels,
+            max_message_size,
+            max_payload_size,
+            outbound_queue,
+            heartbeat_interval,
+            handshake_timeout,
+            rate_limit,
+            rate_burst,
+            drain_period,
+            ws_read_buffer,
+            redis_url,
+            redis_namespace,
+        );
+        Ok(self)
+    }
+}
+
+/// JWT verification settings.
+#[derive(Debug, Clone, Default)]
+pub struct JwtConfig {
+    pub secret: Option<Vec<u8>>,
+    pub public_keys: Vec<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub algorithms: Option<Vec<String>>,
+    pub issuer: Vec<String>,
+    pub audience: Vec<String>,
+    pub leeway: Duration,
+}
+
+/// The validated configuration of one gateway node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub node_id: String,
+    pub log_format: LogFormat,
+    pub log: String,
+    pub jwt: JwtConfig,
+    pub allowed_origins: Vec<String>,
+    pub api_keys: Vec<String>,
+    pub max_connections: usize,
+    pub max_connections_per_user: u32,
+    pub max_channels: u32,
+    pub max_message_size: usize,
+    pub max_payload_size: usize,
+    pub outbound_queue: usize,
+    pub heartbeat_interval: Duration,
+    pub handshake_timeout: Duration,
+    pub rate_limit: u32,
+    pub rate_burst: u32,
+    pub drain_period: Duration,
+    pub ws_read_buffer: usize,
+    pub redis_url: Option<String>,
+    pub redis_namespace: String,
+}
+
+fn config_err(setting: &'static str, message: impl Into<String>) -> GatewayError {
+    GatewayError::Config {
+        setting,
+        message: message.into(),
+    }
+}
+
+fn positive<T: PartialOrd + Default + Copy>(
+    v: T,
+    setting: &'static str,
+) -> Result<T, GatewayError> {
+    if v > T::default() {
+        Ok(v)
+    } else {
+        Err(config_err(setting, "must be greater than zero"))
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    format!("{host}-{:04x}", rand::random::<u16>())
+}
+
+impl Config {
+    /// Parses the process arguments and environment (and the file they name).
+    pub fn from_settings(s: Settings) -> Result<Self, GatewayError> {
+        let s = s.with_file()?;
+        let secret = match (&s.jwt_secret, &s.jwt_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(config_err(
+                    "jwt-secret",
+                    "set jwt-secret or jwt-secret-file, not both",
+                ));
+            }
+            (Some(sec), None) => Some(sec.clone().into_bytes()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    config_err(
+                        "jwt-secret-file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                Some(text.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
+            }
+            (None, None) => None,
+        };
+        if let Some(sec) = &secret {
+            if sec.len() < 16 {
+                return Err(config_err("jwt-secret", "must be at least 16 bytes"));
+            }
+        }
+        let jwt = JwtConfig {
+            secret,
+            public_keys: s.jwt_public_keys.clone().unwrap_or_default(),
+            jwks_file: s.jwt_jwks_file.clone(),
+            algorithms: s.jwt_algorithms.clone(),
+            issuer: s.jwt_issuer.clone().unwrap_or_default(),
+            audience: s.jwt_audience.clone().unwrap_or_default(),
+            leeway: s.jwt_leeway.map(|d| d.0).unwrap_or(Duration::from_secs(5)),
+        };
+        if jwt.secret.is_none() && jwt.public_keys.is_empty() && jwt.jwks_file.is_none() {
+            return Err(config_err(
+                "jwt-secret",
+                "no JWT key configured: set jwt-secret, jwt-secret-file, jwt-public-keys or jwt-jwks-file",
+            ));
+        }
+        let mut api_keys = s.api_keys.clone().unwrap_or_default();
+        if let Some(path) = &s.api_key_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                config_err(
+                    "api-key-file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            api_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(String::from),
+            );
+        }
+        api_keys.retain(|k| !k.is_empty());
+        if api_keys.iter().any(|k| k.len() < 16) {
+            return Err(config_err(
+                "api-keys",
+                "every API key must be at least 16 characters",
+            ));
+        }
+        let node_id = s.node_id.clone().unwrap_or_else(default_node_id);
+        protocol::channel::validate_user(&node_id)
+            .map_err(|e| config_err("node-id", e.to_string()))?;
+        let allowed_origins = s.allowed_origins.clone().unwrap_or_default();
+        for o in &allowed_origins {
+            if !(o.starts_with("http://") || o.starts_with("https://")) {
+                return Err(config_err(
+                    "allowed-origins",
+                    format!("`{o}` must start with http:// or https://"),
+                ));
+            }
+        }
+        let redis_namespace = s
+            .redis_namespace
+            .clone()
+            .unwrap_or_else(|| protocol::keys::DEFAULT_NAMESPACE.to_owned());
+        if redis_namespace.is_empty() || redis_namespace.contains(char::is_whitespace) {
+            return Err(config_err(
+                "redis-namespace",
+                "must be non-empty without spaces",
+            ));
+        }
+        if let Some(url) = &s.redis_url {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://")
+                || url.starts_with("unix://"))
+            {
+                return Err(config_err(
+                    "redis-url",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+        }
+        let max_message_size =
+            positive(s.max_message_size.unwrap_or(64 * 1024), "max-message-size")?;
+        if max_message_size < 256 {
+            return Err(config_err("max-message-size", "must be at least 256 bytes"));
+        }
+        let heartbeat_interval = s
+            .heartbeat_interval
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30));
+        if heartbeat_interval < Duration::from_millis(100) {
+            return Err(config_err("heartbeat-interval", "must be at least 100ms"));
+        }
+        Ok(Config {
+            listen: s.listen.unwrap_or(([0, 0, 0, 0], 8080).into()),
+            admin_listen: s.admin_listen.unwrap_or(([0, 0, 0, 0], 9090).into()),
+            node_id,
+            log_format: s.log_format.unwrap_or(LogFormat::Human),
+            log: s.log.clone().unwrap_or_else(|| "info".to_owned()),
+            jwt,
+            allowed_origins,
+            api_keys,
+            max_connections: positive(s.max_connections.unwrap_or(100_000), "max-connections")?,
+            max_connections_per_user: positive(
+                s.max_connections_per_user.unwrap_or(32),
+                "max-connections-per-user",
+            )?,
+            max_channels: s.max_channels.unwrap_or(128),
+            max_message_size,
+            max_payload_size: positive(
+                s.max_payload_size.unwrap_or(64 * 1024),
+                "max-payload-size",
+            )?,
+            outbound_queue: positive(s.outbound_queue.unwrap_or(256), "outbound-queue")?,
+            heartbeat_interval,
+            handshake_timeout: positive(
+                s.handshake_timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(10)),
+                "handshake-timeout",
+            )?,
+            rate_limit: positive(s.rate_limit.unwrap_or(50), "rate-limit")?,
+            rate_burst: positive(s.rate_burst.unwrap_or(100), "rate-burst")?,
+            drain_period: s
+                .drain_period
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(10)),
+            ws_read_buffer: s.ws_read_buffer.unwrap_or(2048).max(64),
+            redis_url: s.redis_url.clone(),
+            redis_namespace,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, GatewayError> {
+        let mut full = vec!["gateway"];
+        full.extend_from_slice(args);
+        let cli = Cli::try_parse_from(full).map_err(|e| config_err("cli", e.to_string()))?;
+        Config::from_settings(cli.settings)
+    }
+
+    #[test]
+    fn defaults_and_errors_name_the_setting() {
+        let c = parse(&["--jwt-secret", "0123456789abcdef"]).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.max_message_size, 65536);
+        let e = parse(&[]).unwrap_err().to_string();
+        assert!(e.contains("jwt-secret"), "{e}");
+        let e = parse(&["--jwt-secret", "short"]).unwrap_err().to_string();
+        assert!(e.contains("jwt-secret"), "{e}");
+        let e = parse(&["--jwt-secret", "0123456789abcdef", "--outbound-queue", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outbound-queue"), "{e}");
+        let e = parse(&[
+            "--jwt-secret",
+            "0123456789abcdef",
+            "--allowed-origins",
+            "example.com",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("allowed-origins"), "{e}");
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_unset() {
+        let dir = std::env::temp_dir().join(format!("tidings-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "jwt-secret = \"0123456789abcdef\"\nheartbeat-interval = \"5s\"\nmax-channels = 7\n",
+        )
+        .unwrap();
+        let c = parse(&["--config", path.to_str().unwrap(), "--max-channels", "9"]).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
+        assert_eq!(c.max_channels, 9);
+        std::fs::write(&path, "no-such-setting = 1\n").unwrap();
+        let e = parse(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no-such-setting"), "{e}");
+    }
+}

@@ -1,0 +1,213 @@
+//! Local fan-out: which connections on this node want which channel.
+//!
+//! Sessions register interest here; the broker delivers publications here. The hub
+//! encodes each publication once per encoding in use and pushes the shared bytes
+//! into every subscriber's outbox without waiting. It tells the broker when a
+//! channel gains its first local subscriber or loses its last, and the broker reads
+//! the hub's interest set as the source of truth (also after a reconnect).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use protocol::{Encoding, Publication, frame};
+use slab::Slab;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::broker::{Broker, BrokerError, Receipt};
+use crate::metrics::{Drop, Metrics};
+use crate::outbox::{Frame, Item, Outbox, PushError};
+
+/// One connection's registration on one channel.
+pub struct Subscriber {
+    pub outbox: Arc<Outbox>,
+    pub encoding: Encoding,
+}
+
+type Channels = HashMap<Arc<str>, Slab<Subscriber>>;
+
+/// The interest table, sharded so that subscribing and delivering on different
+/// channels rarely contend. Locks are never held across an `.await`.
+pub struct Table {
+    shards: Box<[RwLock<Channels>]>,
+    hasher: RandomState,
+    metrics: Arc<Metrics>,
+}
+
+const SHARDS: usize = 64;
+
+fn read(l: &RwLock<Channels>) -> RwLockReadGuard<'_, Channels> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(l: &RwLock<Channels>) -> RwLockWriteGuard<'_, Channels> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Table {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            metrics,
+        }
+    }
+
+    fn shard(&self, channel: &str) -> &RwLock<Channels> {
+        let h = self.hasher.hash_one(channel) as usize;
+        &self.shards[h % SHARDS]
+    }
+
+    /// Adds a subscriber; returns its key and whether it is the channel's first.
+    fn insert(&self, channel: &Arc<str>, sub: Subscriber) -> (usize, bool) {
+        let mut shard = write(self.shard(channel));
+        let slab = shard.entry(channel.clone()).or_default();
+        let first = slab.is_empty();
+        (slab.insert(sub), first)
+    }
+
+    /// Removes a subscriber; returns whether the channel has none left.
+    fn remove(&self, channel: &str, key: usize) -> bool {
+        let mut shard = write(self.shard(channel));
+        let Some(slab) = shard.get_mut(channel) else {
+            return false;
+        };
+        if slab.try_remove(key).is_none() {
+            return false;
+        }
+        if slab.is_empty() {
+            shard.remove(channel);
+            return true;
+        }
+        false
+    }
+
+    pub fn has_interest(&self, channel: &str) -> bool {
+        read(self.shard(channel)).contains_key(channel)
+    }
+
+    /// Every channel with at least one local subscriber.
+    pub fn interests(&self) -> Vec<Arc<str>> {
+        self.shards
+            .iter()
+            .flat_map(|s| read(s).keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Local subscribers of a channel.
+    pub fn count(&self, channel: &str) -> usize {
+        read(self.shard(channel)).get(channel).map_or(0, Slab::len)
+    }
+
+    /// The outboxes of every subscriber of `channel`.
+    pub fn outboxes(&self, channel: &str) -> Vec<Arc<Outbox>> {
+        read(self.shard(channel))
+            .get(channel)
+            .map(|s| s.iter().map(|(_, sub)| sub.outbox.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Queues a publication to every local subscriber of its channel; returns how
+    /// many connections it reached.
+    pub fn deliver(&self, p: &Publication) -> usize {
+        let shard = read(self.shard(&p.channel));
+        let Some(subs) = shard.get(p.channel.as_str()) else {
+            return 0;
+        };
+        let mut json: Option<Option<Utf8Bytes>> = None;
+        let mut msgpack: Option<Option<Bytes>> = None;
+        let (mut delivered, mut slow, mut closed, mut failed) = (0u64, 0u64, 0u64, 0u64);
+        for (_, sub) in subs.iter() {
+            let frame = match sub.encoding {
+                Encoding::Json => json
+                    .get_or_insert_with(|| encode_json(p))
+                    .clone()
+                    .map(Frame::Text),
+                Encoding::MsgPack => msgpack
+                    .get_or_insert_with(|| frame::encode_message(Encoding::MsgPack, p).ok())
+                    .clone()
+                    .map(Frame::Binary),
+            };
+            let Some(frame) = frame else {
+                failed += 1;
+                continue;
+            };
+            match sub.outbox.push(Item {
+                frame,
+                published_ms: p.ts,
+            }) {
+                Ok(()) => delivered += 1,
+                Err(PushError::Full) => slow += 1,
+                Err(PushError::Closed) => closed += 1,
+            }
+        }
+        drop(shard);
+        self.metrics.delivered(delivered);
+        if slow > 0 {
+            self.metrics.dropped(Drop::SlowConsumer, slow);
+        }
+        if closed > 0 {
+            self.metrics.dropped(Drop::Closed, closed);
+        }
+        if failed > 0 {
+            self.metrics.dropped(Drop::Encode, failed);
+            tracing::error!(failed, "cannot encode a publication");
+        }
+        delivered as usize
+    }
+}
+
+fn encode_json(p: &Publication) -> Option<Utf8Bytes> {
+    let bytes = frame::encode_message(Encoding::Json, p).ok()?;
+    Utf8Bytes::try_from(bytes).ok()
+}
+
+/// The hub as sessions see it: the table plus the broker behind it.
+pub struct Hub {
+    table: Arc<Table>,
+    broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(table: Arc<Table>, broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            table,
+            broker,
+            metrics,
+        }
+    }
+
+    /// Registers a subscriber; the returned key unsubscribes it.
+    pub fn subscribe(&self, channel: &Arc<str>, sub: Subscriber) -> usize {
+        let (key, first) = self.table.insert(channel, sub);
+        self.metrics.subscriptions(1);
+        if first {
+            self.metrics.channels(1);
+            self.broker.interest_changed(channel);
+        }
+        key
+    }
+
+    pub fn unsubscribe(&self, channel: &Arc<str>, key: usize) {
+        let last = self.table.remove(channel, key);
+        self.metrics.subscriptions(-1);
+        if last {
+            self.metrics.channels(-1);
+            self.broker.interest_changed(channel);
+        }
+    }
+
+    pub async fn publish(&self, p: Publication) -> Result<Receipt, BrokerError> {
+        self.broker.publish(p).await
+    }
+
+    pub fn ready(&self) -> bool {
+        self.broker.is_ready()
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+}

@@ -1,0 +1,333 @@
+//! Prometheus metrics behind domain methods; the registry stays private. Label values
+//! are fixed sets (results, reasons, frame types, close codes), never user ids,
+//! tokens or channel names. Hot-path counters are resolved once at startup.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Outcome of a connection attempt, the `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Ok,
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    Limited,
+    Draining,
+}
+
+impl Attempt {
+    const ALL: [Attempt; 6] = [
+        Attempt::Ok,
+        Attempt::BadRequest,
+        Attempt::Unauthorized,
+        Attempt::Forbidden,
+        Attempt::Limited,
+        Attempt::Draining,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Attempt::Ok => "ok",
+            Attempt::BadRequest => "bad_request",
+            Attempt::Unauthorized => "unauthorized",
+            Attempt::Forbidden => "forbidden",
+            Attempt::Limited => "limited",
+            Attempt::Draining => "draining",
+        }
+    }
+}
+
+/// Why a message did not reach a connection, the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// The connection's outbound queue was full (it is closed as a slow consumer).
+    SlowConsumer,
+    /// The connection was already closing.
+    Closed,
+    /// The frame could not be encoded (a bug; logged).
+    Encode,
+}
+
+const CLOSE_CODES: [u16; 10] = [1000, 1001, 1007, 1008, 1009, 1011, 4001, 4002, 4003, 4004];
+const FRAME_TYPES: [&str; 8] = [
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "refresh",
+    "ack",
+    "pong",
+    "invalid",
+    "ws_control",
+];
+
+pub struct Metrics {
+    registry: Registry,
+    connections: IntGauge,
+    attempts: Vec<IntCounter>,
+    closes: Vec<IntCounter>,
+    closes_other: IntCounter,
+    delivered: IntCounter,
+    dropped_slow: IntCounter,
+    dropped_closed: IntCounter,
+    dropped_encode: IntCounter,
+    inbound: Vec<IntCounter>,
+    handshake: Histogram,
+    latency: Histogram,
+    subscriptions: IntGauge,
+    channels: IntGauge,
+    published: IntCounterVec,
+    draining: IntGauge,
+    pub broker: BrokerMetrics,
+}
+
+/// Broker health, shared with the broker implementations.
+pub struct BrokerMetrics {
+    pub up: IntGauge,
+    pub reconnects: IntCounter,
+    pub resubscribe_seconds: Histogram,
+    pub subscriptions: IntGauge,
+    pub received: IntCounter,
+    pub publish_errors: IntCounter,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), &[label])
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    r.register(Box::new(v.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    v
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    g
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    r.register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    h
+}
+
+impl Metrics {
+    /// Builds every metric. Names and help texts are constants, so a failure here is a
+    /// programming error caught by any test run, not something input can cause.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let attempts_vec = counter_vec(
+            &r,
+            "tidings_connection_attempts_total",
+            "WebSocket upgrade attempts by result",
+            "result",
+        );
+        let closes_vec = counter_vec(
+            &r,
+            "tidings_closes_total",
+            "Closed connections by close code",
+            "code",
+        );
+        let dropped = counter_vec(
+            &r,
+            "tidings_messages_dropped_total",
+            "Messages not delivered to a connection, by reason",
+            "reason",
+        );
+        let inbound_vec = counter_vec(
+            &r,
+            "tidings_inbound_frames_total",
+            "Frames received from clients by type",
+            "type",
+        );
+        let lat_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        Metrics {
+            connections: gauge(&r, "tidings_connections", "Open WebSocket connections"),
+            attempts: Attempt::ALL
+                .iter()
+                .map(|a| attempts_vec.with_label_values(&[a.label()]))
+                .collect(),
+            closes: CLOSE_CODES
+                .iter()
+                .map(|c| closes_vec.with_label_values(&[&c.to_string()]))
+                .collect(),
+            closes_other: closes_vec.with_label_values(&["other"]),
+            delivered: counter(
+                &r,
+                "tidings_messages_delivered_total",
+                "Messages queued to client connections",
+            ),
+            dropped_slow: dropped.with_label_values(&["slow_consumer"]),
+            dropped_closed: dropped.with_label_values(&["closed"]),
+            dropped_encode: dropped.with_label_values(&["encode"]),
+            inbound: FRAME_TYPES
+                .iter()
+                .map(|t| inbound_vec.with_label_values(&[t]))
+                .collect(),
+            handshake: histogram(
+                &r,
+                "tidings_handshake_duration_seconds",
+                "Time from upgrade request to 101 response, including token verification",
+                vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1.0,
+                ],
+            ),
+            latency: histogram(
+                &r,
+                "tidings_delivery_latency_seconds",
+                "Publish time to write on the client socket",
+                lat_buckets.clone(),
+            ),
+            subscriptions: gauge(
+                &r,
+                "tidings_subscriptions",
+                "Channel subscriptions of open connections",
+            ),
+            channels: gauge(
+                &r,
+                "tidings_channels",
+                "Distinct channels with local subscribers",
+            ),
+            published: counter_vec(
+                &r,
+                "tidings_published_total",
+                "Publications accepted, by source",
+                "source",
+            ),
+            draining: gauge(
+                &r,
+                "tidings_draining",
+                "1 while the node drains connections for shutdown",
+            ),
+            broker: BrokerMetrics {
+                up: gauge(&r, "tidings_broker_up", "1 while the broker is usable"),
+                reconnects: counter(
+                    &r,
+                    "tidings_broker_reconnects_total",
+                    "Broker reconnections",
+                ),
+                resubscribe_seconds: histogram(
+                    &r,
+                    "tidings_broker_resubscribe_duration_seconds",
+                    "Time to resubscribe every channel after a broker reconnect",
+                    vec![0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0],
+                ),
+                subscriptions: gauge(
+                    &r,
+                    "tidings_redis_subscriptions",
+                    "Redis channels this node subscribes to",
+                ),
+                received: counter(
+                    &r,
+                    "tidings_redis_messages_received_total",
+                    "Messages received from Redis",
+                ),
+                publish_errors: counter(
+                    &r,
+                    "tidings_broker_publish_errors_total",
+                    "Publishes the broker refused or failed",
+                ),
+            },
+            registry: r,
+        }
+    }
+
+    pub fn attempt(&self, a: Attempt) {
+        if let Some(c) = Attempt::ALL
+            .iter()
+            .position(|x| *x == a)
+            .and_then(|i| self.attempts.get(i))
+        {
+            c.inc();
+        }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.inc();
+    }
+
+    pub fn connection_closed(&self, code: u16) {
+        self.connections.dec();
+        match CLOSE_CODES
+            .iter()
+            .position(|c| *c == code)
+            .and_then(|i| self.closes.get(i))
+        {
+            Some(c) => c.inc(),
+            None => self.closes_other.inc(),
+        }
+    }
+
+    pub fn delivered(&self, n: u64) {
+        self.delivered.inc_by(n);
+    }
+
+    pub fn dropped(&self, reason: Drop, n: u64) {
+        match reason {
+            Drop::SlowConsumer => self.dropped_slow.inc_by(n),
+            Drop::Closed => self.dropped_closed.inc_by(n),
+            Drop::Encode => self.dropped_encode.inc_by(n),
+        }
+    }
+
+    /// Counts an inbound frame by its type (`invalid` when undecodable).
+    pub fn inbound(&self, kind: &str) {
+        let i = FRAME_TYPES.iter().position(|t| *t == kind).unwrap_or(6);
+        if let Some(c) = self.inbound.get(i) {
+            c.inc();
+        }
+    }
+
+    pub fn handshake(&self, seconds: f64) {
+        self.handshake.observe(seconds);
+    }
+
+    /// Publish-to-socket latency of one delivered message.
+    pub fn latency(&self, now_ms: u64, published_ms: u64) {
+        self.latency
+            .observe(now_ms.saturating_sub(published_ms) as f64 / 1000.0);
+    }
+
+    pub fn subscriptions(&self, delta: i64) {
+        self.subscriptions.add(delta);
+    }
+
+    pub fn channels(&self, delta: i64) {
+        self.channels.add(delta);
+    }
+
+    pub fn published(&self, source: &'static str) {
+        self.published.with_label_values(&[source]).inc();
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.set(1);
+    }
+
+    pub fn open_connections(&self) -> i64 {
+        self.connections.get()
+    }
+
+    /// The text exposition format for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,190 @@
+//! The bounded outbound queue of one connection.
+//!
+//! The hub pushes shared frames into it from whatever task delivers; the connection's
+//! own task drains it into the socket. Pushing never waits: a full queue marks the
+//! connection as a slow consumer and wakes its task to close it, so one stuck reader
+//! never delays the others. A small hand-made queue instead of a channel because an
+//! idle connection must cost a few hundred bytes here, not a pre-allocated block.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// One frame ready for the socket; the bytes are shared with other recipients.
+#[derive(Clone, Debug)]
+pub enum Frame {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+#[derive(Debug)]
+pub struct Item {
+    pub frame: Frame,
+    /// Publish time of a notification (ms since the epoch), for the latency histogram.
+    pub published_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue was full; the connection is now closing as a slow consumer.
+    Full,
+    /// The connection is already closing.
+    Closed,
+}
+
+struct State {
+    queue: VecDeque<Item>,
+    /// Set once: the close code the connection must end with.
+    close: Option<u16>,
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    waker: AtomicWaker,
+    capacity: usize,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                close: None,
+            }),
+            waker: AtomicWaker::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn push(&self, item: Item) -> Result<(), PushError> {
+        let mut s = self.lock();
+        if s.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if s.queue.len() >= self.capacity {
+            s.close = Some(protocol::close::SLOW_CONSUMER);
+            s.queue.clear();
+            drop(s);
+            self.waker.wake();
+            return Err(PushError::Full);
+        }
+        s.queue.push_back(item);
+        drop(s);
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Asks the connection to close with `code` (the first request wins).
+    pub fn close(&self, code: u16) {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.close = Some(code);
+        }
+        drop(s);
+        self.waker.wake();
+    }
+
+    pub fn close_code(&self) -> Option<u16> {
+        self.lock().close
+    }
+
+    /// Moves up to `max` queued items into `out`; `Ready(Err(code))` once closing.
+    pub fn poll_drain(
+        &self,
+        cx: &mut Context<'_>,
+        out: &mut Vec<Item>,
+        max: usize,
+    ) -> Poll<Result<(), u16>> {
+        self.waker.register(cx.waker());
+        let mut s = self.lock();
+        if let Some(code) = s.close {
+            return Poll::Ready(Err(code));
+        }
+        if s.queue.is_empty() {
+            return Poll::Pending;
+        }
+        let n = s.queue.len().min(max);
+        out.extend(s.queue.drain(..n));
+        if s.queue.is_empty() && s.queue.capacity() > 16 {
+            // Give back what a burst grew, so an idle connection stays small.
+            s.queue = VecDeque::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Resolves when a close was requested (used while a write is in flight).
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<u16> {
+        self.waker.register(cx.waker());
+        match self.lock().close {
+            Some(code) => Poll::Ready(code),
+            None => Poll::Pending,
+        }
+    }
+
+    pub async fn drain(&self, out: &mut Vec<Item>, max: usize) -> Result<(), u16> {
+        std::future::poll_fn(|cx| self.poll_drain(cx, out, max)).await
+    }
+
+    pub async fn closed(&self) -> u16 {
+        std::future::poll_fn(|cx| self.poll_closed(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: u8) -> Item {
+        Item {
+            frame: Frame::Binary(Bytes::from(vec![n])),
+            published_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn full_queue_closes_as_slow_consumer() {
+        let o = Outbox::new(2);
+        o.push(item(1)).unwrap();
+        o.push(item(2)).unwrap();
+        assert_eq!(o.push(item(3)), Err(PushError::Full));
+        assert_eq!(o.push(item(4)), Err(PushError::Closed));
+        let mut out = Vec::new();
+        assert_eq!(
+            o.drain(&mut out, 10).await,
+            Err(protocol::close::SLOW_CONSUMER)
+        );
+    }
+
+    #[tokio::test]
+    async fn drains_in_order_and_wakes() {
+        let o = std::sync::Arc::new(Outbox::new(8));
+        let o2 = o.clone();
+        let t = tokio::spawn(async move {
+            let mut out = Vec::new();
+            o2.drain(&mut out, 10).await.unwrap();
+            out.len()
+        });
+        tokio::task::yield_now().await;
+        o.push(item(1)).unwrap();
+        assert_eq!(t.await.unwrap(), 1);
+        o.push(item(2)).unwrap();
+        o.push(item(3)).unwrap();
+        let mut out = Vec::new();
+        o.drain(&mut out, 1).await.unwrap();
+        o.drain(&mut out, 1).await.unwrap();
+        assert!(matches!(&out[0].frame, Frame::Binary(b) if b[0] == 2));
+        assert!(matches!(&out[1].frame, Frame::Binary(b) if b[0] == 3));
+        o.close(1001);
+        o.close(1000);
+        assert_eq!(o.closed().await, 1001);
+    }
+}

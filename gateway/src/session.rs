@@ -1,0 +1,328 @@
+//! One client's protocol state: who it is, what it may do, what it subscribes to.
+//!
+//! The socket loop feeds it decoded bytes and writes back what it answers; the
+//! session talks to the hub for subscriptions and publishes. Dropping a session
+//! releases every subscription and its connection slot.
+
+use std::sync::Arc;
+
+use protocol::channel::{self, BROADCAST};
+use protocol::frame::{ClientFrame, Reply, ServerFrame, Welcome};
+use protocol::{Encoding, ErrorCode, Payload, ProtocolError, Publication, envelope};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::auth::{AuthError, Claims};
+use crate::error::SessionEnd;
+use crate::hub::Subscriber;
+use crate::node::{Node, Slot};
+use crate::outbox::Outbox;
+use crate::ratelimit::TokenBucket;
+
+/// Strikes (malformed or rate-limited frames) tolerated in a burst before closing
+/// with 1008; one strike is forgiven every 10 seconds.
+const ABUSE_STRIKES: f32 = 10.0;
+const ABUSE_FORGIVE_PER_SEC: f32 = 0.1;
+
+/// What the socket loop should do after a frame.
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(Reply),
+    Silent,
+    End(SessionEnd),
+}
+
+pub struct Session {
+    id: u64,
+    encoding: Encoding,
+    subscribe_rights: Vec<String>,
+    publish_rights: Vec<String>,
+    expires_at: u64,
+    /// Channel and table key of every subscription, personal and broadcast first.
+    subs: Vec<(Arc<str>, usize)>,
+    outbox: Arc<Outbox>,
+    node: Arc<Node>,
+    rate: TokenBucket,
+    abuse: TokenBucket,
+    slot: Slot,
+}
+
+fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Outcome {
+    Outcome::Reply(Reply::error(id, code, message))
+}
+
+impl Session {
+    /// Opens a session and subscribes it to its personal and the broadcast channel.
+    pub fn open(node: Arc<Node>, slot: Slot, claims: Claims, encoding: Encoding) -> Self {
+        let now = Instant::now();
+        let outbox = Arc::new(Outbox::new(node.config.outbound_queue));
+        let personal: Arc<str> = Arc::from(channel::personal(slot.user()));
+        let broadcast: Arc<str> = Arc::from(BROADCAST);
+        let mut s = Session {
+            id: node.next_session_id(),
+            encoding,
+            subscribe_rights: claims.subscribe,
+            publish_rights: claims.publish,
+            expires_at: claims.exp,
+            subs: Vec::with_capacity(2),
+            outbox,
+            rate: TokenBucket::new(
+                node.config.rate_limit as f32,
+                node.config.rate_burst as f32,
+                now,
+            ),
+            abuse: TokenBucket::new(ABUSE_FORGIVE_PER_SEC, ABUSE_STRIKES, now),
+            node,
+            slot,
+        };
+        s.add(personal);
+        s.add(broadcast);
+        s
+    }
+
+    fn add(&mut self, channel: Arc<str>) {
+        let key = self.node.hub.subscribe(
+            &channel,
+            Subscriber {
+                outbox: self.outbox.clone(),
+                encoding: self.encoding,
+            },
+        );
+        self.subs.push((channel, key));
+    }
+
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    pub fn user(&self) -> &Arc<str> {
+        self.slot.user()
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Token expiry (seconds since the epoch) plus the configured leeway.
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at + self.node.verifier.leeway()
+    }
+
+    pub fn welcome(&self) -> ServerFrame {
+        ServerFrame::Welcome(Welcome {
+            session: format!("{:016x}", self.id),
+            node: self.node.config.node_id.clone(),
+            user: self.user().to_string(),
+            channel: self.subs[0].0.to_string(),
+            heartbeat_ms: self.node.config.heartbeat_interval.as_millis() as u64,
+            expires_at: self.expires_at,
+            limits: self.node.limits.clone(),
+        })
+    }
+
+    /// A strike against the connection: the reply, or the end once strikes run out.
+    fn strike(&mut self, now: Instant, reply: Outcome) -> Outcome {
+        if self.abuse.take(now) {
+            reply
+        } else {
+            Outcome::End(SessionEnd::Abuse)
+        }
+    }
+
+    /// Handles one inbound data frame.
+    pub async fn handle(&mut self, bytes: &[u8], now: Instant) -> Outcome {
+        let frame = match protocol::frame::decode_client(self.encoding, bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.node.metrics.inbound("invalid");
+                let (id, code, message) = match e {
+                    ProtocolError::Frame { id, code, message } => (id, code, message),
+                    other => (None, ErrorCode::BadFrame, other.to_string()),
+                };
+                return self.strike(now, err(id, code, message));
+            }
+        };
+        self.node.metrics.inbound(frame.kind());
+        if !self.rate.take(now) {
+            let id = request_id(&frame);
+            return self.strike(
+                now,
+                err(
+                    id,
+                    ErrorCode::RateLimited,
+                    "inbound rate limit exceeded; slow down",
+                ),
+            );
+        }
+        match frame {
+            ClientFrame::Pong => Outcome::Silent,
+            ClientFrame::Subscribe { id, channel, since } => {
+                self.subscribe(id, channel, since.is_some())
+            }
+            ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(id, &channel),
+            ClientFrame::Publish {
+                id,
+                channel,
+                event,
+                payload,
+            } => self.publish(id, channel, event, payload).await,
+            ClientFrame::Refresh { id, token } => self.refresh(id, &token),
+            ClientFrame::Ack { id, .. } => err(
+                Some(id),
+                ErrorCode::BadRequest,
+                "ack needs history on the personal channel, which this node does not keep",
+            ),
+        }
+    }
+
+    fn subscribe(&mut self, id: u64, name: String, wants_recovery: bool) -> Outcome {
+        if let Err(e) = channel::validate(&name) {
+            return err(Some(id), ErrorCode::InvalidChannel, e.to_string());
+        }
+        if !channel::allowed(&self.subscribe_rights, &name) {
+            return err(
+                Some(id),
+                ErrorCode::Forbidden,
+                "token does not allow subscribing to this channel",
+            );
+        }
+        if self.subs.iter().any(|(c, _)| **c == *name) {
+            return err(Some(id), ErrorCode::AlreadySubscribed, "already subscribed");
+        }
+        if self.subs.len() - 2 >= self.node.config.max_channels as usize {
+            return err(
+                Some(id),
+                ErrorCode::TooManyChannels,
+                format!(
+                    "at most {} channels per connection",
+                    self.node.config.max_channels
+                ),
+            );
+        }
+        let result = if wants_recovery {
+            // Without history nothing can be replayed: say so rather than pretend.
+            json!({ "channel": name, "recovered": false })
+        } else {
+            json!({ "channel": name })
+        };
+        self.add(Arc::from(name));
+        Outcome::Reply(Reply::ok(id, result))
+    }
+
+    fn unsubscribe(&mut self, id: u64, name: &str) -> Outcome {
+        let Some(pos) = self.subs.iter().position(|(c, _)| **c == *name) else {
+            return err(Some(id), ErrorCode::NotSubscribed, "not subscribed");
+        };
+        if pos < 2 {
+            return err(
+                Some(id),
+                ErrorCode::Forbidden,
+                "the personal and broadcast channels cannot be left",
+            );
+        }
+        let (channel, key) = self.subs.swap_remove(pos);
+        self.node.hub.unsubscribe(&channel, key);
+        Outcome::Reply(Reply::ok(id, json!({ "channel": name })))
+    }
+
+    async fn publish(&mut self, id: u64, name: String, event: String, payload: Payload) -> Outcome {
+        if let Err(e) = channel::validate(&name) {
+            return err(Some(id), ErrorCode::InvalidChannel, e.to_string());
+        }
+        if let Err(e) = envelope::validate_event(&event) {
+            return err(Some(id), ErrorCode::BadRequest, e);
+        }
+        if !channel::allowed(&self.publish_rights, &name) {
+            return err(
+                Some(id),
+                ErrorCode::Forbidden,
+                "token does not allow publishing to this channel",
+            );
+        }
+        if payload.len() > self.node.config.max_payload_size {
+            return err(
+                Some(id),
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "payload is larger than {} bytes",
+                    self.node.config.max_payload_size
+                ),
+            );
+        }
+        self.node.metrics.published("client");
+        match self
+            .node
+            .hub
+            .publish(Publication::new(name, event, payload))
+            .await
+        {
+            Ok(receipt) => Outcome::Reply(Reply::ok(id, json!(receipt))),
+            Err(e) => err(Some(id), ErrorCode::Unavailable, e.to_string()),
+        }
+    }
+
+    fn refresh(&mut self, id: u64, token: &str) -> Outcome {
+        let claims = match self.node.verifier.verify(token) {
+            Ok(c) => c,
+            Err(AuthError::Expired) => {
+                return err(Some(id), ErrorCode::InvalidToken, "token expired");
+            }
+            Err(e) => return err(Some(id), ErrorCode::InvalidToken, e.to_string()),
+        };
+        if *claims.sub != **self.user() {
+            return err(
+                Some(id),
+                ErrorCode::TokenMismatch,
+                "the new token is for another user",
+            );
+        }
+        self.subscribe_rights = claims.subscribe;
+        self.publish_rights = claims.publish;
+        self.expires_at = claims.exp;
+        // Rights can shrink on refresh: leave channels the new token no longer allows.
+        let mut dropped = Vec::new();
+        let mut i = 2;
+        while i < self.subs.len() {
+            if channel::allowed(&self.subscribe_rights, &self.subs[i].0) {
+                i += 1;
+            } else {
+                let (channel, key) = self.subs.swap_remove(i);
+                self.node.hub.unsubscribe(&channel, key);
+                dropped.push(channel.to_string());
+            }
+        }
+        Outcome::Reply(Reply::ok(
+            id,
+            json!({ "expires_at": self.expires_at, "unsubscribed": dropped }),
+        ))
+    }
+}
+
+fn request_id(f: &ClientFrame) -> Option<u64> {
+    match f {
+        ClientFrame::Subscribe { id, .. }
+        | ClientFrame::Unsubscribe { id, .. }
+        | ClientFrame::Publish { id, .. }
+        | ClientFrame::Refresh { id, .. }
+        | ClientFrame::Ack { id, .. } => Some(*id),
+        ClientFrame::Pong => None,
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for (channel, key) in self.subs.drain(..) {
+            self.node.hub.unsubscribe(&channel, key);
+        }
+    }
+}
+
+impl Session {
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+}
