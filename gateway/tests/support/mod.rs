@@ -1,0 +1,627 @@
+//! Shared helpers for the black-box tests: start real gateway processes on port 0,
+//! mint tokens, talk to them with a real WebSocket client and plain HTTP.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use protocol::frame::{
+    ClientFrame, Message as MessageFrame, Reply, ServerFrame, Welcome, decode_server,
+};
+use protocol::{Encoding, Payload};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-0123456789";
+pub const API_KEY: &str = "test-api-key-0123456789";
+/// How long any single expected event may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A gateway process started for one test; killed on drop.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+pub struct GatewayBuilder {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl GatewayBuilder {
+    /// Adds command-line arguments (later ones win over the defaults).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub async fn start(self) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("TIDINGS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn gateway");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "listening" {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send((
+                                v["addr"].as_str().unwrap().to_owned(),
+                                v["admin_addr"].as_str().unwrap().to_owned(),
+                            ));
+                        }
+                    }
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
+            .await
+            .unwrap();
+        let (addr, admin) = match got {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "gateway did not start; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Gateway {
+            child,
+            addr: addr.parse().unwrap(),
+            admin: admin.parse().unwrap(),
+            logs,
+        }
+    }
+}
+
+impl Gateway {
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder {
+            args: [
+                "--jwt-secret",
+                SECRET,
+                "--api-keys",
+                API_KEY,
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--log",
+                "info",
+                "--jwt-leeway",
+                "0s",
+                "--drain-period",
+                "1s",
+                "--node-id",
+                "test-node",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            env: Vec::new(),
+        }
+    }
+
+    /// A gateway with the test defaults.
+    pub async fn start() -> Gateway {
+        Self::builder().start().await
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends a Unix signal (e.g. "TERM", "INT", "KILL").
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (status, body) = http_request(self.admin, "GET", "/metrics", &[], "").await;
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// The value of one sample, e.g. `tidings_connections` or
+    /// `tidings_closes_total{code="4002"}`; 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+
+    /// Polls a metric until `pred` holds (or fails after [`WAIT`]).
+    pub async fn wait_metric(&self, sample: &str, pred: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.metric(sample).await;
+            if pred(v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "metric {sample} stuck at {v}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A request on the public listener.
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, String) {
+        http_request(self.addr, method, path, headers, body).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        http_request(self.admin, "GET", path, &[], "").await
+    }
+
+    /// `POST /api/v1/publish` with the test API key; returns status and JSON body.
+    pub async fn publish(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let auth = format!("Bearer {API_KEY}");
+        let (s, b) = self
+            .http(
+                "POST",
+                "/api/v1/publish",
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
+                &body.to_string(),
+            )
+            .await;
+        (
+            s,
+            serde_json::from_str(&b).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A minimal HTTP/1.1 request with `Connection: close`; returns status and body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("http response timed out")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Mints an HS256 token with the test secret.
+pub fn token(sub: &str, subscribe: &[&str], publish: &[&str], ttl_secs: u64) -> String {
+    let s: Vec<String> = subscribe.iter().map(|x| x.to_string()).collect();
+    let p: Vec<String> = publish.iter().map(|x| x.to_string()).collect();
+    gateway::auth::mint_hs256(SECRET.as_bytes(), sub, ttl_secs, &s, &p).unwrap()
+}
+
+/// How a client presents its token.
+#[derive(Clone, Copy, Debug)]
+pub enum TokenVia {
+    Bearer,
+    Subprotocol,
+    Query,
+}
+
+pub struct Connect<'a> {
+    pub token: Option<&'a str>,
+    pub via: TokenVia,
+    /// Subprotocols offered besides the token entry; empty offers none.
+    pub protocols: Vec<&'a str>,
+    pub headers: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> Connect<'a> {
+    pub fn new(token: &'a str) -> Self {
+        Self {
+            token: Some(token),
+            via: TokenVia::Bearer,
+            protocols: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A refused upgrade: the HTTP status and JSON body.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A real WebSocket client speaking the Tidings protocol.
+pub struct Client {
+    pub ws: Ws,
+    pub encoding: Encoding,
+    pub welcome: Welcome,
+    /// The subprotocol the server selected, if any.
+    pub protocol: Option<String>,
+    next_id: u64,
+    /// Messages read while waiting for something else.
+    pending: std::collections::VecDeque<MessageFrame>,
+    pub pings: usize,
+}
+
+impl Client {
+    /// Connects with a bearer token and JSON.
+    pub async fn connect(gw: &Gateway, token: &str) -> Client {
+        Self::connect_with(gw, Connect::new(token))
+            .await
+            .expect("connect")
+    }
+
+    pub async fn connect_encoding(gw: &Gateway, token: &str, enc: Encoding) -> Client {
+        let mut c = Connect::new(token);
+        c.protocols = vec![enc.subprotocol()];
+        Self::connect_with(gw, c).await.expect("connect")
+    }
+
+    pub async fn connect_with(gw: &Gateway, c: Connect<'_>) -> Result<Client, Refused> {
+        let url = match (c.via, c.token) {
+            (TokenVia::Query, Some(t)) => format!("{}?token={t}", gw.ws_url()),
+            _ => gw.ws_url(),
+        };
+        let mut req = url.into_client_request().unwrap();
+        let mut protocols: Vec<String> = c.protocols.iter().map(|s| s.to_string()).collect();
+        match (c.via, c.token) {
+            (TokenVia::Bearer, Some(t)) => {
+                req.headers_mut().insert(
+                    "Authorization",
+                    HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+                );
+            }
+            (TokenVia::Subprotocol, Some(t)) => protocols.push(format!("tidings.token.{t}")),
+            _ => {}
+        }
+        if !protocols.is_empty() {
+            req.headers_mut().insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_str(&protocols.join(", ")).unwrap(),
+            );
+        }
+        for (k, v) in &c.headers {
+            req.headers_mut().insert(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let (mut ws, resp) = match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect timed out")
+        {
+            Ok(ok) => ok,
+            Err(WsError::Http(resp)) => {
+                let status = resp.status().as_u16();
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| serde_json::from_slice(b).unwrap_or(serde_json::Value::Null))
+                    .unwrap_or_default();
+                return Err(Refused { status, body });
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        };
+        let protocol = resp
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let encoding = match protocol.as_deref() {
+            Some("tidings.msgpack") => Encoding::MsgPack,
+            _ => Encoding::Json,
+        };
+        let first = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("welcome timed out")
+            .expect("closed before welcome")
+            .unwrap();
+        let welcome = match decode(encoding, &first) {
+            Some(ServerFrame::Welcome(w)) => w,
+            other => panic!("expected welcome, got {other:?}"),
+        };
+        Ok(Client {
+            ws,
+            encoding,
+            welcome,
+            protocol,
+            next_id: 1,
+            pending: Default::default(),
+            pings: 0,
+        })
+    }
+
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub async fn send(&mut self, frame: &ClientFrame) {
+        let bytes = frame.encode(self.encoding).unwrap();
+        let msg = match self.encoding {
+            Encoding::Json => Message::Text(String::from_utf8(bytes.to_vec()).unwrap().into()),
+            Encoding::MsgPack => Message::Binary(bytes),
+        };
+        self.ws.send(msg).await.unwrap();
+    }
+
+    /// Sends a JSON value as a text frame (for malformed or hand-written frames).
+    pub async fn send_json(&mut self, v: serde_json::Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next server frame; app pings are counted and answered, WS control frames skipped.
+    pub async fn next_frame(&mut self) -> ServerFrame {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no frame in time")
+                .expect("connection ended")
+                .expect("read error");
+            if let Message::Close(c) = &msg {
+                panic!("unexpected close: {c:?}");
+            }
+            match decode(self.encoding, &msg) {
+                Some(ServerFrame::Ping) => {
+                    self.pings += 1;
+                    self.send(&ClientFrame::Pong).await;
+                }
+                Some(f) => return f,
+                None => continue,
+            }
+        }
+    }
+
+    /// Reads until the reply to `id`, keeping messages seen meanwhile.
+    pub async fn reply(&mut self, id: u64) -> Reply {
+        loop {
+            match self.next_frame().await {
+                ServerFrame::Reply(r) if r.id == Some(id) => return r,
+                ServerFrame::Reply(r) => panic!("unexpected reply {r:?} while waiting for {id}"),
+                ServerFrame::Message(m) => self.pending.push_back(m),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// The next reply, whatever its id.
+    pub async fn any_reply(&mut self) -> Reply {
+        loop {
+            match self.next_frame().await {
+                ServerFrame::Reply(r) => return r,
+                ServerFrame::Message(m) => self.pending.push_back(m),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// The next message frame.
+    pub async fn message(&mut self) -> MessageFrame {
+        if let Some(m) = self.pending.pop_front() {
+            return m;
+        }
+        loop {
+            match self.next_frame().await {
+                ServerFrame::Message(m) => return m,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts that no message arrives within `d`.
+    pub async fn no_message_within(&mut self, d: Duration) {
+        assert!(
+            self.pending.is_empty(),
+            "unexpected pending messages {:?}",
+            self.pending
+        );
+        if let Ok(Some(Ok(msg))) = tokio::time::timeout(d, self.ws.next()).await {
+            if let Some(ServerFrame::Message(m)) = decode(self.encoding, &msg) {
+                panic!("unexpected message {m:?}");
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Reply {
+        let id = self.next_id();
+        self.send(&ClientFrame::Subscribe {
+            id,
+            channel: channel.into(),
+            since: None,
+        })
+        .await;
+        self.reply(id).await
+    }
+
+    pub async fn unsubscribe(&mut self, channel: &str) -> Reply {
+        let id = self.next_id();
+        self.send(&ClientFrame::Unsubscribe {
+            id,
+            channel: channel.into(),
+        })
+        .await;
+        self.reply(id).await
+    }
+
+    pub async fn publish(
+        &mut self,
+        channel: &str,
+        event: &str,
+        payload: serde_json::Value,
+    ) -> Reply {
+        let id = self.next_id();
+        let payload = Payload::from_value(&payload).unwrap();
+        self.send(&ClientFrame::Publish {
+            id,
+            channel: channel.into(),
+            event: event.into(),
+            payload,
+        })
+        .await;
+        self.reply(id).await
+    }
+
+    pub async fn refresh(&mut self, token: &str) -> Reply {
+        let id = self.next_id();
+        self.send(&ClientFrame::Refresh {
+            id,
+            token: token.into(),
+        })
+        .await;
+        self.reply(id).await
+    }
+
+    /// Reads (skipping anything else) until the server closes; returns code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.ws.next())
+                .await
+                .expect("no close in time")
+            {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return (u16::from(f.code), f.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) => {
+                    return (u16::from(CloseCode::Status), String::new());
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("read error before close frame: {e}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}
+
+/// Decodes a data frame; `None` for control frames.
+pub fn decode(enc: Encoding, msg: &Message) -> Option<ServerFrame> {
+    let bytes: &[u8] = match msg {
+        Message::Text(t) => t.as_bytes(),
+        Message::Binary(b) => b,
+        _ => return None,
+    };
+    Some(decode_server(enc, bytes).unwrap_or_else(|e| panic!("undecodable server frame: {e}")))
+}
+
+/// Polls `f` until it returns true or [`WAIT`] passes.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
