@@ -247,17 +247,21 @@ impl Verifier {
         let mut v = Validation::new(alg);
         v.leeway = self.leeway;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp", "sub"]);
+        // jsonwebtoken only checks `iss`/`aud` when present: configured ones are required.
+        let mut required = vec!["exp", "sub"];
         if self.issuer.is_empty() {
             v.iss = None;
         } else {
             v.set_issuer(&self.issuer);
+            required.push("iss");
         }
         if self.audience.is_empty() {
             v.validate_aud = false;
         } else {
             v.set_audience(&self.audience);
+            required.push("aud");
         }
+        v.set_required_spec_claims(&required);
         let data = decode::<Claims>(token, &key.key, &v).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid(e.to_string()),

@@ -44,7 +44,8 @@ pub enum LogFormat {
 #[command(
     name = "gateway",
     version,
-    about = "Tidings WebSocket notification gateway"
+    about = "Tidings WebSocket notification gateway",
+    args_override_self = true
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -187,6 +188,19 @@ pub struct Settings {
     /// Namespace prefixed to every Redis key and channel. [default: tidings]
     #[arg(long, env = "TIDINGS_REDIS_NAMESPACE")]
     pub redis_namespace: Option<String>,
+    /// Redis pub/sub connections per node; channels are hashed across them. [default: 2]
+    #[arg(long, env = "TIDINGS_REDIS_SUBSCRIBERS")]
+    pub redis_subscribers: Option<usize>,
+    /// How long a channel stays subscribed in Redis after its last local subscriber left. [default: 5s]
+    #[arg(long, env = "TIDINGS_REDIS_UNSUBSCRIBE_DELAY")]
+    pub redis_unsubscribe_delay: Option<HumanDuration>,
+    /// Interval of the liveness probe on each subscriber connection; a probe not back
+    /// within one interval replaces the connection. [default: 5s]
+    #[arg(long, env = "TIDINGS_REDIS_PROBE_INTERVAL")]
+    pub redis_probe_interval: Option<HumanDuration>,
+    /// Longest wait between Redis reconnect attempts (exponential backoff with jitter). [default: 2s]
+    #[arg(long, env = "TIDINGS_REDIS_RECONNECT_MAX")]
+    pub redis_reconnect_max: Option<HumanDuration>,
 }
 
 macro_rules! merge {
@@ -280,6 +294,10 @@ pub struct Config {
     pub ws_read_buffer: usize,
     pub redis_url: Option<String>,
     pub redis_namespace: String,
+    pub redis_subscribers: usize,
+    pub redis_unsubscribe_delay: Duration,
+    pub redis_probe_interval: Duration,
+    pub redis_reconnect_max: Duration,
 }
 
 fn config_err(setting: &'static str, message: impl Into<String>) -> GatewayError {
@@ -457,6 +475,23 @@ impl Config {
             ws_read_buffer: s.ws_read_buffer.unwrap_or(2048).max(64),
             redis_url: s.redis_url.clone(),
             redis_namespace,
+            redis_subscribers: positive(s.redis_subscribers.unwrap_or(2), "redis-subscribers")?,
+            redis_unsubscribe_delay: s
+                .redis_unsubscribe_delay
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(5)),
+            redis_probe_interval: positive(
+                s.redis_probe_interval
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(5)),
+                "redis-probe-interval",
+            )?,
+            redis_reconnect_max: positive(
+                s.redis_reconnect_max
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(2)),
+                "redis-reconnect-max",
+            )?,
         })
     }
 }

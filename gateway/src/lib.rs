@@ -51,15 +51,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let verifier = auth::Verifier::new(&config.jwt)?;
     let table = Arc::new(Table::new(metrics.clone()));
     let broker: Arc<dyn Broker> = match &config.redis_url {
-        None => Arc::new(MemoryBroker::new(table.clone())),
-        Some(_) => {
-            return Err(GatewayError::Config {
-                setting: "redis-url",
-                message: "the Redis broker is not built into this version".into(),
-            });
+        None => {
+            metrics.broker.up.set(1);
+            Arc::new(MemoryBroker::new(table.clone()))
+        }
+        Some(url) => {
+            let settings = broker::RedisSettings {
+                url: url.clone(),
+                namespace: config.redis_namespace.clone(),
+                node_id: config.node_id.clone(),
+                subscribers: config.redis_subscribers,
+                unsubscribe_delay: config.redis_unsubscribe_delay,
+                probe_interval: config.redis_probe_interval,
+                reconnect_max: config.redis_reconnect_max,
+                max_payload: config.max_payload_size,
+            };
+            Arc::new(broker::RedisBroker::start(
+                settings,
+                table.clone(),
+                metrics.clone(),
+            )?)
         }
     };
-    metrics.broker.up.set(1);
     let hub = Hub::new(table, broker, metrics.clone());
     let listen = config.listen;
     let admin_listen = config.admin_listen;

@@ -133,6 +133,13 @@ impl Session {
         }
     }
 
+    /// A data frame of the wrong kind (text on a MessagePack connection or binary on
+    /// a JSON one): counted and struck like any other undecodable frame.
+    pub fn wrong_kind(&mut self, now: Instant, reply: Reply) -> Outcome {
+        self.node.metrics.inbound("invalid");
+        self.strike(now, Outcome::Reply(reply))
+    }
+
     /// Handles one inbound data frame.
     pub async fn handle(&mut self, bytes: &[u8], now: Instant) -> Outcome {
         let frame = match protocol::frame::decode_client(self.encoding, bytes) {

@@ -116,6 +116,11 @@ where
                         Message::Text(_) | Message::Binary(_) => {
                             let expected = if enc.is_text() { "text" } else { "binary" };
                             let reply = Reply::error(None, protocol::ErrorCode::BadFrame, format!("this connection uses {} frames in {expected} frames", enc.name()));
+                            let reply = match session.wrong_kind(now, reply) {
+                                Outcome::Reply(r) => r,
+                                Outcome::End(e) => break 'conn e,
+                                Outcome::Silent => continue,
+                            };
                             if let Some(m) = encode_reply(enc, &ServerFrame::Reply(reply)) {
                                 if tx.send(m).await.is_err() { break 'conn SessionEnd::PeerGone; }
                             }

@@ -1,1 +1,414 @@
-//! placeholder
+//! Publish targeted notifications to Tidings gateways through Redis.
+//!
+//! A backend builds a notification with [`Publisher`] (to a user, several users, a
+//! channel, several channels or everyone), and the SDK writes the protocol's Redis
+//! envelope (MessagePack) to each target's Redis channel with `PUBLISH`. Every
+//! gateway node that holds a connection interested in the target is subscribed to
+//! that channel and delivers it; the [`Receipt`] says how many nodes received it.
+//! Channel names and the envelope come from the `protocol` crate, the same code the
+//! gateway uses, and the gateway's own HTTP publish API goes through this crate.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), publisher::PublishError> {
+//! use publisher::Publisher;
+//! use serde_json::json;
+//!
+//! let publisher = Publisher::builder("redis://127.0.0.1:6379").build()?;
+//! let receipt = publisher
+//!     .to_user("alice")
+//!     .event("order.shipped")
+//!     .payload(&json!({"order": 42}))
+//!     .id("order-42-shipped")
+//!     .send()
+//!     .await?;
+//! println!("delivered by {} gateway node(s)", receipt.nodes);
+//! # Ok(()) }
+//! ```
+//!
+//! Publishing while Redis is unreachable returns [`PublishError::Unavailable`], never
+//! a silent success. Redis pub/sub is at-most-once: a node that is not subscribed
+//! when the message is published does not get it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::{Config as PoolConfig, Pool, PoolConfig as PoolSize, Runtime};
+use protocol::channel::{self, BROADCAST};
+use protocol::{Payload, Publication, envelope, keys};
+use serde::Serialize;
+
+/// Default largest payload (JSON text), the same as the gateway's default.
+pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
+
+/// Errors of publishing.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Redis could not be reached or refused the command; nothing was published
+    /// (for multi-target publishes: possibly only some targets were).
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// The payload's JSON text is larger than the configured maximum.
+    #[error("payload is {size} bytes, larger than the maximum {max}")]
+    PayloadTooLarge { size: usize, max: usize },
+    /// A user id or channel name breaks the naming rules, or the target list is empty.
+    #[error("invalid target: {0}")]
+    InvalidTarget(String),
+    /// The event name breaks the naming rules.
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    /// The payload could not be serialized, or raw bytes were not valid JSON.
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
+    /// The builder's settings are invalid (e.g. a malformed URL).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// What a publish reached.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receipt {
+    /// Gateway nodes that received the notification, summed over targets (Redis
+    /// `PUBLISH` replies: each interested node subscribes once per channel).
+    pub nodes: u64,
+    /// Nodes reached per target, in the order the targets were given.
+    pub per_target: Vec<u64>,
+}
+
+/// Builds a [`Publisher`].
+#[derive(Debug, Clone)]
+pub struct PublisherBuilder {
+    url: String,
+    namespace: String,
+    max_payload: usize,
+    pool_size: usize,
+    timeout: Duration,
+}
+
+impl PublisherBuilder {
+    /// Namespace of Redis names; must match the gateways' `--redis-namespace`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Largest payload accepted, in bytes of JSON text.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// Connections kept in the pool.
+    pub fn pool_size(mut self, n: usize) -> Self {
+        self.pool_size = n.max(1);
+        self
+    }
+
+    /// Upper bound for getting a connection and running one publish.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Creates the publisher. Connections are opened lazily, so this succeeds even
+    /// while Redis is down; publishes then fail with [`PublishError::Unavailable`].
+    pub fn build(self) -> Result<Publisher, PublishError> {
+        if self.namespace.is_empty() {
+            return Err(PublishError::Config("namespace must not be empty".into()));
+        }
+        redis::Client::open(self.url.as_str()).map_err(|e| PublishError::Config(e.to_string()))?;
+        let mut cfg = PoolConfig::from_url(self.url);
+        cfg.pool = Some(PoolSize::new(self.pool_size));
+        let pool = cfg
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| PublishError::Config(e.to_string()))?;
+        Ok(Publisher {
+            inner: Arc::new(Inner {
+                pool,
+                namespace: self.namespace,
+                max_payload: self.max_payload,
+                timeout: self.timeout,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    pool: Pool,
+    namespace: String,
+    max_payload: usize,
+    timeout: Duration,
+}
+
+/// Publishes notifications through Redis. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("namespace", &self.inner.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Users(Vec<String>),
+    Channels(Vec<String>),
+    Broadcast,
+}
+
+impl Publisher {
+    /// Starts a builder for the Redis at `url` (`redis://host:port/db`).
+    pub fn builder(url: impl Into<String>) -> PublisherBuilder {
+        PublisherBuilder {
+            url: url.into(),
+            namespace: keys::DEFAULT_NAMESPACE.to_owned(),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            pool_size: 8,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    fn start(&self, target: Target) -> Publish<'_> {
+        Publish {
+            publisher: self,
+            target,
+            event: envelope::DEFAULT_EVENT.to_owned(),
+            payload: Ok(Payload::null()),
+            id: None,
+        }
+    }
+
+    /// A notification for every connection of one user.
+    pub fn to_user(&self, user: impl Into<String>) -> Publish<'_> {
+        self.start(Target::Users(vec![user.into()]))
+    }
+
+    /// A notification for every connection of each of these users.
+    pub fn to_users<I, S>(&self, users: I) -> Publish<'_>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.start(Target::Users(users.into_iter().map(Into::into).collect()))
+    }
+
+    /// A notification for every subscriber of a channel.
+    pub fn to_channel(&self, channel: impl Into<String>) -> Publish<'_> {
+        self.start(Target::Channels(vec![channel.into()]))
+    }
+
+    /// A notification for every subscriber of each of these channels.
+    pub fn to_channels<I, S>(&self, channels: I) -> Publish<'_>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.start(Target::Channels(
+            channels.into_iter().map(Into::into).collect(),
+        ))
+    }
+
+    /// A notification for every connection on every node.
+    pub fn broadcast(&self) -> Publish<'_> {
+        self.start(Target::Broadcast)
+    }
+
+    /// Publishes a liveness probe on a raw Redis channel (built with
+    /// `protocol::keys::probe_channel`) and returns how many subscribers got it.
+    /// Gateways use this to check that their subscriber connections still deliver.
+    pub async fn probe(&self, redis_channel: &str) -> Result<u64, PublishError> {
+        let inner = self.inner.clone();
+        let channel = redis_channel.to_owned();
+        let run = async move {
+            let mut conn = inner
+                .pool
+                .get()
+                .await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg("probe")
+                .query_async::<u64>(&mut conn)
+                .await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))
+        };
+        tokio::time::timeout(self.inner.timeout, run)
+            .await
+            .map_err(|_| {
+                PublishError::Unavailable(format!("no answer within {:?}", self.inner.timeout))
+            })?
+    }
+
+    /// Publishes ready-made publications (one per target channel) in one round trip.
+    /// This is the path the builder and the gateway's HTTP API use; prefer the
+    /// builder in application code.
+    pub async fn publish_all(&self, pubs: &[Publication]) -> Result<Receipt, PublishError> {
+        let mut pipe = redis::pipe();
+        for p in pubs {
+            if p.payload.len() > self.inner.max_payload {
+                return Err(PublishError::PayloadTooLarge {
+                    size: p.payload.len(),
+                    max: self.inner.max_payload,
+                });
+            }
+            pipe.cmd("PUBLISH")
+                .arg(keys::pubsub_channel(&self.inner.namespace, &p.channel))
+                .arg(p.encode());
+        }
+        let inner = self.inner.clone();
+        let run = async move {
+            let mut conn = inner
+                .pool
+                .get()
+                .await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+            pipe.query_async::<Vec<u64>>(&mut conn)
+                .await
+                .map_err(|e| PublishError::Unavailable(e.to_string()))
+        };
+        let per_target = tokio::time::timeout(self.inner.timeout, run)
+            .await
+            .map_err(|_| {
+                PublishError::Unavailable(format!("no answer within {:?}", self.inner.timeout))
+            })??;
+        Ok(Receipt {
+            nodes: per_target.iter().sum(),
+            per_target,
+        })
+    }
+}
+
+/// One notification being built; [`Publish::send`] publishes it.
+#[must_use = "a notification is only published by send()"]
+pub struct Publish<'a> {
+    publisher: &'a Publisher,
+    target: Target,
+    event: String,
+    payload: Result<Payload, PublishError>,
+    id: Option<String>,
+}
+
+impl Publish<'_> {
+    /// The application event name (default `message`).
+    pub fn event(mut self, event: impl Into<String>) -> Self {
+        self.event = event.into();
+        self
+    }
+
+    /// The payload: any value that serializes to JSON.
+    pub fn payload<T: Serialize + ?Sized>(mut self, value: &T) -> Self {
+        self.payload =
+            Payload::from_value(value).map_err(|e| PublishError::InvalidPayload(e.to_string()));
+        self
+    }
+
+    /// The payload as ready-made JSON bytes (validated, not re-encoded).
+    pub fn raw_payload(mut self, json: impl AsRef<[u8]>) -> Self {
+        self.payload = std::str::from_utf8(json.as_ref())
+            .map_err(|e| PublishError::InvalidPayload(e.to_string()))
+            .and_then(|s| {
+                Payload::from_json(s).map_err(|e| PublishError::InvalidPayload(e.to_string()))
+            });
+        self
+    }
+
+    /// A message id that clients see as `msg_id` (also the idempotency key for
+    /// gateways that keep history).
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    fn channels(&self) -> Result<Vec<String>, PublishError> {
+        let invalid = |e: protocol::ProtocolError| PublishError::InvalidTarget(e.to_string());
+        let out = match &self.target {
+            Target::Users(users) => users
+                .iter()
+                .map(|u| {
+                    channel::validate_user(u)
+                        .map(|()| channel::personal(u))
+                        .map_err(invalid)
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Target::Channels(chs) => chs
+                .iter()
+                .map(|c| channel::validate(c).map(|()| c.clone()).map_err(invalid))
+                .collect::<Result<Vec<_>, _>>()?,
+            Target::Broadcast => vec![BROADCAST.to_owned()],
+        };
+        if out.is_empty() {
+            return Err(PublishError::InvalidTarget("no target given".into()));
+        }
+        Ok(out)
+    }
+
+    /// Validates and publishes; returns how many gateway nodes received it.
+    pub async fn send(self) -> Result<Receipt, PublishError> {
+        let channels = self.channels()?;
+        envelope::validate_event(&self.event).map_err(PublishError::InvalidEvent)?;
+        let payload = self.payload?;
+        if let Some(id) = &self.id {
+            if id.is_empty() || id.len() > 128 {
+                return Err(PublishError::InvalidPayload(
+                    "id must be 1..=128 bytes".into(),
+                ));
+            }
+        }
+        let pubs: Vec<Publication> = channels
+            .into_iter()
+            .map(|ch| {
+                let mut p = Publication::new(ch, self.event.clone(), payload.clone());
+                p.id = self.id.clone();
+                p
+            })
+            .collect();
+        self.publisher.publish_all(&pubs).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publisher() -> Publisher {
+        Publisher::builder("redis://127.0.0.1:1")
+            .max_payload(16)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn validation_happens_before_redis() {
+        let p = publisher();
+        let e = p.to_user("bad user").send().await.unwrap_err();
+        assert!(matches!(e, PublishError::InvalidTarget(_)), "{e}");
+        let e = p.to_channel("$broadcast").send().await.unwrap_err();
+        assert!(matches!(e, PublishError::InvalidTarget(_)), "{e}");
+        let e = p.to_users(Vec::<String>::new()).send().await.unwrap_err();
+        assert!(matches!(e, PublishError::InvalidTarget(_)), "{e}");
+        let e = p.to_user("a").event("no spaces").send().await.unwrap_err();
+        assert!(matches!(e, PublishError::InvalidEvent(_)), "{e}");
+        let e = p
+            .to_user("a")
+            .raw_payload("{oops")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PublishError::InvalidPayload(_)), "{e}");
+        let e = p
+            .to_user("a")
+            .payload(&"x".repeat(100))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PublishError::PayloadTooLarge { .. }), "{e}");
+        // Valid, but nothing listens on port 1.
+        let e = p.to_user("a").send().await.unwrap_err();
+        assert!(matches!(e, PublishError::Unavailable(_)), "{e}");
+        assert!(Publisher::builder("not a url").build().is_err());
+    }
+}

@@ -10,8 +10,10 @@ use protocol::Publication;
 use serde::Serialize;
 
 mod memory;
+mod redis;
 
 pub use memory::MemoryBroker;
+pub use redis::{RedisBroker, RedisSettings};
 
 /// What a publish reached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -27,6 +29,9 @@ pub struct Receipt {
 pub enum BrokerError {
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The broker refused this publication (e.g. too large); retrying won't help.
+    #[error("publication refused: {0}")]
+    Rejected(String),
 }
 
 #[async_trait]

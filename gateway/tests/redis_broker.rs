@@ -1,0 +1,249 @@
+//! Multi-node delivery through a real Redis started by the harness: exactly-once
+//! delivery across nodes, interest-based subscriptions, churn, Redis failures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use protocol::{Encoding, ErrorCode};
+use publisher::{PublishError, Publisher};
+use serde_json::json;
+use support::{Client, Gateway, RedisServer, eventually, token};
+
+async fn nodes(redis: &RedisServer, n: usize) -> Vec<Gateway> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(
+            Gateway::builder()
+                .redis(redis, &format!("node{i}"))
+                .start()
+                .await,
+        );
+    }
+    for gw in &v {
+        eventually("node ready", || async {
+            gw.admin_get("/readyz").await.0 == 200
+        })
+        .await;
+    }
+    v
+}
+
+fn sdk(redis: &RedisServer) -> Publisher {
+    Publisher::builder(redis.url())
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn three_nodes_deliver_exactly_once() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 3).await;
+    let t_alice = token("alice", &["news"], &[], 60);
+    let mut alice = Vec::new();
+    for (i, gw) in gws.iter().enumerate() {
+        let enc = if i % 2 == 0 {
+            Encoding::Json
+        } else {
+            Encoding::MsgPack
+        };
+        alice.push(Client::connect_encoding(gw, &t_alice, enc).await);
+    }
+    let mut bob = Client::connect(&gws[0], &token("bob", &["news"], &[], 60)).await;
+    assert!(alice[0].subscribe("news").await.ok);
+    assert!(alice[1].subscribe("news").await.ok);
+    assert!(bob.subscribe("news").await.ok);
+    redis.wait_numsub("$user:alice", 3).await;
+    redis.wait_numsub("$user:bob", 1).await;
+    redis.wait_numsub("news", 2).await;
+    redis.wait_numsub("$broadcast", 3).await;
+
+    let p = sdk(&redis);
+    // A user notification reaches every device of that user on every node, once.
+    let r = p
+        .to_user("alice")
+        .event("n")
+        .payload(&json!({"k": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.nodes, 3);
+    for c in &mut alice {
+        let m = c.message().await;
+        assert_eq!((m.channel.as_str(), m.event.as_str()), ("$user:alice", "n"));
+    }
+    // A channel message reaches all subscribers on all nodes, once.
+    let r = p.to_channel("news").event("c").send().await.unwrap();
+    assert_eq!(r.nodes, 2);
+    for c in alice.iter_mut().take(2).chain(std::iter::once(&mut bob)) {
+        assert_eq!(c.message().await.channel, "news");
+    }
+    // A broadcast reaches everyone.
+    let r = p.broadcast().event("b").send().await.unwrap();
+    assert_eq!(r.nodes, 3);
+    for c in alice.iter_mut().chain(std::iter::once(&mut bob)) {
+        assert_eq!(c.message().await.channel, "$broadcast");
+    }
+    // The HTTP API of any node goes through Redis too.
+    let (status, body) = gws[2]
+        .publish(json!({"users": ["alice", "bob"], "event": "api"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["nodes"], 4);
+    for c in alice.iter_mut().chain(std::iter::once(&mut bob)) {
+        assert_eq!(c.message().await.event, "api");
+    }
+    // Nothing arrives twice.
+    for c in alice.iter_mut().chain(std::iter::once(&mut bob)) {
+        c.no_message_within(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test]
+async fn node_without_interest_receives_nothing() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 2).await;
+    let mut alice = Client::connect(&gws[0], &token("alice", &[], &[], 60)).await;
+    let _bob = Client::connect(&gws[1], &token("bob", &[], &[], 60)).await;
+    redis.wait_numsub("$user:alice", 1).await;
+    redis.wait_numsub("$user:bob", 1).await;
+    let p = sdk(&redis);
+    for i in 0..20 {
+        let r = p.to_user("alice").payload(&i).send().await.unwrap();
+        assert_eq!(r.nodes, 1);
+    }
+    for _ in 0..20 {
+        alice.message().await;
+    }
+    assert_eq!(
+        gws[0].metric("tidings_redis_messages_received_total").await,
+        20.0
+    );
+    assert_eq!(
+        gws[1].metric("tidings_redis_messages_received_total").await,
+        0.0
+    );
+    // A user nobody holds has no subscriber anywhere.
+    assert_eq!(p.to_user("carol").send().await.unwrap().nodes, 0);
+}
+
+#[tokio::test]
+async fn churn_leaves_no_subscriptions_behind() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 2).await;
+    let mut handles = Vec::new();
+    for batch in 0..10 {
+        for (n, gw) in gws.iter().enumerate() {
+            let addr = gw.addr;
+            handles.push(tokio::spawn(async move {
+                let mut out = Vec::new();
+                for i in 0..50 {
+                    let user = format!("u{batch}-{n}-{i}");
+                    let chan = format!("room:{batch}-{i}");
+                    let t = token(&user, &["room:*"], &[], 60);
+                    let mut c = support::connect_addr(addr, &t).await;
+                    assert!(c.subscribe(&chan).await.ok);
+                    out.push(c);
+                }
+                out
+            }));
+        }
+    }
+    let mut clients = Vec::new();
+    for h in handles {
+        clients.extend(h.await.unwrap());
+    }
+    assert_eq!(clients.len(), 1000);
+    eventually("redis subscriptions for every user", || async {
+        redis.channels().await.len() >= 1000
+    })
+    .await;
+    for mut c in clients {
+        c.ws.close(None).await.unwrap();
+    }
+    eventually("no redis subscriptions left", || async {
+        redis.channels().await.is_empty()
+    })
+    .await;
+    for gw in &gws {
+        gw.wait_metric("tidings_redis_subscriptions", |v| v == 0.0)
+            .await;
+        gw.wait_metric("tidings_connections", |v| v == 0.0).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_restart_keeps_clients_and_recovers() {
+    let mut redis = RedisServer::start().await;
+    let gws = nodes(&redis, 2).await;
+    let t = token("alice", &["news"], &["news"], 60);
+    let mut a = Client::connect(&gws[0], &t).await;
+    let mut b = Client::connect(&gws[1], &t).await;
+    redis.wait_numsub("$user:alice", 2).await;
+
+    redis.kill();
+    for gw in &gws {
+        eventually("readyz 503", || async {
+            gw.admin_get("/readyz").await.0 == 503
+        })
+        .await;
+    }
+    // Clients stay connected and get answers they can act on.
+    let r = a.publish("news", "x", json!(1)).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::Unavailable);
+    assert!(b.subscribe("news").await.ok);
+    let (status, body) = gws[0].publish(json!({"user": "alice"})).await;
+    assert_eq!(status, 503, "{body}");
+    let e = sdk(&redis).to_user("alice").send().await.unwrap_err();
+    assert!(matches!(e, PublishError::Unavailable(_)), "{e}");
+
+    redis.restart().await;
+    for gw in &gws {
+        eventually("readyz 200", || async {
+            gw.admin_get("/readyz").await.0 == 200
+        })
+        .await;
+    }
+    // Subscriptions come back from the hub's interest set, including one made while down.
+    redis.wait_numsub("$user:alice", 2).await;
+    redis.wait_numsub("news", 1).await;
+    let sent = std::time::Instant::now();
+    sdk(&redis)
+        .to_user("alice")
+        .event("back")
+        .send()
+        .await
+        .unwrap();
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.message().await.event, "back");
+    }
+    assert!(sent.elapsed() < Duration::from_secs(2));
+    assert!(gws[0].metric("tidings_broker_reconnects_total").await >= 1.0);
+    assert_eq!(gws[0].metric("tidings_broker_up").await, 1.0);
+}
+
+#[tokio::test]
+async fn killed_subscriber_connection_is_replaced() {
+    let redis = RedisServer::start().await;
+    let gws = nodes(&redis, 1).await;
+    let mut a = Client::connect(&gws[0], &token("alice", &[], &[], 60)).await;
+    redis.wait_numsub("$user:alice", 1).await;
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    redis.wait_numsub("$user:alice", 1).await;
+    eventually("readyz 200", || async {
+        gws[0].admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    gws[0]
+        .wait_metric("tidings_broker_reconnects_total", |v| v >= 1.0)
+        .await;
+    sdk(&redis)
+        .to_user("alice")
+        .event("after")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.message().await.event, "after");
+}
