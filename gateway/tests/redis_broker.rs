@@ -247,3 +247,45 @@ async fn killed_subscriber_connection_is_replaced() {
         .unwrap();
     assert_eq!(a.message().await.event, "after");
 }
+
+#[tokio::test]
+async fn silently_dead_subscriber_is_detected_by_the_probe() {
+    let redis = RedisServer::start().await;
+    let proxy =
+        testkit::FreezeProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    let gw = Gateway::builder()
+        .redis_url(&proxy.url(), "frozen")
+        .start()
+        .await;
+    eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
+    let mut a = Client::connect(&gw, &token("alice", &[], &[], 60)).await;
+    redis.wait_numsub("$user:alice", 1).await;
+    // The connections stay open but deliver nothing, as after a failover that left
+    // the subscriber attached to a demoted server.
+    proxy.freeze_existing();
+    gw.wait_metric("tidings_broker_reconnects_total", |v| v >= 1.0)
+        .await;
+    eventually("ready again", || async {
+        gw.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    // Delivery resumes on the replacement connection.
+    let p = sdk(&redis);
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        p.to_user("alice")
+            .event("after-freeze")
+            .send()
+            .await
+            .unwrap();
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(300), a.message()).await {
+            assert_eq!(m.event, "after-freeze");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "delivery did not resume"
+        );
+    }
+    a.no_message_within(Duration::from_millis(300)).await;
+}

@@ -32,7 +32,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::{Config as PoolConfig, Pool, PoolConfig as PoolSize, Runtime};
+use deadpool_redis::{Config as PoolConfig, Pool, PoolConfig as PoolSize, Runtime, Timeouts};
 use protocol::channel::{self, BROADCAST};
 use protocol::{Payload, Publication, envelope, keys};
 use serde::Serialize;
@@ -117,7 +117,15 @@ impl PublisherBuilder {
         }
         redis::Client::open(self.url.as_str()).map_err(|e| PublishError::Config(e.to_string()))?;
         let mut cfg = PoolConfig::from_url(self.url);
-        cfg.pool = Some(PoolSize::new(self.pool_size));
+        let mut size = PoolSize::new(self.pool_size);
+        // A connection that hangs (not just fails) must not wedge the pool: bound
+        // every stage, so a stuck connection is dropped and a fresh one made.
+        size.timeouts = Timeouts {
+            wait: Some(self.timeout),
+            create: Some(self.timeout),
+            recycle: Some(self.timeout),
+        };
+        cfg.pool = Some(size);
         let pool = cfg
             .create_pool(Some(Runtime::Tokio1))
             .map_err(|e| PublishError::Config(e.to_string()))?;

@@ -1,0 +1,190 @@
+//! Test harness shared by the Tidings crates: real `redis-server` processes on free
+//! ports and a TCP proxy that can silently stop forwarding (to emulate connections
+//! that stay open but deliver nothing). Tests never use a server on 6379.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod proxy;
+
+pub use proxy::FreezeProxy;
+
+/// How long a harness operation may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A `redis-server` started for one test on a free port; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    args: Vec<String>,
+    pub dir: std::path::PathBuf,
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisServer {
+    /// Starts a server that keeps nothing on disk.
+    pub async fn start() -> RedisServer {
+        Self::start_with(&["--save", "", "--appendonly", "no"]).await
+    }
+
+    /// Starts a server with extra arguments (e.g. `--appendonly yes`).
+    pub async fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = std::env::temp_dir().join(format!(
+            "tidings-redis-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            args: extra.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.spawn().await {
+                return server;
+            }
+        }
+        panic!("could not start redis-server (is it installed?)");
+    }
+
+    async fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self.dir.to_str().unwrap(),
+            ])
+            .args(["--protected-mode", "no"])
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Ok(pong)) =
+                tokio::time::timeout(Duration::from_millis(500), self.try_cmd(&["PING"])).await
+            {
+                if pong == redis::Value::SimpleString("PONG".into()) {
+                    return true;
+                }
+            }
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait().unwrap().is_some() {
+                    return false;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same arguments.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn().await {
+            assert!(
+                Instant::now() < deadline,
+                "redis did not restart on port {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn try_cmd(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut conn).await
+    }
+
+    /// Runs a command and returns its reply.
+    pub async fn cmd(&self, args: &[&str]) -> redis::Value {
+        tokio::time::timeout(WAIT, self.try_cmd(args))
+            .await
+            .expect("redis command timed out")
+            .expect("redis command")
+    }
+
+    /// `PUBSUB NUMSUB` of a client-visible channel in the default namespace.
+    pub async fn numsub(&self, channel: &str) -> i64 {
+        let name = protocol::keys::pubsub_channel("tidings", channel);
+        match self.cmd(&["PUBSUB", "NUMSUB", &name]).await {
+            redis::Value::Array(v) if v.len() == 2 => match &v[1] {
+                redis::Value::Int(n) => *n,
+                other => panic!("unexpected NUMSUB reply {other:?}"),
+            },
+            other => panic!("unexpected NUMSUB reply {other:?}"),
+        }
+    }
+
+    /// Waits until `numsub(channel) == n`.
+    pub async fn wait_numsub(&self, channel: &str, n: i64) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.numsub(channel).await;
+            if got == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "NUMSUB {channel} stuck at {got}, want {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every Tidings pub/sub channel Redis currently has subscribers for.
+    pub async fn channels(&self) -> Vec<String> {
+        match self.cmd(&["PUBSUB", "CHANNELS", "tidings:ch:*"]).await {
+            redis::Value::Array(v) => v
+                .into_iter()
+                .map(|x| match x {
+                    redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect(),
+            other => panic!("unexpected PUBSUB CHANNELS reply {other:?}"),
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
