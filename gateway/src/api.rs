@@ -164,11 +164,15 @@ fn key_matches(keys: &[String], given: &str) -> bool {
 /// Serves the publish routes (the caller matched the path).
 pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Response<Body> {
     if req.method() != http::Method::POST {
-        return error(
+        let mut resp = error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "use POST",
         );
+        // RFC 9110 §15.5.6: a 405 must list the allowed methods.
+        resp.headers_mut()
+            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        return resp;
     }
     if node.config.api_keys.is_empty() {
         return error(

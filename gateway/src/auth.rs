@@ -234,10 +234,10 @@ impl Verifier {
         }
         let key = if HS.contains(&alg) {
             self.secret.as_ref()
-        } else if let Some(kid) = &header.kid {
-            self.jwks
-                .get(kid)
-                .or_else(|| self.pem.iter().find(|k| k.algorithms.contains(&alg)))
+        } else if let Some(kid) = header.kid.as_ref().filter(|_| !self.jwks.is_empty()) {
+            // With a JWKS configured, a `kid` must name one of its keys: an unknown
+            // kid is refused rather than tried against other keys.
+            self.jwks.get(kid)
         } else {
             self.pem.iter().find(|k| k.algorithms.contains(&alg))
         };

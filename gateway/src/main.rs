@@ -24,6 +24,10 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(gateway::run(config, gateway::shutdown_signal()))?;
+    runtime.block_on(async {
+        let shutdown = gateway::shutdown_signal().context("cannot install signal handlers")?;
+        gateway::run(config, shutdown).await?;
+        anyhow::Ok(())
+    })?;
     Ok(())
 }

@@ -80,26 +80,28 @@ where
                         break 'conn SessionEnd::Requested(code);
                     }
                     let now_ms = protocol::now_millis();
-                    for item in batch.drain(..) {
-                        if item.published_ms != 0 {
-                            node.metrics.latency(now_ms, item.published_ms);
+                    // A peer that stops reading blocks these writes (`feed` waits for
+                    // room once the socket is full, not just the flush); a full outbox
+                    // must still be able to end the connection meanwhile.
+                    let write = async {
+                        for item in batch.drain(..) {
+                            if item.published_ms != 0 {
+                                node.metrics.latency(now_ms, item.published_ms);
+                            }
+                            let msg = match item.frame {
+                                Frame::Text(t) => Message::Text(t),
+                                Frame::Binary(b) => Message::Binary(b),
+                            };
+                            tx.feed(msg).await?;
                         }
-                        let msg = match item.frame {
-                            Frame::Text(t) => Message::Text(t),
-                            Frame::Binary(b) => Message::Binary(b),
-                        };
-                        if tx.feed(msg).await.is_err() {
-                            break 'conn SessionEnd::PeerGone;
-                        }
+                        tx.flush().await
+                    };
+                    tokio::select! {
+                        r = write => if r.is_err() { break 'conn SessionEnd::PeerGone },
+                        code = outbox.closed() => break 'conn SessionEnd::Requested(code),
                     }
                     if batch.capacity() > BATCH {
                         batch = Vec::new();
-                    }
-                    // A peer that stops reading blocks this flush; a full outbox must
-                    // still be able to end the connection meanwhile.
-                    tokio::select! {
-                        r = tx.flush() => if r.is_err() { break 'conn SessionEnd::PeerGone },
-                        code = outbox.closed() => break 'conn SessionEnd::Requested(code),
                     }
                 }
                 msg = rx.next() => {
