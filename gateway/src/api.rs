@@ -44,6 +44,13 @@ struct BatchRequest {
 
 struct Invalid(String);
 
+/// Drops repeated targets (keeping the first), so nobody gets a message twice.
+fn dedup(mut v: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|c| seen.insert(c.clone()));
+    v
+}
+
 /// Resolves a request into the client-visible channels it targets.
 fn targets(r: &PublishRequest) -> Result<Vec<String>, Invalid> {
     let given = [
@@ -85,14 +92,22 @@ fn targets(r: &PublishRequest) -> Result<Vec<String>, Invalid> {
     }
     if let Some(us) = &r.users {
         list(us)?;
-        return us.iter().map(check_user).collect();
+        return us
+            .iter()
+            .map(check_user)
+            .collect::<Result<_, _>>()
+            .map(dedup);
     }
     if let Some(c) = &r.channel {
         return Ok(vec![check_channel(c)?]);
     }
     if let Some(cs) = &r.channels {
         list(cs)?;
-        return cs.iter().map(check_channel).collect();
+        return cs
+            .iter()
+            .map(check_channel)
+            .collect::<Result<_, _>>()
+            .map(dedup);
     }
     Ok(vec![BROADCAST.to_owned()])
 }
@@ -121,24 +136,20 @@ async fn publish_one(node: &Node, r: PublishRequest) -> Result<Receipt, Failure>
             return Err(Failure::Invalid("id must be 1..=128 bytes".into()));
         }
     }
-    let mut total = Receipt::default();
-    for ch in channels {
-        let mut p = Publication::new(ch, event.clone(), payload.clone());
-        p.id = r.id.clone();
-        node.metrics.published("api");
-        let receipt = node
-            .hub
-            .publish(p)
-            .await
-            .map_err(|e| Failure::Unavailable(e.to_string()))?;
-        total.nodes += receipt.nodes;
-        total.sessions = match (total.sessions, receipt.sessions) {
-            (Some(a), Some(b)) => Some(a + b),
-            (None, b) => b,
-            (a, None) => a,
-        };
-    }
-    Ok(total)
+    let pubs: Vec<Publication> = channels
+        .into_iter()
+        .map(|ch| {
+            node.metrics.published("api");
+            let mut p = Publication::new(ch, event.clone(), payload.clone());
+            p.id = r.id.clone();
+            p
+        })
+        .collect();
+    // One broker call: with Redis, one pipelined round trip for every target.
+    node.hub
+        .publish(pubs)
+        .await
+        .map_err(|e| Failure::Unavailable(e.to_string()))
 }
 
 fn failure_response(f: Failure) -> Response<Body> {

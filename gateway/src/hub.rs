@@ -199,8 +199,8 @@ impl Hub {
         }
     }
 
-    pub async fn publish(&self, p: Publication) -> Result<Receipt, BrokerError> {
-        self.broker.publish(p).await
+    pub async fn publish(&self, pubs: Vec<Publication>) -> Result<Receipt, BrokerError> {
+        self.broker.publish(pubs).await
     }
 
     pub fn ready(&self) -> bool {

@@ -264,7 +264,7 @@ impl Session {
         match self
             .node
             .hub
-            .publish(Publication::new(name, event, payload))
+            .publish(vec![Publication::new(name, event, payload)])
             .await
         {
             Ok(receipt) => Outcome::Reply(Reply::ok(id, json!(receipt))),

@@ -351,6 +351,10 @@ impl Publish<'_> {
         if out.is_empty() {
             return Err(PublishError::InvalidTarget("no target given".into()));
         }
+        // A repeated target would deliver the same notification twice.
+        let mut seen = std::collections::HashSet::new();
+        let mut out = out;
+        out.retain(|c| seen.insert(c.clone()));
         Ok(out)
     }
 

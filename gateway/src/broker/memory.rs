@@ -19,13 +19,16 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    async fn publish(&self, p: Publication) -> Result<Receipt, BrokerError> {
-        let had_interest = self.table.has_interest(&p.channel);
-        let n = self.table.deliver(&p) as u64;
-        Ok(Receipt {
-            nodes: u64::from(had_interest),
-            sessions: Some(n),
-        })
+    async fn publish(&self, pubs: Vec<Publication>) -> Result<Receipt, BrokerError> {
+        let mut r = Receipt {
+            nodes: 0,
+            sessions: Some(0),
+        };
+        for p in &pubs {
+            r.nodes += u64::from(self.table.has_interest(&p.channel));
+            r.sessions = r.sessions.map(|s| s + self.table.deliver(p) as u64);
+        }
+        Ok(r)
     }
 
     fn interest_changed(&self, _channel: &Arc<str>) {}

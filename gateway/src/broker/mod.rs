@@ -36,8 +36,9 @@ pub enum BrokerError {
 
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes to every node interested in `p.channel`.
-    async fn publish(&self, p: Publication) -> Result<Receipt, BrokerError>;
+    /// Publishes each publication to every node interested in its channel, in one
+    /// round trip where the broker allows. The receipt sums over the publications.
+    async fn publish(&self, pubs: Vec<Publication>) -> Result<Receipt, BrokerError>;
 
     /// A channel gained its first or lost its last local subscriber. Must not block:
     /// the broker re-reads the table's interest set to decide what to do.

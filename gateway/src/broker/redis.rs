@@ -131,13 +131,8 @@ impl Drop for RedisBroker {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    async fn publish(&self, p: Publication) -> Result<Receipt, BrokerError> {
-        match self
-            .shared
-            .publisher
-            .publish_all(std::slice::from_ref(&p))
-            .await
-        {
+    async fn publish(&self, pubs: Vec<Publication>) -> Result<Receipt, BrokerError> {
+        match self.shared.publisher.publish_all(&pubs).await {
             Ok(r) => Ok(Receipt {
                 nodes: r.nodes,
                 sessions: None,
