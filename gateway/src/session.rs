@@ -121,6 +121,9 @@ impl Session {
             heartbeat_ms: self.node.config.heartbeat_interval.as_millis() as u64,
             expires_at: self.expires_at,
             limits: self.node.limits.clone(),
+            epoch: None,
+            offset: None,
+            recovered: None,
         })
     }
 

@@ -246,6 +246,16 @@ pub struct Welcome {
     /// Token expiry, seconds since the Unix epoch.
     pub expires_at: u64,
     pub limits: Limits,
+    /// The personal channel's history epoch, when it keeps history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+    /// The personal channel's latest offset (before any replay that follows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Present when a resume was attempted at connect: whether every missed message
+    /// follows the welcome (`false`: refetch state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
 }
 
 /// A notification delivered to the client.
@@ -359,6 +369,8 @@ struct FlatServer {
     heartbeat_ms: Option<u64>,
     expires_at: Option<u64>,
     limits: Option<Limits>,
+    epoch: Option<String>,
+    recovered: Option<bool>,
     event: Option<String>,
     payload: Option<Payload>,
     msg_id: Option<String>,
@@ -385,6 +397,9 @@ pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<ServerFrame, Protoco
             heartbeat_ms: f.heartbeat_ms.ok_or_else(|| missing("heartbeat_ms"))?,
             expires_at: f.expires_at.ok_or_else(|| missing("expires_at"))?,
             limits: f.limits.clone().ok_or_else(|| missing("limits"))?,
+            epoch: f.epoch.clone(),
+            offset: f.offset,
+            recovered: f.recovered,
         }),
         "message" => ServerFrame::Message(Message {
             channel: f.channel.clone().ok_or_else(|| missing("channel"))?,

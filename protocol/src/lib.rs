@@ -13,6 +13,7 @@ pub mod close;
 pub mod envelope;
 mod error;
 pub mod frame;
+pub mod history;
 pub mod keys;
 mod payload;
 

@@ -34,8 +34,14 @@ use std::time::Duration;
 
 use deadpool_redis::{Config as PoolConfig, Pool, PoolConfig as PoolSize, Runtime, Timeouts};
 use protocol::channel::{self, BROADCAST};
+use protocol::history::HistoryRules;
 use protocol::{Payload, Publication, envelope, keys};
 use serde::Serialize;
+
+mod inbox;
+mod script;
+
+pub use inbox::{HistoryPage, Notification};
 
 /// Default largest payload (JSON text), the same as the gateway's default.
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
@@ -72,6 +78,11 @@ pub struct Receipt {
     pub nodes: u64,
     /// Nodes reached per target, in the order the targets were given.
     pub per_target: Vec<u64>,
+    /// History offset per target (`None` for channels without history).
+    pub offsets: Vec<Option<u64>>,
+    /// Targets skipped because their idempotency key (the message id) was already
+    /// published within the idempotency window.
+    pub duplicates: usize,
 }
 
 /// Builds a [`Publisher`].
@@ -82,6 +93,8 @@ pub struct PublisherBuilder {
     max_payload: usize,
     pool_size: usize,
     timeout: Duration,
+    history: HistoryRules,
+    idempotency_window: Duration,
 }
 
 impl PublisherBuilder {
@@ -100,6 +113,21 @@ impl PublisherBuilder {
     /// Connections kept in the pool.
     pub fn pool_size(mut self, n: usize) -> Self {
         self.pool_size = n.max(1);
+        self
+    }
+
+    /// Which channels keep history; must match the gateways' history rules.
+    /// Default: [`HistoryRules::default`] (personal channels keep 100 for 24 h).
+    pub fn history(mut self, rules: HistoryRules) -> Self {
+        self.history = rules;
+        self
+    }
+
+    /// How long a message id is remembered as an idempotency key: a publish with
+    /// the same id on the same channel within this window is not delivered again.
+    /// Default 5 minutes; zero turns de-duplication off.
+    pub fn idempotency_window(mut self, window: Duration) -> Self {
+        self.idempotency_window = window;
         self
     }
 
@@ -135,6 +163,8 @@ impl PublisherBuilder {
                 namespace: self.namespace,
                 max_payload: self.max_payload,
                 timeout: self.timeout,
+                history: self.history,
+                idempotency_window: self.idempotency_window,
             }),
         })
     }
@@ -145,6 +175,8 @@ struct Inner {
     namespace: String,
     max_payload: usize,
     timeout: Duration,
+    history: HistoryRules,
+    idempotency_window: Duration,
 }
 
 /// Publishes notifications through Redis. Cheap to clone; share one per process.
@@ -177,6 +209,8 @@ impl Publisher {
             max_payload: DEFAULT_MAX_PAYLOAD,
             pool_size: 8,
             timeout: Duration::from_secs(2),
+            history: HistoryRules::default(),
+            idempotency_window: Duration::from_secs(300),
         }
     }
 
@@ -251,11 +285,12 @@ impl Publisher {
             })?
     }
 
-    /// Publishes ready-made publications (one per target channel) in one round trip.
-    /// This is the path the builder and the gateway's HTTP API use; prefer the
-    /// builder in application code.
+    /// Publishes ready-made publications (one per target channel) in as few round
+    /// trips as possible. Channels with history, and publications with a message id
+    /// (idempotency key), go through one Lua script each (XADD + PUBLISH atomically);
+    /// the rest are plain `PUBLISH`es. This is the path the builder and the gateway
+    /// use; prefer the builder in application code.
     pub async fn publish_all(&self, pubs: &[Publication]) -> Result<Receipt, PublishError> {
-        let mut pipe = redis::pipe();
         for p in pubs {
             if p.payload.len() > self.inner.max_payload {
                 return Err(PublishError::PayloadTooLarge {
@@ -263,31 +298,54 @@ impl Publisher {
                     max: self.inner.max_payload,
                 });
             }
-            pipe.cmd("PUBLISH")
-                .arg(keys::pubsub_channel(&self.inner.namespace, &p.channel))
-                .arg(p.encode());
         }
         let inner = self.inner.clone();
+        let pubs = pubs.to_vec();
         let run = async move {
-            let mut conn = inner
-                .pool
-                .get()
-                .await
-                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-            pipe.query_async::<Vec<u64>>(&mut conn)
-                .await
-                .map_err(|e| PublishError::Unavailable(e.to_string()))
+            let mut conn = inner.pool.get().await.map_err(unavailable)?;
+            script::publish(&inner, &mut conn, &pubs).await
         };
-        let per_target = tokio::time::timeout(self.inner.timeout, run)
+        tokio::time::timeout(self.inner.timeout, run)
             .await
             .map_err(|_| {
                 PublishError::Unavailable(format!("no answer within {:?}", self.inner.timeout))
-            })??;
-        Ok(Receipt {
-            nodes: per_target.iter().sum(),
-            per_target,
-        })
+            })?
     }
+
+    /// The namespace of Redis names.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// The history rules this publisher applies.
+    pub fn history_rules(&self) -> &HistoryRules {
+        &self.inner.history
+    }
+
+    pub(crate) async fn with_conn<T, F>(&self, f: F) -> Result<T, PublishError>
+    where
+        F: for<'c> FnOnce(
+            &'c Inner,
+            &'c mut deadpool_redis::Connection,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, PublishError>> + Send + 'c>,
+        >,
+    {
+        let inner = &self.inner;
+        let run = async move {
+            let mut conn = inner.pool.get().await.map_err(unavailable)?;
+            f(inner, &mut conn).await
+        };
+        tokio::time::timeout(self.inner.timeout, run)
+            .await
+            .map_err(|_| {
+                PublishError::Unavailable(format!("no answer within {:?}", self.inner.timeout))
+            })?
+    }
+}
+
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> PublishError {
+    PublishError::Unavailable(e.to_string())
 }
 
 /// One notification being built; [`Publish::send`] publishes it.

@@ -81,3 +81,113 @@ async fn publishes_the_protocol_envelope_and_counts_receivers() {
     }
     assert!(ok, "publisher did not recover after redis came back");
 }
+
+#[tokio::test]
+async fn history_offsets_idempotency_and_inbox() {
+    let redis = RedisServer::start().await;
+    let rules = protocol::history::HistoryRules::parse(["$user:* 3 1h", "room:* 10 1h"]).unwrap();
+    let p = Publisher::builder(redis.url())
+        .history(rules)
+        .build()
+        .unwrap();
+
+    // Offsets count up per channel; the live envelope carries offset and epoch.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    sub.subscribe(keys::pubsub_channel("tidings", "room:1"))
+        .await
+        .unwrap();
+    let mut stream = sub.on_message();
+    let r = p.to_channel("room:1").payload(&1).send().await.unwrap();
+    assert_eq!(r.offsets, vec![Some(1)]);
+    let live = Publication::decode(
+        tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .get_payload_bytes(),
+    )
+    .unwrap();
+    assert_eq!(live.offset, Some(1));
+    let epoch = live.epoch.clone().unwrap();
+    let r = p.to_channel("room:1").payload(&2).send().await.unwrap();
+    assert_eq!(r.offsets, vec![Some(2)]);
+    // Channels without a rule keep no history.
+    assert_eq!(
+        p.to_channel("news").send().await.unwrap().offsets,
+        vec![None]
+    );
+
+    let page = p.history("room:1", Some(0), 100).await.unwrap();
+    assert_eq!((page.epoch.as_str(), page.top), (epoch.as_str(), 2));
+    assert_eq!(
+        page.pubs
+            .iter()
+            .map(|x| x.offset.unwrap())
+            .collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert_eq!(page.pubs[1].payload.json(), "2");
+    assert!(
+        p.history("room:1", Some(2), 100)
+            .await
+            .unwrap()
+            .pubs
+            .is_empty()
+    );
+
+    // A retried publish with the same id is delivered once.
+    let a = p
+        .to_channel("room:1")
+        .id("order-7")
+        .payload(&"x")
+        .send()
+        .await
+        .unwrap();
+    let b = p
+        .to_channel("room:1")
+        .id("order-7")
+        .payload(&"x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((a.duplicates, b.duplicates), (0, 1));
+    assert_eq!(p.history("room:1", Some(0), 100).await.unwrap().top, 3);
+    // Without history, ids still de-duplicate.
+    let a = p.to_channel("news").id("n1").send().await.unwrap();
+    let b = p.to_channel("news").id("n1").send().await.unwrap();
+    assert_eq!((a.duplicates, b.duplicates), (0, 1));
+
+    // Inbox: 5 notifications with max length 3 keep offsets 3..=5.
+    for i in 1..=5 {
+        p.to_user("alice")
+            .event("n")
+            .payload(&i)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(p.unread_count("alice").await.unwrap(), 3);
+    assert_eq!(p.ack("alice", 4).await.unwrap(), Some(4));
+    assert_eq!(
+        p.ack("alice", 2).await.unwrap(),
+        Some(4),
+        "acks never move back"
+    );
+    assert_eq!(
+        p.ack("alice", 99).await.unwrap(),
+        Some(5),
+        "acks stop at the last offset"
+    );
+    assert_eq!(p.unread_count("alice").await.unwrap(), 0);
+    p.to_user("alice").payload(&6).send().await.unwrap();
+    assert_eq!(p.unread_count("alice").await.unwrap(), 1);
+    let recent = p.recent("alice", 2).await.unwrap();
+    assert_eq!(
+        recent.iter().map(|n| n.offset).collect::<Vec<_>>(),
+        vec![6, 5]
+    );
+    assert_eq!(p.acked_channel("$user:alice").await.unwrap().unwrap().1, 5);
+    assert_eq!(p.unread_count("bob").await.unwrap(), 0);
+    assert_eq!(p.ack("bob", 1).await.unwrap(), None);
+}

@@ -1,0 +1,215 @@
+//! Reading history and the acknowledged inbox: what gateways use to resume clients,
+//! and what backends use to ask for a user's unread notifications.
+
+use protocol::{Publication, channel, keys};
+use redis::Value;
+use redis::streams::StreamRangeReply;
+
+use crate::script::{self, ACK};
+use crate::{PublishError, Publisher, unavailable};
+
+/// A slice of a channel's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// The history's epoch (created on first read if the channel had none yet).
+    pub epoch: String,
+    /// The latest offset published in this epoch (0 before the first publish).
+    pub top: u64,
+    /// Publications after the requested offset, oldest first.
+    pub pubs: Vec<Publication>,
+}
+
+/// A notification from a user's inbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    pub offset: u64,
+    pub event: String,
+    pub payload: protocol::Payload,
+    pub id: Option<String>,
+    /// Publish time, ms since the Unix epoch.
+    pub ts: u64,
+}
+
+fn decode_entries(reply: StreamRangeReply) -> Vec<Publication> {
+    reply
+        .ids
+        .into_iter()
+        .filter_map(|entry| match entry.map.get("e") {
+            Some(Value::BulkString(b)) => Publication::decode(b).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Publisher {
+    fn ttl_of(&self, ch: &str) -> Result<u64, PublishError> {
+        self.history_rules()
+            .policy(ch)
+            .map(|p| p.ttl.as_secs().max(1))
+            .ok_or_else(|| PublishError::InvalidTarget(format!("channel `{ch}` keeps no history")))
+    }
+
+    /// Reads a channel's history after `after` (exclusive), at most `limit` entries.
+    /// With `after == None` only the epoch and latest offset are returned.
+    pub async fn history(
+        &self,
+        ch: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, PublishError> {
+        let ttl = self.ttl_of(ch)?;
+        let ns = self.namespace().to_owned();
+        let ch = ch.to_owned();
+        self.with_conn(move |_, conn| {
+            Box::pin(async move {
+                let meta = keys::history_meta(&ns, &ch);
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("HSETNX")
+                    .arg(&meta)
+                    .arg("epoch")
+                    .arg(script::epoch_candidate())
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&meta)
+                    .arg(ttl)
+                    .ignore()
+                    .cmd("HMGET")
+                    .arg(&meta)
+                    .arg("epoch")
+                    .arg("seq");
+                if let Some(after) = after {
+                    pipe.cmd("XRANGE")
+                        .arg(keys::history_stream(&ns, &ch))
+                        .arg(format!("{}-0", after.saturating_add(1)))
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(limit);
+                }
+                let (epoch, pubs) = if after.is_some() {
+                    let ((epoch, seq), range): ((Option<String>, Option<u64>), StreamRangeReply) =
+                        pipe.query_async(conn).await.map_err(unavailable)?;
+                    ((epoch, seq), decode_entries(range))
+                } else {
+                    let ((epoch, seq),): ((Option<String>, Option<u64>),) =
+                        pipe.query_async(conn).await.map_err(unavailable)?;
+                    ((epoch, seq), Vec::new())
+                };
+                let (epoch, seq) = epoch;
+                Ok(HistoryPage {
+                    epoch: epoch.unwrap_or_default(),
+                    top: seq.unwrap_or(0),
+                    pubs,
+                })
+            })
+        })
+        .await
+    }
+
+    /// Acknowledges a personal channel up to `offset` (moves forward only, within
+    /// the current epoch). Returns the stored position, `None` when the channel has
+    /// no history yet.
+    pub async fn ack_channel(&self, ch: &str, offset: u64) -> Result<Option<u64>, PublishError> {
+        let ttl = self.ttl_of(ch)?;
+        let ns = self.namespace().to_owned();
+        let ch = ch.to_owned();
+        self.with_conn(move |_, conn| {
+            Box::pin(async move {
+                let keys = [keys::history_meta(&ns, &ch), keys::ack_position(&ns, &ch)];
+                let args = [offset.to_string(), ttl.to_string()];
+                let stored: i64 = script::eval(conn, &ACK, &keys, &args).await?;
+                Ok((stored >= 0).then_some(stored as u64))
+            })
+        })
+        .await
+    }
+
+    /// The acknowledged position of a channel as `(epoch, offset)`, if any.
+    pub async fn acked_channel(&self, ch: &str) -> Result<Option<(String, u64)>, PublishError> {
+        let key = keys::ack_position(self.namespace(), ch);
+        self.with_conn(move |_, conn| {
+            Box::pin(async move {
+                let v: Option<String> = redis::cmd("GET")
+                    .arg(&key)
+                    .query_async(conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(v.and_then(|s| {
+                    let (epoch, off) = s.rsplit_once(':')?;
+                    Some((epoch.to_owned(), off.parse().ok()?))
+                }))
+            })
+        })
+        .await
+    }
+
+    /// How many notifications in a user's inbox are after the user's acknowledged
+    /// position (all that history still holds when nothing was acknowledged).
+    pub async fn unread_count(&self, user: &str) -> Result<u64, PublishError> {
+        channel::validate_user(user).map_err(|e| PublishError::InvalidTarget(e.to_string()))?;
+        let ch = channel::personal(user);
+        let ns = self.namespace().to_owned();
+        self.with_conn(move |_, conn| {
+            Box::pin(async move {
+                let ((epoch, seq), len, ack): ((Option<String>, Option<u64>), u64, Option<String>) =
+                    redis::pipe()
+                        .atomic()
+                        .cmd("HMGET")
+                        .arg(keys::history_meta(&ns, &ch))
+                        .arg("epoch")
+                        .arg("seq")
+                        .cmd("XLEN")
+                        .arg(keys::history_stream(&ns, &ch))
+                        .cmd("GET")
+                        .arg(keys::ack_position(&ns, &ch))
+                        .query_async(conn)
+                        .await
+                        .map_err(unavailable)?;
+                let seq = seq.unwrap_or(0);
+                let acked = match (epoch, ack.as_deref().and_then(|a| a.rsplit_once(':'))) {
+                    (Some(e), Some((ae, off))) if e == ae => off.parse::<u64>().unwrap_or(0),
+                    _ => 0,
+                };
+                Ok(seq.saturating_sub(acked).min(len))
+            })
+        })
+        .await
+    }
+
+    /// The user's most recent notifications, newest first, at most `n`.
+    pub async fn recent(&self, user: &str, n: usize) -> Result<Vec<Notification>, PublishError> {
+        channel::validate_user(user).map_err(|e| PublishError::InvalidTarget(e.to_string()))?;
+        let stream = keys::history_stream(self.namespace(), &channel::personal(user));
+        self.with_conn(move |_, conn| {
+            Box::pin(async move {
+                let range: StreamRangeReply = redis::cmd("XREVRANGE")
+                    .arg(&stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(n)
+                    .query_async(conn)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(decode_entries(range)
+                    .into_iter()
+                    .map(|p| Notification {
+                        offset: p.offset.unwrap_or(0),
+                        event: p.event,
+                        payload: p.payload,
+                        id: p.id,
+                        ts: p.ts,
+                    })
+                    .collect())
+            })
+        })
+        .await
+    }
+
+    /// Acknowledges a user's inbox up to `offset` on behalf of the user (the same as
+    /// a client's `ack`).
+    pub async fn ack(&self, user: &str, offset: u64) -> Result<Option<u64>, PublishError> {
+        channel::validate_user(user).map_err(|e| PublishError::InvalidTarget(e.to_string()))?;
+        self.ack_channel(&channel::personal(user), offset).await
+    }
+}

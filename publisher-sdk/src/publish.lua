@@ -1,0 +1,39 @@
+-- Publishes one notification atomically: optional idempotency check, optional history
+-- append (XADD) and PUBLISH, so the offset in the live message equals the stream
+-- entry's. Keys share the channel's hash tag (one Redis Cluster slot).
+-- KEYS[1] history stream, KEYS[2] history meta (epoch, seq), KEYS[3] idempotency marker
+-- ARGV[1] pub/sub channel, ARGV[2] channel, ARGV[3] event, ARGV[4] payload (JSON text),
+-- ARGV[5] message id ('' for none), ARGV[6] publish time (ms),
+-- ARGV[7] history max length (0: no history), ARGV[8] history ttl (s),
+-- ARGV[9] epoch to use if the history has none yet, ARGV[10] idempotency window (s, 0: none)
+-- Returns {receivers, offset}; receivers is -1 when the idempotency key was seen before.
+local idem = tonumber(ARGV[10]) > 0
+if idem then
+  local prev = redis.call('GET', KEYS[3])
+  if prev then
+    return {-1, tonumber(prev)}
+  end
+end
+local msg = {v = 1, ch = ARGV[2], ev = ARGV[3], p = ARGV[4], ts = tonumber(ARGV[6])}
+if ARGV[5] ~= '' then
+  msg.id = ARGV[5]
+end
+local off = 0
+local maxlen = tonumber(ARGV[7])
+if maxlen > 0 then
+  redis.call('HSETNX', KEYS[2], 'epoch', ARGV[9])
+  off = redis.call('HINCRBY', KEYS[2], 'seq', 1)
+  msg.off = off
+  msg.ep = redis.call('HGET', KEYS[2], 'epoch')
+end
+local env = cmsgpack.pack(msg)
+if maxlen > 0 then
+  redis.call('XADD', KEYS[1], 'MAXLEN', maxlen, off .. '-0', 'e', env)
+  redis.call('EXPIRE', KEYS[1], ARGV[8])
+  redis.call('EXPIRE', KEYS[2], ARGV[8])
+end
+local n = redis.call('PUBLISH', ARGV[1], env)
+if idem then
+  redis.call('SET', KEYS[3], off, 'EX', ARGV[10])
+end
+return {n, off}

@@ -1,0 +1,186 @@
+//! Publishing through Redis: plain `PUBLISH` where nothing else is needed, the
+//! atomic Lua script (idempotency check, XADD, PUBLISH) where history or an
+//! idempotency key is involved.
+
+use std::sync::LazyLock;
+
+use protocol::{Publication, keys};
+use redis::{ErrorKind, ServerErrorKind};
+
+use crate::{Inner, PublishError, Receipt, unavailable};
+
+/// A Lua script: its source (for `SCRIPT LOAD`) and its SHA1 (for `EVALSHA`).
+pub(crate) struct Lua {
+    src: &'static str,
+    script: LazyLock<redis::Script>,
+}
+
+impl Lua {
+    fn hash(&self) -> &str {
+        self.script.get_hash()
+    }
+}
+
+pub(crate) static PUBLISH: Lua = Lua {
+    src: include_str!("publish.lua"),
+    script: LazyLock::new(|| redis::Script::new(include_str!("publish.lua"))),
+};
+pub(crate) static ACK: Lua = Lua {
+    src: include_str!("ack.lua"),
+    script: LazyLock::new(|| redis::Script::new(include_str!("ack.lua"))),
+};
+
+fn random_epoch() -> String {
+    format!("{:016x}", rand_u64())
+}
+
+/// A random u64 without pulling a RNG crate into the SDK: std's hasher is seeded
+/// randomly per process, and the counter makes successive values differ.
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+pub(crate) fn epoch_candidate() -> String {
+    random_epoch()
+}
+
+fn scripted_args(inner: &Inner, p: &Publication, cmd: &mut redis::Cmd) {
+    let ns = &inner.namespace;
+    let policy = inner.history.policy(&p.channel);
+    let window = if p.id.is_some() {
+        inner.idempotency_window.as_secs()
+    } else {
+        0
+    };
+    cmd.arg(3)
+        .arg(keys::history_stream(ns, &p.channel))
+        .arg(keys::history_meta(ns, &p.channel))
+        .arg(keys::idempotency(
+            ns,
+            &p.channel,
+            p.id.as_deref().unwrap_or(""),
+        ))
+        .arg(keys::pubsub_channel(ns, &p.channel))
+        .arg(&p.channel)
+        .arg(&p.event)
+        .arg(p.payload.json())
+        .arg(p.id.as_deref().unwrap_or(""))
+        .arg(p.ts)
+        .arg(policy.map_or(0, |p| p.max_len))
+        .arg(policy.map_or(1, |p| p.ttl.as_secs().max(1)))
+        .arg(random_epoch())
+        .arg(window);
+}
+
+fn needs_script(inner: &Inner, p: &Publication) -> bool {
+    inner.history.policy(&p.channel).is_some()
+        || (p.id.is_some() && !inner.idempotency_window.is_zero())
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)
+}
+
+pub(crate) async fn publish(
+    inner: &Inner,
+    conn: &mut deadpool_redis::Connection,
+    pubs: &[Publication],
+) -> Result<Receipt, PublishError> {
+    let (scripted, plain): (Vec<usize>, Vec<usize>) =
+        (0..pubs.len()).partition(|&i| needs_script(inner, &pubs[i]));
+    let mut per_target = vec![0u64; pubs.len()];
+    let mut offsets = vec![None; pubs.len()];
+    let mut duplicates = 0;
+    if !scripted.is_empty() {
+        let build = || {
+            let mut pipe = redis::pipe();
+            for &i in &scripted {
+                let mut cmd = redis::cmd("EVALSHA");
+                cmd.arg(PUBLISH.hash());
+                scripted_args(inner, &pubs[i], &mut cmd);
+                pipe.add_command(cmd);
+            }
+            pipe
+        };
+        // Every EVALSHA fails alike when the script is not loaded (e.g. after a Redis
+        // restart), so nothing ran and the whole pipeline can be retried once.
+        let replies: Vec<(i64, u64)> = match build().query_async(conn).await {
+            Ok(r) => r,
+            Err(e) if is_noscript(&e) => {
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(PUBLISH.src)
+                    .query_async::<String>(conn)
+                    .await
+                    .map_err(unavailable)?;
+                build().query_async(conn).await.map_err(unavailable)?
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        for (&i, (n, off)) in scripted.iter().zip(replies) {
+            if n < 0 {
+                duplicates += 1;
+            } else {
+                per_target[i] = n as u64;
+                offsets[i] = (off > 0).then_some(off);
+            }
+        }
+    }
+    if !plain.is_empty() {
+        let mut pipe = redis::pipe();
+        for &i in &plain {
+            let p = &pubs[i];
+            pipe.cmd("PUBLISH")
+                .arg(keys::pubsub_channel(&inner.namespace, &p.channel))
+                .arg(p.encode());
+        }
+        let replies: Vec<u64> = pipe.query_async(conn).await.map_err(unavailable)?;
+        for (&i, n) in plain.iter().zip(replies) {
+            per_target[i] = n;
+        }
+    }
+    Ok(Receipt {
+        nodes: per_target.iter().sum(),
+        per_target,
+        offsets,
+        duplicates,
+    })
+}
+
+/// Runs a script by hash, loading it first if Redis does not know it.
+pub(crate) async fn eval<T: redis::FromRedisValue>(
+    conn: &mut deadpool_redis::Connection,
+    script: &Lua,
+    keys: &[String],
+    args: &[String],
+) -> Result<T, PublishError> {
+    let build = || {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script.hash()).arg(keys.len()).arg(keys).arg(args);
+        cmd
+    };
+    match build().query_async(conn).await {
+        Ok(v) => Ok(v),
+        Err(e) if is_noscript(&e) => {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(script.src)
+                .query_async::<String>(conn)
+                .await
+                .map_err(unavailable)?;
+            build().query_async(conn).await.map_err(unavailable)
+        }
+        Err(e) => Err(unavailable(e)),
+    }
+}
