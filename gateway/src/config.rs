@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use protocol::history::HistoryRules;
 use serde::Deserialize;
 
 use crate::GatewayError;
@@ -201,6 +202,18 @@ pub struct Settings {
     /// Longest wait between Redis reconnect attempts (exponential backoff with jitter). [default: 2s]
     #[arg(long, env = "TIDINGS_REDIS_RECONNECT_MAX")]
     pub redis_reconnect_max: Option<HumanDuration>,
+    /// History rules, comma-separated, first match wins: `<pattern> <max-len> <ttl>`
+    /// or `<pattern> off`; `$user:*` covers personal channels. Publishers must use the
+    /// same rules. [default: "$user:* 100 24h"]
+    #[arg(long, env = "TIDINGS_HISTORY", value_delimiter = ',')]
+    pub history: Option<Vec<String>>,
+    /// How long a message id is remembered to drop retried publishes. [default: 5m]
+    #[arg(long, env = "TIDINGS_IDEMPOTENCY_WINDOW")]
+    pub idempotency_window: Option<HumanDuration>,
+    /// Most messages replayed when a client resumes one channel; beyond that the
+    /// client is told it was not fully recovered. [default: 1000]
+    #[arg(long, env = "TIDINGS_RECOVERY_LIMIT")]
+    pub recovery_limit: Option<usize>,
 }
 
 macro_rules! merge {
@@ -252,6 +265,13 @@ impl Settings {
             ws_read_buffer,
             redis_url,
             redis_namespace,
+            redis_subscribers,
+            redis_unsubscribe_delay,
+            redis_probe_interval,
+            redis_reconnect_max,
+            history,
+            idempotency_window,
+            recovery_limit,
         );
         Ok(self)
     }
@@ -298,6 +318,9 @@ pub struct Config {
     pub redis_unsubscribe_delay: Duration,
     pub redis_probe_interval: Duration,
     pub redis_reconnect_max: Duration,
+    pub history: HistoryRules,
+    pub idempotency_window: Duration,
+    pub recovery_limit: usize,
 }
 
 fn config_err(setting: &'static str, message: impl Into<String>) -> GatewayError {
@@ -492,6 +515,16 @@ impl Config {
                     .unwrap_or(Duration::from_secs(2)),
                 "redis-reconnect-max",
             )?,
+            history: match &s.history {
+                None => HistoryRules::default(),
+                Some(rules) => HistoryRules::parse(rules.iter().filter(|r| !r.trim().is_empty()))
+                    .map_err(|e| config_err("history", e))?,
+            },
+            idempotency_window: s
+                .idempotency_window
+                .map(|d| d.0)
+                .unwrap_or(Duration::from_secs(300)),
+            recovery_limit: positive(s.recovery_limit.unwrap_or(1000), "recovery-limit")?,
         })
     }
 }

@@ -64,16 +64,18 @@ impl SessionEnd {
                 "too many invalid or rate-limited frames",
             ),
             SessionEnd::ProtocolViolation => {
-                (close::POLICY_VIOLATION, "websocket protocol violation")
+                (close::PROTOCOL_ERROR, "websocket protocol violation")
             }
             SessionEnd::Unauthorized => (close::UNAUTHORIZED, "unauthorized"),
         })
     }
 
-    /// The code recorded in metrics (the peer's own close counts as 1000).
+    /// The code recorded in metrics: the peer's own close counts as 1000, a peer
+    /// that vanished without one as 1006.
     pub fn metric_code(self) -> u16 {
         match self {
-            SessionEnd::ClientClosed | SessionEnd::PeerGone => close::NORMAL,
+            SessionEnd::ClientClosed => close::NORMAL,
+            SessionEnd::PeerGone => close::ABNORMAL,
             other => other.close().map_or(close::NORMAL, |(c, _)| c),
         }
     }

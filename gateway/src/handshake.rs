@@ -11,7 +11,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use protocol::Encoding;
-use protocol::frame::TOKEN_PROTOCOL_PREFIX;
+use protocol::frame::{Since, TOKEN_PROTOCOL_PREFIX};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -51,6 +51,7 @@ struct Accepted {
     echo_protocol: bool,
     claims: Claims,
     slot: Slot,
+    resume: Option<Since>,
 }
 
 /// Subprotocol entries offered by the client, across all header lines.
@@ -63,6 +64,39 @@ fn offered(req: &Request<Incoming>) -> Vec<&str> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .collect()
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .filter(|v| !v.is_empty())
+}
+
+/// `?since=<offset>&epoch=<epoch>`: where the client left off on its personal
+/// channel (not secret, so a query parameter is fine).
+fn resume_position(req: &Request<Incoming>) -> Result<Option<Since>, &'static str> {
+    match (query_param(req, "since"), query_param(req, "epoch")) {
+        (None, None) => Ok(None),
+        (Some(off), Some(epoch)) => {
+            let offset = off
+                .parse()
+                .map_err(|_| "`since` must be an integer offset")?;
+            if epoch.len() > 64
+                || !epoch
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err("`epoch` is malformed");
+            }
+            Ok(Some(Since {
+                offset,
+                epoch: epoch.to_owned(),
+            }))
+        }
+        _ => Err("`since` and `epoch` go together"),
+    }
 }
 
 fn query_token(req: &Request<Incoming>) -> Option<&str> {
@@ -129,6 +163,7 @@ fn check(req: &Request<Incoming>, node: &Arc<Node>) -> Result<Accepted, Refusal>
         }
     }
     let echo_protocol = !protocols.is_empty();
+    let resume = resume_position(req).map_err(bad)?;
     if echo_protocol && encoding.is_none() {
         return Err(bad(
             "unsupported subprotocols: offer tidings.json or tidings.msgpack (alongside tidings.token.<jwt> if used)",
@@ -189,6 +224,7 @@ fn check(req: &Request<Incoming>, node: &Arc<Node>) -> Result<Accepted, Refusal>
         echo_protocol,
         claims,
         slot,
+        resume,
     })
 }
 
@@ -220,6 +256,7 @@ pub fn upgrade(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
         echo_protocol,
         claims,
         slot,
+        resume,
     } = accepted;
     let mut resp = Response::new(Body::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -262,7 +299,7 @@ pub fn upgrade(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
             .await;
             node.metrics.connection_opened();
             let session = Session::open(node.clone(), slot, claims, encoding);
-            crate::socket::run(ws, session).await;
+            crate::socket::run(ws, session, resume).await;
         }
         .instrument(span),
     );

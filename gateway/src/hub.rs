@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use protocol::{Encoding, Publication, frame};
+use publisher::HistoryPage;
 use slab::Slab;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -23,6 +24,8 @@ use crate::outbox::{Frame, Item, Outbox, PushError};
 pub struct Subscriber {
     pub outbox: Arc<Outbox>,
     pub encoding: Encoding,
+    /// The connection's id for this subscription, stamped on queued items.
+    pub sub: u32,
 }
 
 type Channels = HashMap<Arc<str>, Slab<Subscriber>>;
@@ -136,6 +139,8 @@ impl Table {
             match sub.outbox.push(Item {
                 frame,
                 published_ms: p.ts,
+                offset: p.offset.unwrap_or(0),
+                sub: sub.sub,
             }) {
                 Ok(()) => delivered += 1,
                 Err(PushError::Full) => slow += 1,
@@ -205,6 +210,23 @@ impl Hub {
 
     pub fn ready(&self) -> bool {
         self.broker.is_ready()
+    }
+
+    pub async fn history(
+        &self,
+        channel: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.broker.history(channel, after, limit).await
+    }
+
+    pub async fn ack(&self, channel: &str, offset: u64) -> Result<Option<u64>, BrokerError> {
+        self.broker.ack(channel, offset).await
+    }
+
+    pub async fn acked(&self, channel: &str) -> Result<Option<(String, u64)>, BrokerError> {
+        self.broker.acked(channel).await
     }
 
     pub fn table(&self) -> &Table {

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod ratelimit;
+pub mod recovery;
 pub mod server;
 pub mod session;
 pub mod socket;
@@ -53,7 +54,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let broker: Arc<dyn Broker> = match &config.redis_url {
         None => {
             metrics.broker.up.set(1);
-            Arc::new(MemoryBroker::new(table.clone()))
+            Arc::new(MemoryBroker::new(
+                table.clone(),
+                config.history.clone(),
+                config.idempotency_window,
+            ))
         }
         Some(url) => {
             let settings = broker::RedisSettings {
@@ -65,6 +70,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 probe_interval: config.redis_probe_interval,
                 reconnect_max: config.redis_reconnect_max,
                 max_payload: config.max_payload_size,
+                history: config.history.clone(),
+                idempotency_window: config.idempotency_window,
             };
             Arc::new(broker::RedisBroker::start(
                 settings,

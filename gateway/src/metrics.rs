@@ -50,7 +50,9 @@ pub enum Drop {
     Encode,
 }
 
-const CLOSE_CODES: [u16; 10] = [1000, 1001, 1007, 1008, 1009, 1011, 4001, 4002, 4003, 4004];
+const CLOSE_CODES: [u16; 12] = [
+    1000, 1001, 1002, 1006, 1007, 1008, 1009, 1011, 4001, 4002, 4003, 4004,
+];
 const FRAME_TYPES: [&str; 8] = [
     "subscribe",
     "unsubscribe",

@@ -26,6 +26,10 @@ pub struct Item {
     pub frame: Frame,
     /// Publish time of a notification (ms since the epoch), for the latency histogram.
     pub published_ms: u64,
+    /// History offset of a notification (0: none), for de-duplication after a resume.
+    pub offset: u64,
+    /// Which subscription of the connection it belongs to.
+    pub sub: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +151,8 @@ mod tests {
         Item {
             frame: Frame::Binary(Bytes::from(vec![n])),
             published_ms: 0,
+            offset: 0,
+            sub: 0,
         }
     }
 

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use protocol::channel::{self, BROADCAST};
-use protocol::frame::{ClientFrame, Reply, ServerFrame, Welcome};
+use protocol::frame::{ClientFrame, Reply, ServerFrame, Since, Welcome};
 use protocol::{Encoding, ErrorCode, Payload, ProtocolError, Publication, envelope};
 use serde_json::json;
 use tokio::time::Instant;
@@ -18,6 +18,7 @@ use crate::hub::Subscriber;
 use crate::node::{Node, Slot};
 use crate::outbox::Outbox;
 use crate::ratelimit::TokenBucket;
+use crate::recovery;
 
 /// Strikes (malformed or rate-limited frames) tolerated in a burst before closing
 /// with 1008; one strike is forgiven every 10 seconds.
@@ -28,8 +29,30 @@ const ABUSE_FORGIVE_PER_SEC: f32 = 0.1;
 #[derive(Debug)]
 pub enum Outcome {
     Reply(Reply),
+    /// A reply followed by replayed publications (a resumed subscription).
+    Replay(Reply, Vec<Publication>),
     Silent,
     End(SessionEnd),
+}
+
+/// One subscription of this connection.
+struct Sub {
+    channel: Arc<str>,
+    /// Key in the hub's table, to unsubscribe.
+    key: usize,
+    /// Stamped on every queued item of this subscription.
+    id: u32,
+    /// Last history offset sent: queued items at or below it are duplicates of
+    /// what a resume already replayed (or of what came before the subscription).
+    last: u64,
+}
+
+/// Recovery facts about the personal channel, reported in `welcome`.
+#[derive(Default)]
+struct PersonalState {
+    epoch: Option<String>,
+    offset: Option<u64>,
+    recovered: Option<bool>,
 }
 
 pub struct Session {
@@ -38,8 +61,10 @@ pub struct Session {
     subscribe_rights: Vec<String>,
     publish_rights: Vec<String>,
     expires_at: u64,
-    /// Channel and table key of every subscription, personal and broadcast first.
-    subs: Vec<(Arc<str>, usize)>,
+    /// Every subscription, personal and broadcast first.
+    subs: Vec<Sub>,
+    next_sub: u32,
+    personal: PersonalState,
     outbox: Arc<Outbox>,
     node: Arc<Node>,
     rate: TokenBucket,
@@ -65,6 +90,8 @@ impl Session {
             publish_rights: claims.publish,
             expires_at: claims.exp,
             subs: Vec::with_capacity(2),
+            next_sub: 0,
+            personal: PersonalState::default(),
             outbox,
             rate: TokenBucket::new(
                 node.config.rate_limit as f32,
@@ -80,15 +107,103 @@ impl Session {
         s
     }
 
-    fn add(&mut self, channel: Arc<str>) {
+    /// Registers interest in the hub (live messages start queuing now); returns the
+    /// subscription's index in `subs`.
+    fn add(&mut self, channel: Arc<str>) -> usize {
+        let id = self.next_sub;
+        self.next_sub = self.next_sub.wrapping_add(1);
         let key = self.node.hub.subscribe(
             &channel,
             Subscriber {
                 outbox: self.outbox.clone(),
                 encoding: self.encoding,
+                sub: id,
             },
         );
-        self.subs.push((channel, key));
+        self.subs.push(Sub {
+            channel,
+            key,
+            id,
+            last: 0,
+        });
+        self.subs.len() - 1
+    }
+
+    fn remove(&mut self, pos: usize) -> Arc<str> {
+        let sub = self.subs.swap_remove(pos);
+        self.node.hub.unsubscribe(&sub.channel, sub.key);
+        sub.channel
+    }
+
+    /// Whether a queued item with a history offset should be sent: drops items of
+    /// subscriptions that are gone and duplicates by offset.
+    pub fn accept(&mut self, sub: u32, offset: u64) -> bool {
+        match self.subs.iter_mut().find(|s| s.id == sub) {
+            Some(s) if offset > s.last => {
+                s.last = offset;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads a channel's history for a (re)subscription: the reply fields and what
+    /// to replay. Sets the subscription's position so queued duplicates are dropped.
+    async fn recover(
+        &mut self,
+        pos: usize,
+        since: Option<&Since>,
+    ) -> Result<(String, u64, recovery::Resume), crate::broker::BrokerError> {
+        let channel = self.subs[pos].channel.clone();
+        let page = self
+            .node
+            .hub
+            .history(
+                &channel,
+                since.map(|s| s.offset),
+                self.node.config.recovery_limit,
+            )
+            .await?;
+        let (epoch, top) = (page.epoch.clone(), page.top);
+        if let Some(s) = self.subs.get_mut(pos) {
+            s.last = s.last.max(top);
+        }
+        Ok((epoch, top, recovery::assess(since, page)))
+    }
+
+    /// Resumes the personal channel at connect, from where the client says it left
+    /// off or else from the user's acknowledged position; returns what to replay
+    /// after the welcome.
+    pub async fn resume_personal(&mut self, since: Option<Since>) -> Vec<Publication> {
+        let personal = self.subs[0].channel.clone();
+        if self.node.config.history.policy(&personal).is_none() {
+            if since.is_some() {
+                self.personal.recovered = Some(false);
+            }
+            return Vec::new();
+        }
+        let since = match since {
+            Some(s) => Some(s),
+            None => match self.node.hub.acked(&personal).await {
+                Ok(Some((epoch, offset))) => Some(Since { offset, epoch }),
+                _ => None,
+            },
+        };
+        match self.recover(0, since.as_ref()).await {
+            Ok((epoch, top, resume)) => {
+                self.personal = PersonalState {
+                    epoch: Some(epoch),
+                    offset: Some(top),
+                    recovered: resume.recovered,
+                };
+                resume.replay
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read personal history");
+                self.personal.recovered = since.map(|_| false);
+                Vec::new()
+            }
+        }
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {
@@ -117,13 +232,13 @@ impl Session {
             session: format!("{:016x}", self.id),
             node: self.node.config.node_id.clone(),
             user: self.user().to_string(),
-            channel: self.subs[0].0.to_string(),
+            channel: self.subs[0].channel.to_string(),
             heartbeat_ms: self.node.config.heartbeat_interval.as_millis() as u64,
             expires_at: self.expires_at,
             limits: self.node.limits.clone(),
-            epoch: None,
-            offset: None,
-            recovered: None,
+            epoch: self.personal.epoch.clone(),
+            offset: self.personal.offset,
+            recovered: self.personal.recovered,
         })
     }
 
@@ -157,6 +272,10 @@ impl Session {
             }
         };
         self.node.metrics.inbound(frame.kind());
+        // Pongs answer our own pings: never rate-limited, never answered.
+        if matches!(frame, ClientFrame::Pong) {
+            return Outcome::Silent;
+        }
         if !self.rate.take(now) {
             let id = request_id(&frame);
             return self.strike(
@@ -171,7 +290,7 @@ impl Session {
         match frame {
             ClientFrame::Pong => Outcome::Silent,
             ClientFrame::Subscribe { id, channel, since } => {
-                self.subscribe(id, channel, since.is_some())
+                self.subscribe(id, channel, since).await
             }
             ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(id, &channel),
             ClientFrame::Publish {
@@ -181,15 +300,11 @@ impl Session {
                 payload,
             } => self.publish(id, channel, event, payload).await,
             ClientFrame::Refresh { id, token } => self.refresh(id, &token),
-            ClientFrame::Ack { id, .. } => err(
-                Some(id),
-                ErrorCode::BadRequest,
-                "ack needs history on the personal channel, which this node does not keep",
-            ),
+            ClientFrame::Ack { id, offset } => self.ack(id, offset).await,
         }
     }
 
-    fn subscribe(&mut self, id: u64, name: String, wants_recovery: bool) -> Outcome {
+    async fn subscribe(&mut self, id: u64, name: String, since: Option<Since>) -> Outcome {
         if let Err(e) = channel::validate(&name) {
             return err(Some(id), ErrorCode::InvalidChannel, e.to_string());
         }
@@ -200,7 +315,7 @@ impl Session {
                 "token does not allow subscribing to this channel",
             );
         }
-        if self.subs.iter().any(|(c, _)| **c == *name) {
+        if self.subs.iter().any(|s| *s.channel == *name) {
             return err(Some(id), ErrorCode::AlreadySubscribed, "already subscribed");
         }
         if self.subs.len() - 2 >= self.node.config.max_channels as usize {
@@ -213,18 +328,58 @@ impl Session {
                 ),
             );
         }
-        let result = if wants_recovery {
+        let has_history = self.node.config.history.policy(&name).is_some();
+        let pos = self.add(Arc::from(name.as_str()));
+        if !has_history {
             // Without history nothing can be replayed: say so rather than pretend.
-            json!({ "channel": name, "recovered": false })
-        } else {
-            json!({ "channel": name })
-        };
-        self.add(Arc::from(name));
-        Outcome::Reply(Reply::ok(id, result))
+            let result = match since {
+                Some(_) => json!({ "channel": name, "recovered": false }),
+                None => json!({ "channel": name }),
+            };
+            return Outcome::Reply(Reply::ok(id, result));
+        }
+        match self.recover(pos, since.as_ref()).await {
+            Ok((epoch, top, resume)) => {
+                let mut result = json!({ "channel": name, "epoch": epoch, "offset": top });
+                if let Some(r) = resume.recovered {
+                    result["recovered"] = json!(r);
+                }
+                Outcome::Replay(Reply::ok(id, result), resume.replay)
+            }
+            Err(e) => {
+                // The live subscription stands; only the history part failed.
+                tracing::warn!(error = %e, "cannot read channel history");
+                let result = match since {
+                    Some(_) => json!({ "channel": name, "recovered": false }),
+                    None => json!({ "channel": name }),
+                };
+                Outcome::Reply(Reply::ok(id, result))
+            }
+        }
+    }
+
+    async fn ack(&mut self, id: u64, offset: u64) -> Outcome {
+        let personal = self.subs[0].channel.clone();
+        if self.node.config.history.policy(&personal).is_none() {
+            return err(
+                Some(id),
+                ErrorCode::BadRequest,
+                "the personal channel keeps no history",
+            );
+        }
+        match self.node.hub.ack(&personal, offset).await {
+            Ok(Some(stored)) => Outcome::Reply(Reply::ok(id, json!({ "offset": stored }))),
+            Ok(None) => err(
+                Some(id),
+                ErrorCode::BadRequest,
+                "nothing to acknowledge yet",
+            ),
+            Err(e) => err(Some(id), ErrorCode::Unavailable, e.to_string()),
+        }
     }
 
     fn unsubscribe(&mut self, id: u64, name: &str) -> Outcome {
-        let Some(pos) = self.subs.iter().position(|(c, _)| **c == *name) else {
+        let Some(pos) = self.subs.iter().position(|s| *s.channel == *name) else {
             return err(Some(id), ErrorCode::NotSubscribed, "not subscribed");
         };
         if pos < 2 {
@@ -234,8 +389,7 @@ impl Session {
                 "the personal and broadcast channels cannot be left",
             );
         }
-        let (channel, key) = self.subs.swap_remove(pos);
-        self.node.hub.unsubscribe(&channel, key);
+        self.remove(pos);
         Outcome::Reply(Reply::ok(id, json!({ "channel": name })))
     }
 
@@ -271,6 +425,9 @@ impl Session {
             .await
         {
             Ok(receipt) => Outcome::Reply(Reply::ok(id, json!(receipt))),
+            Err(e @ crate::broker::BrokerError::Rejected(_)) => {
+                err(Some(id), ErrorCode::BadRequest, e.to_string())
+            }
             Err(e) => err(Some(id), ErrorCode::Unavailable, e.to_string()),
         }
     }
@@ -297,12 +454,10 @@ impl Session {
         let mut dropped = Vec::new();
         let mut i = 2;
         while i < self.subs.len() {
-            if channel::allowed(&self.subscribe_rights, &self.subs[i].0) {
+            if channel::allowed(&self.subscribe_rights, &self.subs[i].channel) {
                 i += 1;
             } else {
-                let (channel, key) = self.subs.swap_remove(i);
-                self.node.hub.unsubscribe(&channel, key);
-                dropped.push(channel.to_string());
+                dropped.push(self.remove(i).to_string());
             }
         }
         Outcome::Reply(Reply::ok(
@@ -325,8 +480,8 @@ fn request_id(f: &ClientFrame) -> Option<u64> {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        for (channel, key) in self.subs.drain(..) {
-            self.node.hub.unsubscribe(&channel, key);
+        for sub in self.subs.drain(..) {
+            self.node.hub.unsubscribe(&sub.channel, sub.key);
         }
     }
 }

@@ -1,12 +1,17 @@
 //! The connection loop: one task per connection moves bytes between the WebSocket
 //! and its [`Session`], drains the session's outbox into the socket in batches, and
 //! keeps heartbeats and token expiry on a single timer.
+//!
+//! Every write is raced against the outbox's close signal and a stall deadline: a
+//! peer that stops reading can block a write, and must still be cut off (slow
+//! consumer, drain) rather than hold its task and subscriptions forever.
 
 use std::time::Duration;
 
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use protocol::frame::{Reply, ServerFrame};
-use protocol::{Encoding, close};
+use protocol::frame::{Reply, ServerFrame, Since, encode_message};
+use protocol::{Encoding, ErrorCode, Publication, close};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -16,7 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::error::SessionEnd;
 use crate::heartbeat::{Heartbeat, Tick};
-use crate::outbox::{Frame, Item};
+use crate::outbox::{Frame, Item, Outbox};
 use crate::session::{Outcome, Session};
 
 /// Frames moved from the outbox per wakeup; bounds the time one socket write takes.
@@ -30,12 +35,15 @@ fn wall_to_instant(unix_secs: u64) -> Instant {
     Instant::now() + Duration::from_millis(target_ms.saturating_sub(now_ms))
 }
 
-fn encode_reply(enc: Encoding, frame: &ServerFrame) -> Option<Message> {
-    let bytes = frame.encode(enc).ok()?;
+fn to_message(enc: Encoding, bytes: bytes::Bytes) -> Option<Message> {
     Some(match enc {
         Encoding::Json => Message::Text(Utf8Bytes::try_from(bytes).ok()?),
         Encoding::MsgPack => Message::Binary(bytes),
     })
+}
+
+fn encode_frame(enc: Encoding, frame: &ServerFrame) -> Option<Message> {
+    to_message(enc, frame.encode(enc).ok()?)
 }
 
 fn read_error(e: &WsError) -> SessionEnd {
@@ -48,15 +56,79 @@ fn read_error(e: &WsError) -> SessionEnd {
     }
 }
 
-/// Runs a connection until it ends; returns why.
-pub async fn run<S>(ws: WebSocketStream<S>, mut session: Session) -> SessionEnd
+fn encode_replay(enc: Encoding, replay: &[Publication]) -> Vec<Message> {
+    replay
+        .iter()
+        .filter_map(|p| encode_message(enc, p).ok().and_then(|b| to_message(enc, b)))
+        .collect()
+}
+
+/// The write half with its guards.
+struct Writer<S> {
+    tx: SplitSink<WebSocketStream<S>, Message>,
+    outbox: std::sync::Arc<Outbox>,
+    /// A write blocked this long means the peer stopped reading.
+    stall: Duration,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
+    /// Writes `msgs` and flushes, unless the connection is asked to close or the
+    /// peer stops reading meanwhile.
+    async fn send(&mut self, msgs: Vec<Message>) -> Result<(), SessionEnd> {
+        let tx = &mut self.tx;
+        let write = async {
+            for m in msgs {
+                tx.feed(m).await?;
+            }
+            tx.flush().await
+        };
+        tokio::select! {
+            r = write => r.map_err(|_| SessionEnd::PeerGone),
+            code = self.outbox.closed() => Err(SessionEnd::Requested(code)),
+            () = tokio::time::sleep(self.stall) => Err(SessionEnd::Requested(close::SLOW_CONSUMER)),
+        }
+    }
+
+    async fn reply(&mut self, enc: Encoding, r: Reply) -> Result<(), SessionEnd> {
+        match encode_frame(enc, &ServerFrame::Reply(r)) {
+            Some(m) => self.send(vec![m]).await,
+            None => Ok(()),
+        }
+    }
+
+    /// A reply followed by replayed publications (resume), in that order.
+    async fn reply_then(
+        &mut self,
+        enc: Encoding,
+        r: Reply,
+        replay: Vec<Publication>,
+    ) -> Result<(), SessionEnd> {
+        let mut msgs: Vec<Message> = encode_frame(enc, &ServerFrame::Reply(r))
+            .into_iter()
+            .collect();
+        msgs.extend(encode_replay(enc, &replay));
+        self.send(msgs).await
+    }
+}
+
+/// Runs a connection until it ends; returns why. `resume` is where the client left
+/// off on its personal channel, if it said so at connect.
+pub async fn run<S>(
+    ws: WebSocketStream<S>,
+    mut session: Session,
+    resume: Option<Since>,
+) -> SessionEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let node = session.node().clone();
-    let enc = session.encoding();
     let outbox = session.outbox().clone();
-    let (mut tx, mut rx) = ws.split();
+    let (tx, mut rx) = ws.split();
+    let mut w = Writer {
+        tx,
+        outbox: outbox.clone(),
+        stall: node.config.heartbeat_interval * 2,
+    };
     let mut hb = Heartbeat::new(
         Instant::now(),
         node.config.heartbeat_interval,
@@ -66,123 +138,26 @@ where
     tokio::pin!(timer);
     let mut batch: Vec<Item> = Vec::new();
 
-    let end = 'conn: {
-        if let Some(m) = encode_reply(enc, &session.welcome()) {
-            if tx.send(m).await.is_err() {
-                break 'conn SessionEnd::PeerGone;
-            }
-        }
-        loop {
-            tokio::select! {
-                biased;
-                drained = outbox.drain(&mut batch, BATCH) => {
-                    if let Err(code) = drained {
-                        break 'conn SessionEnd::Requested(code);
-                    }
-                    let now_ms = protocol::now_millis();
-                    // A peer that stops reading blocks these writes (`feed` waits for
-                    // room once the socket is full, not just the flush); a full outbox
-                    // must still be able to end the connection meanwhile.
-                    let write = async {
-                        for item in batch.drain(..) {
-                            if item.published_ms != 0 {
-                                node.metrics.latency(now_ms, item.published_ms);
-                            }
-                            let msg = match item.frame {
-                                Frame::Text(t) => Message::Text(t),
-                                Frame::Binary(b) => Message::Binary(b),
-                            };
-                            tx.feed(msg).await?;
-                        }
-                        tx.flush().await
-                    };
-                    tokio::select! {
-                        r = write => if r.is_err() { break 'conn SessionEnd::PeerGone },
-                        code = outbox.closed() => break 'conn SessionEnd::Requested(code),
-                    }
-                    if batch.capacity() > BATCH {
-                        batch = Vec::new();
-                    }
-                }
-                msg = rx.next() => {
-                    let now = Instant::now();
-                    let msg = match msg {
-                        None => break 'conn SessionEnd::PeerGone,
-                        Some(Err(e)) => break 'conn read_error(&e),
-                        Some(Ok(m)) => m,
-                    };
-                    hb.seen(now);
-                    let data: &[u8] = match &msg {
-                        Message::Text(t) if enc == Encoding::Json => t.as_bytes(),
-                        Message::Binary(b) if enc == Encoding::MsgPack => b,
-                        Message::Text(_) | Message::Binary(_) => {
-                            let expected = if enc.is_text() { "text" } else { "binary" };
-                            let reply = Reply::error(None, protocol::ErrorCode::BadFrame, format!("this connection uses {} frames in {expected} frames", enc.name()));
-                            let reply = match session.wrong_kind(now, reply) {
-                                Outcome::Reply(r) => r,
-                                Outcome::End(e) => break 'conn e,
-                                Outcome::Silent => continue,
-                            };
-                            if let Some(m) = encode_reply(enc, &ServerFrame::Reply(reply)) {
-                                if tx.send(m).await.is_err() { break 'conn SessionEnd::PeerGone; }
-                            }
-                            continue;
-                        }
-                        Message::Ping(_) => {
-                            node.metrics.inbound("ws_control");
-                            // tungstenite queued the pong; send it.
-                            if tx.flush().await.is_err() { break 'conn SessionEnd::PeerGone; }
-                            continue;
-                        }
-                        Message::Pong(_) | Message::Frame(_) => {
-                            node.metrics.inbound("ws_control");
-                            continue;
-                        }
-                        Message::Close(_) => break 'conn SessionEnd::ClientClosed,
-                    };
-                    let before = session.expires_at();
-                    match session.handle(data, now).await {
-                        Outcome::Silent => {}
-                        Outcome::Reply(r) => {
-                            if let Some(m) = encode_reply(enc, &ServerFrame::Reply(r)) {
-                                if tx.send(m).await.is_err() { break 'conn SessionEnd::PeerGone; }
-                            }
-                        }
-                        Outcome::End(e) => break 'conn e,
-                    }
-                    if session.expires_at() != before {
-                        hb.set_expiry(wall_to_instant(session.expires_at()));
-                        timer.as_mut().reset(hb.deadline());
-                    }
-                }
-                () = &mut timer => {
-                    match hb.tick(Instant::now()) {
-                        Tick::Expired => break 'conn SessionEnd::TokenExpired,
-                        Tick::Timeout => break 'conn SessionEnd::HeartbeatTimeout,
-                        Tick::Ping => {
-                            let app_ping = match enc {
-                                Encoding::Json => Message::Text(node.ping_json.clone()),
-                                Encoding::MsgPack => Message::Binary(node.ping_msgpack.clone()),
-                            };
-                            if tx.feed(Message::Ping(Default::default())).await.is_err()
-                                || tx.feed(app_ping).await.is_err()
-                                || tx.flush().await.is_err()
-                            {
-                                break 'conn SessionEnd::PeerGone;
-                            }
-                        }
-                        Tick::Nothing => {}
-                    }
-                    timer.as_mut().reset(hb.deadline());
-                }
-            }
-        }
+    let end = match serve(
+        &mut session,
+        &mut w,
+        &mut rx,
+        &mut hb,
+        timer.as_mut(),
+        &mut batch,
+        resume,
+    )
+    .await
+    {
+        Ok(()) => SessionEnd::ClientClosed,
+        Err(e) => e,
     };
 
     // Release subscriptions before the (bounded) close handshake.
     let user = session.user().clone();
     let id = session.id();
     drop(session);
+    let mut tx = w.tx;
     match end.close() {
         Some((code, reason)) => {
             let frame = CloseFrame {
@@ -212,4 +187,122 @@ where
     node.metrics.connection_closed(code);
     tracing::debug!(session = format_args!("{id:016x}"), user = %user, code, reason = close::name(code), "connection closed");
     end
+}
+
+/// The loop proper; returns `Ok` when the client closed, `Err` with any other end.
+async fn serve<S>(
+    session: &mut Session,
+    w: &mut Writer<S>,
+    rx: &mut SplitStream<WebSocketStream<S>>,
+    hb: &mut Heartbeat,
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    batch: &mut Vec<Item>,
+    resume: Option<Since>,
+) -> Result<(), SessionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let node = session.node().clone();
+    let enc = session.encoding();
+    let outbox = w.outbox.clone();
+    // Replay what the personal channel missed (live messages queue meanwhile and are
+    // filtered by offset), then greet, then the replay, then live traffic.
+    let replay = session.resume_personal(resume).await;
+    let mut first: Vec<Message> = encode_frame(enc, &session.welcome()).into_iter().collect();
+    first.extend(encode_replay(enc, &replay));
+    drop(replay);
+    w.send(first).await?;
+
+    loop {
+        tokio::select! {
+            biased;
+            drained = outbox.drain(batch, BATCH) => {
+                drained.map_err(SessionEnd::Requested)?;
+                let now_ms = protocol::now_millis();
+                let msgs: Vec<Message> = batch
+                    .drain(..)
+                    .filter(|item| item.offset == 0 || session.accept(item.sub, item.offset))
+                    .map(|item| {
+                        if item.published_ms != 0 {
+                            node.metrics.latency(now_ms, item.published_ms);
+                        }
+                        match item.frame {
+                            Frame::Text(t) => Message::Text(t),
+                            Frame::Binary(b) => Message::Binary(b),
+                        }
+                    })
+                    .collect();
+                if batch.capacity() > BATCH {
+                    *batch = Vec::new();
+                }
+                if !msgs.is_empty() {
+                    w.send(msgs).await?;
+                }
+            }
+            msg = rx.next() => {
+                let now = Instant::now();
+                let msg = match msg {
+                    None => return Err(SessionEnd::PeerGone),
+                    Some(Err(e)) => return Err(read_error(&e)),
+                    Some(Ok(m)) => m,
+                };
+                hb.seen(now);
+                let data: &[u8] = match &msg {
+                    Message::Text(t) if enc == Encoding::Json => t.as_bytes(),
+                    Message::Binary(b) if enc == Encoding::MsgPack => b,
+                    Message::Text(_) | Message::Binary(_) => {
+                        let (want, got) = if enc.is_text() { ("text", "binary") } else { ("binary", "text") };
+                        let reply = Reply::error(
+                            None,
+                            ErrorCode::BadFrame,
+                            format!("this connection speaks {} in {want} frames, not {got} frames", enc.name()),
+                        );
+                        match session.wrong_kind(now, reply) {
+                            Outcome::Reply(r) => w.reply(enc, r).await?,
+                            Outcome::End(e) => return Err(e),
+                            Outcome::Replay(..) | Outcome::Silent => {}
+                        }
+                        continue;
+                    }
+                    Message::Ping(_) => {
+                        node.metrics.inbound("ws_control");
+                        // tungstenite queued the pong; send it.
+                        w.send(Vec::new()).await?;
+                        continue;
+                    }
+                    Message::Pong(_) | Message::Frame(_) => {
+                        node.metrics.inbound("ws_control");
+                        continue;
+                    }
+                    Message::Close(_) => return Ok(()),
+                };
+                let before = session.expires_at();
+                match session.handle(data, now).await {
+                    Outcome::Silent => {}
+                    Outcome::Reply(r) => w.reply(enc, r).await?,
+                    Outcome::Replay(r, replay) => w.reply_then(enc, r, replay).await?,
+                    Outcome::End(e) => return Err(e),
+                }
+                if session.expires_at() != before {
+                    hb.set_expiry(wall_to_instant(session.expires_at()));
+                    timer.as_mut().reset(hb.deadline());
+                }
+            }
+            () = &mut timer => {
+                match hb.tick(Instant::now()) {
+                    Tick::Expired => return Err(SessionEnd::TokenExpired),
+                    Tick::Timeout => return Err(SessionEnd::HeartbeatTimeout),
+                    Tick::Ping => {
+                        let app_ping = match enc {
+                            Encoding::Json => Message::Text(node.ping_json.clone()),
+                            Encoding::MsgPack => Message::Binary(node.ping_msgpack.clone()),
+                        };
+                        w.send(vec![Message::Ping(Default::default()), app_ping]).await?;
+                    }
+                    Tick::Nothing => {}
+                }
+                timer.as_mut().reset(hb.deadline());
+            }
+        }
+    }
 }

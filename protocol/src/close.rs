@@ -7,6 +7,11 @@
 pub const NORMAL: u16 = 1000;
 /// The node is draining (shutdown or rollout): reconnect now, ideally to another node.
 pub const GOING_AWAY: u16 = 1001;
+/// The client broke the WebSocket protocol (e.g. unmasked frames, bad opcodes).
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// Never sent: the label metrics use for connections that ended without a close
+/// frame (the peer vanished).
+pub const ABNORMAL: u16 = 1006;
 /// A text frame carried invalid UTF-8.
 pub const INVALID_PAYLOAD: u16 = 1007;
 /// Persistent abuse: too many malformed frames or rate-limit violations.
@@ -50,6 +55,8 @@ pub fn name(code: u16) -> &'static str {
     match code {
         NORMAL => "normal",
         GOING_AWAY => "going_away",
+        PROTOCOL_ERROR => "protocol_error",
+        ABNORMAL => "abnormal",
         INVALID_PAYLOAD => "invalid_payload",
         POLICY_VIOLATION => "policy_violation",
         MESSAGE_TOO_BIG => "message_too_big",

@@ -1,32 +1,123 @@
-use std::sync::Arc;
+//! The single-node broker: a publish is a local delivery. History, acknowledged
+//! positions and idempotency keys live in this process, so they follow the same
+//! rules as with Redis but end with it (a restart starts new epochs, and resuming
+//! clients are told they were not recovered).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use protocol::Publication;
+use protocol::history::{HistoryRules, Policy};
+use publisher::HistoryPage;
+use tokio::time::Instant;
 
 use super::{Broker, BrokerError, Receipt};
 use crate::hub::Table;
 
-/// The single-node broker: a publish is a local delivery.
+struct Stream {
+    epoch: String,
+    seq: u64,
+    entries: VecDeque<Publication>,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct Store {
+    streams: HashMap<String, Stream>,
+    acks: HashMap<String, (String, u64)>,
+    /// (channel, message id) -> (offset, forget after).
+    seen: HashMap<(String, String), (u64, Instant)>,
+}
+
 pub struct MemoryBroker {
     table: Arc<Table>,
+    rules: HistoryRules,
+    idempotency_window: Duration,
+    store: Mutex<Store>,
+}
+
+fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl Store {
+    /// The live stream of a channel, dropping it once its ttl passed.
+    fn stream(&mut self, channel: &str, policy: Policy, now: Instant) -> &mut Stream {
+        if self.streams.get(channel).is_some_and(|s| s.expires <= now) {
+            self.streams.remove(channel);
+        }
+        self.streams
+            .entry(channel.to_owned())
+            .or_insert_with(|| Stream {
+                epoch: new_epoch(),
+                seq: 0,
+                entries: VecDeque::new(),
+                expires: now + policy.ttl,
+            })
+    }
 }
 
 impl MemoryBroker {
-    pub fn new(table: Arc<Table>) -> Self {
-        Self { table }
+    pub fn new(table: Arc<Table>, rules: HistoryRules, idempotency_window: Duration) -> Self {
+        Self {
+            table,
+            rules,
+            idempotency_window,
+            store: Mutex::new(Store::default()),
+        }
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Assigns offset and epoch (history) and drops repeated ids; `None` when the
+    /// publication is a duplicate.
+    fn admit(&self, mut p: Publication, now: Instant) -> Option<Publication> {
+        let mut store = self.store();
+        if let (Some(id), false) = (&p.id, self.idempotency_window.is_zero()) {
+            let key = (p.channel.clone(), id.clone());
+            if store.seen.get(&key).is_some_and(|(_, until)| *until > now) {
+                return None;
+            }
+            if store.seen.len() >= 100_000 {
+                store.seen.retain(|_, (_, until)| *until > now);
+            }
+            store.seen.insert(key, (0, now + self.idempotency_window));
+        }
+        if let Some(policy) = self.rules.policy(&p.channel) {
+            let stream = store.stream(&p.channel, policy, now);
+            stream.seq += 1;
+            stream.expires = now + policy.ttl;
+            p.offset = Some(stream.seq);
+            p.epoch = Some(stream.epoch.clone());
+            stream.entries.push_back(p.clone());
+            while stream.entries.len() as u64 > policy.max_len {
+                stream.entries.pop_front();
+            }
+        }
+        Some(p)
     }
 }
 
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, pubs: Vec<Publication>) -> Result<Receipt, BrokerError> {
+        let now = Instant::now();
         let mut r = Receipt {
             nodes: 0,
             sessions: Some(0),
+            duplicates: 0,
         };
-        for p in &pubs {
+        for p in pubs {
+            let Some(p) = self.admit(p, now) else {
+                r.duplicates += 1;
+                continue;
+            };
             r.nodes += u64::from(self.table.has_interest(&p.channel));
-            r.sessions = r.sessions.map(|s| s + self.table.deliver(p) as u64);
+            r.sessions = r.sessions.map(|s| s + self.table.deliver(&p) as u64);
         }
         Ok(r)
     }
@@ -35,5 +126,55 @@ impl Broker for MemoryBroker {
 
     fn is_ready(&self) -> bool {
         true
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        let policy = self.rules.policy(channel).ok_or_else(|| {
+            BrokerError::Rejected(format!("channel `{channel}` keeps no history"))
+        })?;
+        let mut store = self.store();
+        let stream = store.stream(channel, policy, Instant::now());
+        let pubs = match after {
+            Some(after) => stream
+                .entries
+                .iter()
+                .filter(|p| p.offset.is_some_and(|o| o > after))
+                .take(limit)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(HistoryPage {
+            epoch: stream.epoch.clone(),
+            top: stream.seq,
+            pubs,
+        })
+    }
+
+    async fn ack(&self, channel: &str, offset: u64) -> Result<Option<u64>, BrokerError> {
+        let policy = self.rules.policy(channel).ok_or_else(|| {
+            BrokerError::Rejected(format!("channel `{channel}` keeps no history"))
+        })?;
+        let mut store = self.store();
+        let stream = store.stream(channel, policy, Instant::now());
+        let (epoch, top) = (stream.epoch.clone(), stream.seq);
+        let want = offset.min(top);
+        let stored = match store.acks.get(channel) {
+            Some((e, had)) if *e == epoch && *had >= want => *had,
+            _ => {
+                store.acks.insert(channel.to_owned(), (epoch, want));
+                want
+            }
+        };
+        Ok(Some(stored))
+    }
+
+    async fn acked(&self, channel: &str) -> Result<Option<(String, u64)>, BrokerError> {
+        Ok(self.store().acks.get(channel).cloned())
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use protocol::Publication;
+use publisher::HistoryPage;
 use serde::Serialize;
 
 mod memory;
@@ -23,6 +24,14 @@ pub struct Receipt {
     /// Local connections reached, when the broker delivers in-process (memory broker).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sessions: Option<u64>,
+    /// Publications not delivered again because their id was seen within the
+    /// idempotency window.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub duplicates: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,4 +55,19 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker can currently deliver (drives `/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// A channel's history after `after` (exclusive), at most `limit` entries; with
+    /// `after == None` only its epoch and latest offset.
+    async fn history(
+        &self,
+        channel: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError>;
+
+    /// Moves a personal channel's acknowledged position forward; returns it.
+    async fn ack(&self, channel: &str, offset: u64) -> Result<Option<u64>, BrokerError>;
+
+    /// The acknowledged position `(epoch, offset)` of a channel, if any.
+    async fn acked(&self, channel: &str) -> Result<Option<(String, u64)>, BrokerError>;
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use protocol::{Publication, keys};
-use publisher::{PublishError, Publisher};
+use publisher::{HistoryPage, PublishError, Publisher};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
@@ -44,6 +44,8 @@ pub struct RedisSettings {
     pub probe_interval: Duration,
     pub reconnect_max: Duration,
     pub max_payload: usize,
+    pub history: protocol::history::HistoryRules,
+    pub idempotency_window: Duration,
 }
 
 struct Shard {
@@ -91,6 +93,8 @@ impl RedisBroker {
         let publisher = Publisher::builder(settings.url.clone())
             .namespace(settings.namespace.clone())
             .max_payload(settings.max_payload)
+            .history(settings.history.clone())
+            .idempotency_window(settings.idempotency_window)
             .build()
             .map_err(|e| BrokerError::Unavailable(e.to_string()))?;
         let shards = (0..settings.subscribers.max(1))
@@ -136,6 +140,7 @@ impl Broker for RedisBroker {
             Ok(r) => Ok(Receipt {
                 nodes: r.nodes,
                 sessions: None,
+                duplicates: r.duplicates as u64,
             }),
             Err(e) => {
                 self.shared.metrics.broker.publish_errors.inc();
@@ -162,6 +167,42 @@ impl Broker for RedisBroker {
             .shards
             .iter()
             .all(|s| s.up.load(Ordering::Acquire))
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.shared
+            .publisher
+            .history(channel, after, limit)
+            .await
+            .map_err(broker_error)
+    }
+
+    async fn ack(&self, channel: &str, offset: u64) -> Result<Option<u64>, BrokerError> {
+        self.shared
+            .publisher
+            .ack_channel(channel, offset)
+            .await
+            .map_err(broker_error)
+    }
+
+    async fn acked(&self, channel: &str) -> Result<Option<(String, u64)>, BrokerError> {
+        self.shared
+            .publisher
+            .acked_channel(channel)
+            .await
+            .map_err(broker_error)
+    }
+}
+
+fn broker_error(e: PublishError) -> BrokerError {
+    match e {
+        PublishError::Unavailable(m) => BrokerError::Unavailable(m),
+        other => BrokerError::Rejected(other.to_string()),
     }
 }
 
