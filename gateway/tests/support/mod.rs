@@ -315,6 +315,8 @@ pub struct Connect<'a> {
     /// Subprotocols offered besides the token entry; empty offers none.
     pub protocols: Vec<&'a str>,
     pub headers: Vec<(&'a str, &'a str)>,
+    /// Extra query string (e.g. `since=3&epoch=e`).
+    pub query: Option<&'a str>,
 }
 
 impl<'a> Connect<'a> {
@@ -324,6 +326,7 @@ impl<'a> Connect<'a> {
             via: TokenVia::Bearer,
             protocols: Vec::new(),
             headers: Vec::new(),
+            query: None,
         }
     }
 }
@@ -365,10 +368,14 @@ impl Client {
     }
 
     pub async fn connect_with(gw: &Gateway, c: Connect<'_>) -> Result<Client, Refused> {
-        let url = match (c.via, c.token) {
+        let mut url = match (c.via, c.token) {
             (TokenVia::Query, Some(t)) => format!("{}?token={t}", gw.ws_url()),
             _ => gw.ws_url(),
         };
+        if let Some(q) = c.query {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(q);
+        }
         let mut req = url.into_client_request().unwrap();
         let mut protocols: Vec<String> = c.protocols.iter().map(|s| s.to_string()).collect();
         match (c.via, c.token) {

@@ -1,0 +1,232 @@
+//! History and resume over real sockets: subscribe with `since`, resume at connect,
+//! retention and epoch changes reported as not recovered, the acknowledged inbox
+//! shared by devices, and idempotent publishes. Memory broker and real Redis.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use protocol::frame::{ClientFrame, Since};
+use publisher::Publisher;
+use serde_json::{Value, json};
+use support::{Client, Connect, Gateway, RedisServer, eventually, token};
+
+const ROOMS: &str = "$user:* 100 24h,room:* 5 1h";
+
+async fn publish_n(gw: &Gateway, body: Value, n: u64) {
+    for i in 0..n {
+        let mut b = body.clone();
+        b["payload"] = json!({ "n": i });
+        let (status, resp) = gw.publish(b).await;
+        assert_eq!(status, 200, "{resp}");
+    }
+}
+
+async fn subscribe_since(c: &mut Client, channel: &str, since: Option<Since>) -> Value {
+    let id = c.next_id();
+    c.send(&ClientFrame::Subscribe {
+        id,
+        channel: channel.into(),
+        since,
+    })
+    .await;
+    let r = c.reply(id).await;
+    assert!(r.ok, "{r:?}");
+    r.result.unwrap()
+}
+
+fn since(result: &Value, offset: u64) -> Since {
+    Since {
+        offset,
+        epoch: result["epoch"].as_str().unwrap().to_owned(),
+    }
+}
+
+async fn resume_on(gw: &Gateway) {
+    let t = token("r", &["room:*"], &[], 60);
+    let mut c = Client::connect(gw, &t).await;
+    let first = subscribe_since(&mut c, "room:1", None).await;
+    assert_eq!(first["offset"], 0);
+    publish_n(gw, json!({"channel": "room:1"}), 3).await;
+    for want in 1..=3 {
+        assert_eq!(c.message().await.offset, Some(want));
+    }
+    drop(c);
+    // Missed while away: offsets 4 and 5.
+    publish_n(gw, json!({"channel": "room:1"}), 2).await;
+    let mut c = Client::connect(gw, &t).await;
+    let r = subscribe_since(&mut c, "room:1", Some(since(&first, 3))).await;
+    assert_eq!(
+        (r["recovered"].as_bool(), r["offset"].as_u64()),
+        (Some(true), Some(5))
+    );
+    assert_eq!(c.message().await.offset, Some(4));
+    assert_eq!(c.message().await.offset, Some(5));
+    publish_n(gw, json!({"channel": "room:1"}), 1).await;
+    assert_eq!(c.message().await.offset, Some(6));
+    c.no_message_within(Duration::from_millis(200)).await;
+
+    // Out of retention (max length 5 keeps 2..=6): not recovered, what exists follows.
+    let mut c = Client::connect(gw, &t).await;
+    let r = subscribe_since(&mut c, "room:1", Some(since(&first, 0))).await;
+    assert_eq!(r["recovered"], false);
+    // Another epoch: not recovered, nothing replayed.
+    let mut c2 = Client::connect(gw, &t).await;
+    let r = subscribe_since(
+        &mut c2,
+        "room:1",
+        Some(Since {
+            offset: 3,
+            epoch: "other".into(),
+        }),
+    )
+    .await;
+    assert_eq!(r["recovered"], false);
+    c2.no_message_within(Duration::from_millis(200)).await;
+    for want in 2..=6 {
+        assert_eq!(c.message().await.offset, Some(want));
+    }
+    // A channel without history says so plainly.
+    let t2 = token("r2", &["*"], &[], 60);
+    let mut c3 = Client::connect(gw, &t2).await;
+    let r = subscribe_since(
+        &mut c3,
+        "news",
+        Some(Since {
+            offset: 1,
+            epoch: "e".into(),
+        }),
+    )
+    .await;
+    assert_eq!(r, json!({"channel": "news", "recovered": false}));
+}
+
+#[tokio::test]
+async fn resume_with_memory_broker() {
+    let gw = Gateway::builder().args(&["--history", ROOMS]).start().await;
+    resume_on(&gw).await;
+}
+
+#[tokio::test]
+async fn resume_with_redis() {
+    let redis = RedisServer::start().await;
+    let gw = Gateway::builder()
+        .redis(&redis, "h1")
+        .args(&["--history", ROOMS])
+        .start()
+        .await;
+    eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
+    resume_on(&gw).await;
+}
+
+#[tokio::test]
+async fn resume_at_connect_and_shared_ack_position() {
+    let redis = RedisServer::start().await;
+    let gw = Gateway::builder().redis(&redis, "a1").start().await;
+    eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
+    let t = token("alice", &[], &[], 60);
+    let mut phone = Client::connect(&gw, &t).await;
+    let epoch = phone.welcome.epoch.clone().unwrap();
+    assert_eq!(phone.welcome.offset, Some(0));
+    assert_eq!(phone.welcome.recovered, None);
+    publish_n(&gw, json!({"user": "alice"}), 4).await;
+    for want in 1..=4 {
+        assert_eq!(phone.message().await.offset, Some(want));
+    }
+    // The phone read up to 2 and says so; the position is the user's, not the device's.
+    let id = phone.next_id();
+    phone.send(&ClientFrame::Ack { id, offset: 2 }).await;
+    let r = phone.reply(id).await;
+    assert_eq!(r.result.unwrap()["offset"], 2);
+    let sdk = Publisher::builder(redis.url()).build().unwrap();
+    assert_eq!(sdk.unread_count("alice").await.unwrap(), 2);
+
+    // A new device without a position of its own resumes from the acked one.
+    let mut laptop = Client::connect(&gw, &t).await;
+    assert_eq!(laptop.welcome.recovered, Some(true));
+    assert_eq!(laptop.message().await.offset, Some(3));
+    assert_eq!(laptop.message().await.offset, Some(4));
+    laptop.no_message_within(Duration::from_millis(200)).await;
+
+    // A device that knows its own position resumes from it at connect.
+    drop(phone);
+    publish_n(&gw, json!({"user": "alice"}), 2).await;
+    assert_eq!(laptop.message().await.offset, Some(5));
+    assert_eq!(laptop.message().await.offset, Some(6));
+    let tok = t.clone();
+    let mut c = Connect::new(&tok);
+    let query = format!("since=4&epoch={epoch}");
+    c.query = Some(&query);
+    let mut phone = Client::connect_with(&gw, c).await.unwrap();
+    assert_eq!(phone.welcome.recovered, Some(true));
+    assert_eq!(phone.welcome.offset, Some(6));
+    assert_eq!(phone.message().await.offset, Some(5));
+    assert_eq!(phone.message().await.offset, Some(6));
+    phone.no_message_within(Duration::from_millis(200)).await;
+
+    // A wrong epoch at connect: told plainly, nothing replayed.
+    let mut c = Connect::new(&tok);
+    c.query = Some("since=1&epoch=stale");
+    let mut other = Client::connect_with(&gw, c).await.unwrap();
+    assert_eq!(other.welcome.recovered, Some(false));
+    other.no_message_within(Duration::from_millis(200)).await;
+    // Malformed resume parameters are a 400 before the upgrade.
+    let mut c = Connect::new(&tok);
+    c.query = Some("since=abc&epoch=e");
+    assert_eq!(
+        Client::connect_with(&gw, c).await.err().unwrap().status,
+        400
+    );
+}
+
+#[tokio::test]
+async fn redis_restart_without_persistence_is_not_recovered() {
+    let mut redis = RedisServer::start().await;
+    let gw = Gateway::builder().redis(&redis, "p1").start().await;
+    eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
+    let t = token("bob", &[], &[], 60);
+    let mut c = Client::connect(&gw, &t).await;
+    let epoch = c.welcome.epoch.clone().unwrap();
+    publish_n(&gw, json!({"user": "bob"}), 2).await;
+    c.message().await;
+    c.message().await;
+    drop(c);
+    redis.restart().await;
+    eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
+    publish_n(&gw, json!({"user": "bob"}), 1).await;
+    let mut conn = Connect::new(&t);
+    let query = format!("since=2&epoch={epoch}");
+    conn.query = Some(&query);
+    let c = Client::connect_with(&gw, conn).await.unwrap();
+    assert_eq!(c.welcome.recovered, Some(false));
+    assert_ne!(c.welcome.epoch.as_deref(), Some(epoch.as_str()));
+}
+
+#[tokio::test]
+async fn retried_publish_with_the_same_id_is_delivered_once() {
+    for redis in [None, Some(RedisServer::start().await)] {
+        let mut b = Gateway::builder();
+        if let Some(r) = &redis {
+            b = b.redis(r, "i1");
+        }
+        let gw = b.start().await;
+        eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
+        let mut c = Client::connect(&gw, &token("carol", &["news"], &[], 60)).await;
+        assert!(c.subscribe("news").await.ok);
+        if let Some(r) = &redis {
+            r.wait_numsub("news", 1).await;
+        }
+        for target in [json!({"user": "carol"}), json!({"channel": "news"})] {
+            let mut body = target.clone();
+            body["id"] = json!("order-42");
+            let (s1, r1) = gw.publish(body.clone()).await;
+            let (s2, r2) = gw.publish(body).await;
+            assert_eq!((s1, s2), (200, 200));
+            assert_eq!(r1.get("duplicates"), None, "{r1}");
+            assert_eq!(r2["duplicates"], 1, "{r2}");
+            assert_eq!(c.message().await.msg_id.as_deref(), Some("order-42"));
+        }
+        c.no_message_within(Duration::from_millis(300)).await;
+    }
+}
