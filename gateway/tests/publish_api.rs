@@ -629,6 +629,7 @@ async fn api_publish_reaches_clients_that_used_other_token_transports() {
             via: support::TokenVia::Subprotocol,
             protocols: vec!["tidings.msgpack"],
             headers: vec![],
+            query: None,
         },
     )
     .await
@@ -640,6 +641,7 @@ async fn api_publish_reaches_clients_that_used_other_token_transports() {
             via: support::TokenVia::Query,
             protocols: vec![],
             headers: vec![],
+            query: None,
         },
     )
     .await
