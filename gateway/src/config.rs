@@ -64,7 +64,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct MintToken {
     /// HS256 secret, the same as the gateway's --jwt-secret.
-    #[arg(long, env = "TIDINGS_JWT_SECRET")]
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
     pub secret: String,
     /// The user id (`sub` claim).
     #[arg(long, default_value = "dev-user")]

@@ -147,7 +147,8 @@ async fn drain(node: &Arc<Node>) {
         }
     }
     // Give closing handshakes a moment; stuck peers are cut when the process exits.
-    let deadline = Instant::now() + Duration::from_secs(3);
+    // Long enough for a close frame and the peer's answer (two close timeouts).
+    let deadline = Instant::now() + Duration::from_secs(5);
     while node.metrics.open_connections() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -7,6 +7,11 @@ use gateway::config::{Cli, Command};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::MintToken(m)) = cli.command {
+        if m.secret.len() < 16 {
+            anyhow::bail!(
+                "invalid setting `secret`: must be at least 16 bytes, like the gateway's jwt-secret"
+            );
+        }
         let token = gateway::auth::mint_hs256(
             m.secret.as_bytes(),
             &m.sub,

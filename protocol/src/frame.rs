@@ -227,9 +227,11 @@ pub struct Limits {
     pub max_message_bytes: u64,
     /// Largest `publish` payload (JSON text bytes).
     pub max_payload_bytes: u64,
-    /// Channels one connection may hold besides its personal channel.
+    /// Channels one connection may subscribe to, besides its personal and the
+    /// broadcast channel.
     pub max_channels: u32,
-    /// Sustained inbound frames per second, and the burst allowed above it.
+    /// Sustained inbound frames per second, and the token bucket's size (the most
+    /// frames accepted at once after a quiet period).
     pub rate_per_sec: u32,
     pub rate_burst: u32,
 }
