@@ -92,6 +92,9 @@ pub struct Settings {
     /// WebSocket and publish API listener. [default: 0.0.0.0:8080]
     #[arg(long, env = "TIDINGS_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Accept backlog of the public listener (the kernel caps it at net.core.somaxconn). [default: 4096]
+    #[arg(long, env = "TIDINGS_LISTEN_BACKLOG")]
+    pub listen_backlog: Option<u32>,
     /// Admin listener (/healthz, /readyz, /metrics). [default: 0.0.0.0:9090]
     #[arg(long, env = "TIDINGS_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
@@ -236,6 +239,7 @@ impl Settings {
             self,
             file,
             listen,
+            listen_backlog,
             admin_listen,
             node_id,
             log_format,
@@ -293,6 +297,7 @@ pub struct JwtConfig {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub listen_backlog: u32,
     pub admin_listen: SocketAddr,
     pub node_id: String,
     pub log_format: LogFormat,
@@ -438,14 +443,19 @@ impl Config {
             ));
         }
         if let Some(url) = &s.redis_url {
+            if url.starts_with("rediss://") {
+                return Err(config_err(
+                    "redis-url",
+                    "TLS (rediss://) is not built in; reach Redis over a private network or a TLS sidecar",
+                ));
+            }
             if !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
                 || url.starts_with("redis+unix://")
                 || url.starts_with("unix://"))
             {
                 return Err(config_err(
                     "redis-url",
-                    "must start with redis://, rediss:// or unix://",
+                    "must start with redis://, redis+unix:// or unix://",
                 ));
             }
         }
@@ -463,6 +473,7 @@ impl Config {
         }
         Ok(Config {
             listen: s.listen.unwrap_or(([0, 0, 0, 0], 8080).into()),
+            listen_backlog: positive(s.listen_backlog.unwrap_or(4096), "listen-backlog")?,
             admin_listen: s.admin_listen.unwrap_or(([0, 0, 0, 0], 9090).into()),
             node_id,
             log_format: s.log_format.unwrap_or(LogFormat::Human),

@@ -90,12 +90,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 message: e.to_string(),
             })?,
         );
-    let public = TcpListener::bind(listen)
-        .await
-        .map_err(|source| GatewayError::Bind {
-            addr: listen,
-            source,
-        })?;
+    let public = bind(listen, node.config.listen_backlog).map_err(|source| GatewayError::Bind {
+        addr: listen,
+        source,
+    })?;
     let admin = TcpListener::bind(admin_listen)
         .await
         .map_err(|source| GatewayError::Bind {
@@ -125,6 +123,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     admin_task.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Binds a listener with an explicit backlog (tokio's default is 1024), so a burst
+/// of reconnects waits in the kernel instead of being refused.
+fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Closes every connection with 1001 in jittered batches spread over the drain

@@ -157,7 +157,7 @@ impl Metrics {
         let lat_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
-        Metrics {
+        let m = Metrics {
             connections: gauge(&r, "tidings_connections", "Open WebSocket connections"),
             attempts: Attempt::ALL
                 .iter()
@@ -245,7 +245,9 @@ impl Metrics {
                 ),
             },
             registry: r,
-        }
+        };
+        m.touch();
+        m
     }
 
     pub fn attempt(&self, a: Attempt) {
@@ -310,6 +312,14 @@ impl Metrics {
 
     pub fn channels(&self, delta: i64) {
         self.channels.add(delta);
+    }
+
+    /// Creates the labelled series that must be visible before their first event
+    /// (dashboards and alerts refer to them).
+    fn touch(&self) {
+        for source in ["api", "client"] {
+            self.published.with_label_values(&[source]);
+        }
     }
 
     pub fn published(&self, source: &'static str) {
