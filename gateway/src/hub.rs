@@ -118,6 +118,7 @@ impl Table {
         let Some(subs) = shard.get(p.channel.as_str()) else {
             return 0;
         };
+        let epoch = p.epoch.as_deref().map_or(0, epoch_tag);
         let mut json: Option<Option<Utf8Bytes>> = None;
         let mut msgpack: Option<Option<Bytes>> = None;
         let (mut delivered, mut slow, mut closed, mut failed) = (0u64, 0u64, 0u64, 0u64);
@@ -140,6 +141,7 @@ impl Table {
                 frame,
                 published_ms: p.ts,
                 offset: p.offset.unwrap_or(0),
+                epoch,
                 sub: sub.sub,
             }) {
                 Ok(()) => delivered += 1,
@@ -161,6 +163,17 @@ impl Table {
         }
         delivered as usize
     }
+}
+
+/// A short fingerprint of a history epoch, so queued items can tell a new epoch
+/// (offsets restart) from a duplicate without carrying the epoch string.
+pub fn epoch_tag(epoch: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in epoch.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h | 1
 }
 
 fn encode_json(p: &Publication) -> Option<Utf8Bytes> {
@@ -210,6 +223,11 @@ impl Hub {
 
     pub fn ready(&self) -> bool {
         self.broker.is_ready()
+    }
+
+    /// Waits until live delivery of a channel to this node is in effect.
+    pub async fn subscribed(&self, channel: &str) -> bool {
+        self.broker.subscribed(channel).await
     }
 
     pub async fn history(

@@ -28,6 +28,8 @@ pub struct Item {
     pub published_ms: u64,
     /// History offset of a notification (0: none), for de-duplication after a resume.
     pub offset: u64,
+    /// Fingerprint of the history epoch (0: none); see `hub::epoch_tag`.
+    pub epoch: u32,
     /// Which subscription of the connection it belongs to.
     pub sub: u32,
 }
@@ -152,6 +154,7 @@ mod tests {
             frame: Frame::Binary(Bytes::from(vec![n])),
             published_ms: 0,
             offset: 0,
+            epoch: 0,
             sub: 0,
         }
     }

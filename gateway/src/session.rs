@@ -45,6 +45,8 @@ struct Sub {
     /// Last history offset sent: queued items at or below it are duplicates of
     /// what a resume already replayed (or of what came before the subscription).
     last: u64,
+    /// Epoch fingerprint `last` belongs to; a new epoch restarts offsets.
+    epoch: u32,
 }
 
 /// Recovery facts about the personal channel, reported in `welcome`.
@@ -125,6 +127,7 @@ impl Session {
             key,
             id,
             last: 0,
+            epoch: 0,
         });
         self.subs.len() - 1
     }
@@ -137,8 +140,14 @@ impl Session {
 
     /// Whether a queued item with a history offset should be sent: drops items of
     /// subscriptions that are gone and duplicates by offset.
-    pub fn accept(&mut self, sub: u32, offset: u64) -> bool {
+    pub fn accept(&mut self, sub: u32, offset: u64, epoch: u32) -> bool {
         match self.subs.iter_mut().find(|s| s.id == sub) {
+            Some(s) if epoch != s.epoch => {
+                // A new epoch (history lost or expired): offsets start over.
+                s.epoch = epoch;
+                s.last = offset;
+                true
+            }
             Some(s) if offset > s.last => {
                 s.last = offset;
                 true
@@ -155,6 +164,11 @@ impl Session {
         since: Option<&Since>,
     ) -> Result<(String, u64, recovery::Resume), crate::broker::BrokerError> {
         let channel = self.subs[pos].channel.clone();
+        // Live delivery must run before history is read, or a message published in
+        // between would be in neither.
+        if !self.node.hub.subscribed(&channel).await {
+            tracing::debug!("live subscription not confirmed before reading history");
+        }
         let page = self
             .node
             .hub
@@ -166,6 +180,11 @@ impl Session {
             .await?;
         let (epoch, top) = (page.epoch.clone(), page.top);
         if let Some(s) = self.subs.get_mut(pos) {
+            let tag = crate::hub::epoch_tag(&epoch);
+            if s.epoch != tag {
+                s.epoch = tag;
+                s.last = 0;
+            }
             s.last = s.last.max(top);
         }
         Ok((epoch, top, recovery::assess(since, page)))

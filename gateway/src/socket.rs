@@ -221,7 +221,7 @@ where
                 let now_ms = protocol::now_millis();
                 let msgs: Vec<Message> = batch
                     .drain(..)
-                    .filter(|item| item.offset == 0 || session.accept(item.sub, item.offset))
+                    .filter(|item| item.offset == 0 || session.accept(item.sub, item.offset, item.epoch))
                     .map(|item| {
                         if item.published_ms != 0 {
                             node.metrics.latency(now_ms, item.published_ms);

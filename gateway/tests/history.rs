@@ -230,3 +230,29 @@ async fn retried_publish_with_the_same_id_is_delivered_once() {
         c.no_message_within(Duration::from_millis(300)).await;
     }
 }
+
+#[tokio::test]
+async fn a_new_epoch_while_subscribed_is_delivered() {
+    // History that expires after a quiet second: the next publish starts a new
+    // epoch whose offsets restart at 1, which must not be mistaken for duplicates.
+    let gw = Gateway::builder()
+        .args(&["--history", "room:* 10 1s"])
+        .start()
+        .await;
+    let mut c = Client::connect(&gw, &token("e", &["room:*"], &[], 60)).await;
+    let first = subscribe_since(&mut c, "room:9", None).await;
+    publish_n(&gw, json!({"channel": "room:9"}), 3).await;
+    let mut old_epoch = None;
+    for want in 1..=3 {
+        let m = c.message().await;
+        assert_eq!(m.offset, Some(want));
+        assert_eq!(m.epoch.as_deref(), first["epoch"].as_str());
+        old_epoch = m.epoch;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    publish_n(&gw, json!({"channel": "room:9"}), 2).await;
+    let a = c.message().await;
+    let b = c.message().await;
+    assert_eq!((a.offset, b.offset), (Some(1), Some(2)));
+    assert_ne!(a.epoch, old_epoch);
+}

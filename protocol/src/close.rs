@@ -42,6 +42,7 @@ pub fn should_reconnect(code: u16) -> bool {
             | POLICY_VIOLATION
             | MESSAGE_TOO_BIG
             | INVALID_PAYLOAD
+            | PROTOCOL_ERROR
     )
 }
 

@@ -270,6 +270,9 @@ pub struct Message {
     pub msg_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// The history epoch `offset` belongs to (offsets restart in a new epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
     pub ts: u64,
 }
 
@@ -342,6 +345,8 @@ struct MessageRef<'a> {
     msg_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
     ts: u64,
 }
 
@@ -355,6 +360,7 @@ pub fn encode_message(enc: Encoding, p: &Publication) -> Result<Bytes, ProtocolE
         payload: &p.payload,
         msg_id: p.id.as_deref(),
         offset: p.offset,
+        epoch: p.epoch.as_deref(),
         ts: p.ts,
     })
 }
@@ -409,6 +415,7 @@ pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<ServerFrame, Protoco
             payload: f.payload.clone().unwrap_or_else(Payload::null),
             msg_id: f.msg_id.clone(),
             offset: f.offset,
+            epoch: f.epoch.clone(),
             ts: f.ts.unwrap_or(0),
         }),
         "reply" => ServerFrame::Reply(Reply {

@@ -56,6 +56,13 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the broker can currently deliver (drives `/readyz`).
     fn is_ready(&self) -> bool;
 
+    /// Waits (bounded) until live delivery of `channel` to this node is in effect;
+    /// false if that could not be confirmed in time.
+    async fn subscribed(&self, channel: &str) -> bool {
+        let _ = channel;
+        true
+    }
+
     /// A channel's history after `after` (exclusive), at most `limit` entries; with
     /// `after == None` only its epoch and latest offset.
     async fn history(

@@ -54,6 +54,33 @@ struct Shard {
     dirty: Mutex<HashSet<Arc<str>>>,
     wake: Notify,
     up: AtomicBool,
+    /// Channels Redis confirmed as subscribed on the current connection, so a
+    /// resuming session can wait until live delivery really runs before it reads
+    /// history (otherwise a message published in between would be lost).
+    confirmed: Mutex<HashSet<Arc<str>>>,
+    confirmed_changed: Notify,
+}
+
+impl Shard {
+    fn confirm(&self, channels: &[Arc<str>], subscribed: bool) {
+        let mut c = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
+        for ch in channels {
+            if subscribed {
+                c.insert(ch.clone());
+            } else {
+                c.remove(ch);
+            }
+        }
+        drop(c);
+        self.confirmed_changed.notify_waiters();
+    }
+
+    fn is_confirmed(&self, channel: &str) -> bool {
+        self.confirmed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(channel)
+    }
 }
 
 struct Shared {
@@ -104,6 +131,8 @@ impl RedisBroker {
                     dirty: Mutex::new(HashSet::new()),
                     wake: Notify::new(),
                     up: AtomicBool::new(false),
+                    confirmed: Mutex::new(HashSet::new()),
+                    confirmed_changed: Notify::new(),
                 })
             })
             .collect();
@@ -167,6 +196,22 @@ impl Broker for RedisBroker {
             .shards
             .iter()
             .all(|s| s.up.load(Ordering::Acquire))
+    }
+
+    async fn subscribed(&self, channel: &str) -> bool {
+        let shard = &self.shared.shards[shard_of(channel, self.shared.shards.len())];
+        let wait = async {
+            loop {
+                let changed = shard.confirmed_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if shard.is_confirmed(channel) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        timeout(COMMAND_TIMEOUT, wait).await.is_ok()
     }
 
     async fn history(
@@ -236,7 +281,8 @@ async fn run_shard(shared: Arc<Shared>, shard: Arc<Shard>) {
     }
 }
 
-struct Subs {
+struct Subs<'a> {
+    shard: &'a Shard,
     sink: redis::aio::PubSubSink,
     /// Client-visible channels this connection is subscribed to.
     active: HashSet<Arc<str>>,
@@ -244,7 +290,7 @@ struct Subs {
     leaving: HashMap<Arc<str>, Instant>,
 }
 
-impl Subs {
+impl Subs<'_> {
     async fn command(
         &mut self,
         subscribe: bool,
@@ -267,6 +313,7 @@ impl Subs {
                 .await
                 .map_err(|_| "subscribe command timed out".to_string())?
                 .map_err(|e| e.to_string())?;
+            self.shard.confirm(chunk, subscribe);
             let delta = chunk.len() as i64;
             shared
                 .metrics
@@ -336,6 +383,7 @@ async fn serve(shared: &Shared, shard: &Shard, first: bool) -> String {
     };
     let (sink, mut stream) = pubsub.split();
     let mut subs = Subs {
+        shard,
         sink,
         active: HashSet::new(),
         leaving: HashMap::new(),
@@ -437,6 +485,8 @@ async fn serve(shared: &Shared, shard: &Shard, first: bool) -> String {
         .broker
         .subscriptions
         .sub(subs.active.len() as i64);
+    let active: Vec<Arc<str>> = subs.active.drain().collect();
+    shard.confirm(&active, false);
     why
 }
 
