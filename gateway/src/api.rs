@@ -131,10 +131,10 @@ async fn publish_one(node: &Node, r: PublishRequest) -> Result<Receipt, Failure>
             node.config.max_payload_size
         )));
     }
-    if let Some(id) = &r.id {
-        if id.is_empty() || id.len() > 128 {
-            return Err(Failure::Invalid("id must be 1..=128 bytes".into()));
-        }
+    if let Some(id) = &r.id
+        && (id.is_empty() || id.len() > 128)
+    {
+        return Err(Failure::Invalid("id must be 1..=128 bytes".into()));
     }
     let pubs: Vec<Publication> = channels
         .into_iter()

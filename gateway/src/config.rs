@@ -378,10 +378,10 @@ impl Config {
             }
             (None, None) => None,
         };
-        if let Some(sec) = &secret {
-            if sec.len() < 16 {
-                return Err(config_err("jwt-secret", "must be at least 16 bytes"));
-            }
+        if let Some(sec) = &secret
+            && sec.len() < 16
+        {
+            return Err(config_err("jwt-secret", "must be at least 16 bytes"));
         }
         let jwt = JwtConfig {
             secret,

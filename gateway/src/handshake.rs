@@ -177,20 +177,20 @@ fn check(req: &Request<Incoming>, node: &Arc<Node>) -> Result<Accepted, Refusal>
             Attempt::Draining,
         ));
     }
-    if !node.config.allowed_origins.is_empty() {
-        if let Some(origin) = h.get(header::ORIGIN) {
-            let ok = origin
-                .to_str()
-                .map(|o| origin_allowed(&node.config.allowed_origins, o))
-                .unwrap_or(false);
-            if !ok {
-                return Err(refuse(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "origin not allowed",
-                    Attempt::Forbidden,
-                ));
-            }
+    if !node.config.allowed_origins.is_empty()
+        && let Some(origin) = h.get(header::ORIGIN)
+    {
+        let ok = origin
+            .to_str()
+            .map(|o| origin_allowed(&node.config.allowed_origins, o))
+            .unwrap_or(false);
+        if !ok {
+            return Err(refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "origin not allowed",
+                Attempt::Forbidden,
+            ));
         }
     }
     let token = bearer(h).or(proto_token).or_else(|| query_token(req));

@@ -631,13 +631,12 @@ async fn manifests_use_settings_ports_and_probes_the_gateway_accepts() {
         if let Some(svc) = p
             .strip_prefix("services.")
             .and_then(|r| r.strip_suffix(".<<"))
+            && v == "*gateway"
         {
-            if v == "*gateway" {
-                gateways += 1;
-                for key in ["command", "entrypoint"] {
-                    let path = format!("services.{svc}.{key}");
-                    check_flags(&path, &items(&compose, &path), &help, &mut problems);
-                }
+            gateways += 1;
+            for key in ["command", "entrypoint"] {
+                let path = format!("services.{svc}.{key}");
+                check_flags(&path, &items(&compose, &path), &help, &mut problems);
             }
         }
         if (p.starts_with("x-gateway-env.") || p.contains(".environment."))

@@ -704,12 +704,11 @@ impl KeylessGateway {
             let mut seen = Vec::new();
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["message"] == "listening" {
-                        if let (Some(tx), Some(addr)) = (tx.take(), v["addr"].as_str()) {
-                            let _ = tx.send(Ok(addr.to_owned()));
-                        }
-                    }
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "listening"
+                    && let (Some(tx), Some(addr)) = (tx.take(), v["addr"].as_str())
+                {
+                    let _ = tx.send(Ok(addr.to_owned()));
                 }
                 seen.push(line);
             }

@@ -421,12 +421,12 @@ impl Publish<'_> {
         let channels = self.channels()?;
         envelope::validate_event(&self.event).map_err(PublishError::InvalidEvent)?;
         let payload = self.payload?;
-        if let Some(id) = &self.id {
-            if id.is_empty() || id.len() > 128 {
-                return Err(PublishError::InvalidPayload(
-                    "id must be 1..=128 bytes".into(),
-                ));
-            }
+        if let Some(id) = &self.id
+            && (id.is_empty() || id.len() > 128)
+        {
+            return Err(PublishError::InvalidPayload(
+                "id must be 1..=128 bytes".into(),
+            ));
         }
         let pubs: Vec<Publication> = channels
             .into_iter()

@@ -80,15 +80,14 @@ impl RedisServer {
         while Instant::now() < deadline {
             if let Ok(Ok(pong)) =
                 tokio::time::timeout(Duration::from_millis(500), self.try_cmd(&["PING"])).await
+                && pong == redis::Value::SimpleString("PONG".into())
             {
-                if pong == redis::Value::SimpleString("PONG".into()) {
-                    return true;
-                }
+                return true;
             }
-            if let Some(c) = self.child.as_mut() {
-                if c.try_wait().unwrap().is_some() {
-                    return false;
-                }
+            if let Some(c) = self.child.as_mut()
+                && c.try_wait().unwrap().is_some()
+            {
+                return false;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -466,11 +466,10 @@ async fn serve(shared: &Shared, shard: &Shard, first: bool) -> String {
             }
             () = sleep_until(next_probe) => {
                 next_probe = Instant::now() + probe_every;
-                if let Some(sent) = probe_sent {
-                    if sent.elapsed() >= probe_every {
+                if let Some(sent) = probe_sent
+                    && sent.elapsed() >= probe_every {
                         break "liveness probe did not come back".to_string();
                     }
-                }
                 match shared.publisher.probe(&probe).await {
                     Ok(0) => break "redis reports no subscriber for this connection".to_string(),
                     Ok(_) => { probe_sent.get_or_insert_with(Instant::now); }

@@ -201,16 +201,15 @@ impl Node {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "listening" {
-                        if let Some(tx) = tx.take() {
-                            let addrs = (
-                                v["addr"].as_str().unwrap_or_default().to_owned(),
-                                v["admin_addr"].as_str().unwrap_or_default().to_owned(),
-                            );
-                            let _ = tx.send(addrs);
-                        }
-                    }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "listening"
+                    && let Some(tx) = tx.take()
+                {
+                    let addrs = (
+                        v["addr"].as_str().unwrap_or_default().to_owned(),
+                        v["admin_addr"].as_str().unwrap_or_default().to_owned(),
+                    );
+                    let _ = tx.send(addrs);
                 }
                 sink.lock().unwrap().push(line);
             }

@@ -72,15 +72,14 @@ impl GatewayBuilder {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "listening" {
-                        if let Some(tx) = tx.take() {
-                            let _ = tx.send((
-                                v["addr"].as_str().unwrap().to_owned(),
-                                v["admin_addr"].as_str().unwrap().to_owned(),
-                            ));
-                        }
-                    }
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["message"] == "listening"
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send((
+                        v["addr"].as_str().unwrap().to_owned(),
+                        v["admin_addr"].as_str().unwrap().to_owned(),
+                    ));
                 }
                 sink.lock().unwrap().push(line);
             }
@@ -529,10 +528,10 @@ impl Client {
             "unexpected pending messages {:?}",
             self.pending
         );
-        if let Ok(Some(Ok(msg))) = tokio::time::timeout(d, self.ws.next()).await {
-            if let Some(ServerFrame::Message(m)) = decode(self.encoding, &msg) {
-                panic!("unexpected message {m:?}");
-            }
+        if let Ok(Some(Ok(msg))) = tokio::time::timeout(d, self.ws.next()).await
+            && let Some(ServerFrame::Message(m)) = decode(self.encoding, &msg)
+        {
+            panic!("unexpected message {m:?}");
         }
     }
 
