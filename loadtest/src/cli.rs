@@ -1,0 +1,450 @@
+//! Command line: one subcommand per scenario, each with the shared options of
+//! [`Common`] (what to target or start, how many connections, where to write).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+/// HS256 secret used when loadtest starts the gateway itself.
+pub const DEFAULT_SECRET: &str = "loadtest-secret-0123456789";
+/// API key used when loadtest starts the gateway itself.
+pub const DEFAULT_API_KEY: &str = "loadtest-api-key-0123456789";
+
+/// Most connections one run may open.
+pub const MAX_CONNECTIONS: usize = 200_000;
+/// Highest publish rate accepted, messages per second.
+pub const MAX_RATE: f64 = 200_000.0;
+/// Most messages one run may publish.
+pub const MAX_MESSAGES: u64 = 10_000_000;
+
+/// A duration written like `30s`, `500ms` or `2m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s)
+            .map(Dur)
+            .map_err(|e| format!("`{s}` is not a duration like 30s or 500ms ({e})"))
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+/// Load generator and benchmark for Tidings gateways (loopback only).
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version, about, args_override_self = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Scenario {
+    /// Every connection only on its personal channel; hold, then measure memory per
+    /// connection and idle CPU.
+    Idle(IdleArgs),
+    /// Every connection subscribed to one channel; M messages at R/s.
+    Fanout(FanoutArgs),
+    /// Notifications to random users at R/s through the publisher SDK (or HTTP API).
+    Targeted(TargetedArgs),
+    /// Rooms of K clients that publish over the WebSocket and receive each other.
+    Chat(ChatArgs),
+    /// Drop a share of the clients at once and measure how fast they come back.
+    ReconnectStorm(StormArgs),
+    /// Clients disconnected during a stream and resuming; reports what the gap lost.
+    Recovery(RecoveryArgs),
+    /// Internal: a share of the clients in a separate process (driven over stdin/stdout).
+    #[command(hide = true)]
+    Worker,
+}
+
+impl Scenario {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Scenario::Idle(_) => "idle",
+            Scenario::Fanout(_) => "fanout",
+            Scenario::Targeted(_) => "targeted",
+            Scenario::Chat(_) => "chat",
+            Scenario::ReconnectStorm(_) => "reconnect-storm",
+            Scenario::Recovery(_) => "recovery",
+            Scenario::Worker => "worker",
+        }
+    }
+
+    pub fn common(&self) -> Option<&Common> {
+        match self {
+            Scenario::Idle(a) => Some(&a.common),
+            Scenario::Fanout(a) => Some(&a.common),
+            Scenario::Targeted(a) => Some(&a.common),
+            Scenario::Chat(a) => Some(&a.common),
+            Scenario::ReconnectStorm(a) => Some(&a.common),
+            Scenario::Recovery(a) => Some(&a.common),
+            Scenario::Worker => None,
+        }
+    }
+}
+
+/// How messages reach the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// The publisher SDK, straight to Redis (needs --redis or --redis-url).
+    Redis,
+    /// The gateway's HTTP publish API (POST /api/v1/publish).
+    Http,
+}
+
+/// Options every scenario has.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct Common {
+    /// Gateway WebSocket URL(s), comma-separated, used round-robin (127.0.0.0/8 only).
+    #[arg(long, value_delimiter = ',')]
+    pub url: Vec<String>,
+    /// Pid(s) of the attached gateway process(es), for memory and CPU figures.
+    #[arg(long, value_delimiter = ',')]
+    pub gateway_pid: Vec<u32>,
+    /// Start this gateway binary (on 127.0.0.1, free ports) instead of attaching.
+    #[arg(long, value_name = "PATH")]
+    pub spawn_gateway: Option<PathBuf>,
+    /// How many gateway processes to start with --spawn-gateway.
+    #[arg(long, default_value_t = 1)]
+    pub gateways: usize,
+    /// Extra argument for started gateways, repeatable (e.g. --gateway-arg=--heartbeat-interval=30s).
+    #[arg(long = "gateway-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub gateway_args: Vec<String>,
+    /// Start a redis-server on a free port and run the started gateways in Redis mode.
+    #[arg(long)]
+    pub redis: bool,
+    /// An existing Redis (loopback) the gateways use, for publishing and its CPU figure.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// HS256 secret the gateway verifies tokens with.
+    #[arg(long, env = "LOADTEST_JWT_SECRET", default_value = DEFAULT_SECRET, hide_env_values = true)]
+    #[serde(skip)]
+    pub jwt_secret: String,
+    /// API key of the gateway's HTTP publish API.
+    #[arg(long, env = "LOADTEST_API_KEY", default_value = DEFAULT_API_KEY, hide_env_values = true)]
+    #[serde(skip)]
+    pub api_key: String,
+    /// Number of WebSocket connections.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Connection attempts in flight at once.
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+    /// Most connections per process; above it the clients are split over worker processes.
+    #[arg(long, default_value_t = 19_000)]
+    pub per_process: usize,
+    /// Connections per local source address (127.0.0.2, 127.0.0.3, ...).
+    #[arg(long, default_value_t = crate::conn::DEFAULT_PER_SOURCE_IP)]
+    pub per_source_ip: usize,
+    /// Size of each message payload in bytes of JSON.
+    #[arg(long, default_value_t = 100)]
+    pub payload_size: usize,
+    /// WebSocket read buffer of each load client, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub client_read_buffer: usize,
+    /// Time allowed for one connection (TCP, upgrade, welcome, subscribe).
+    #[arg(long, default_value = "10s")]
+    pub connect_timeout: Dur,
+    /// Pause after connecting before measuring (lets subscriptions settle).
+    #[arg(long, default_value = "1s")]
+    pub settle: Dur,
+    /// Longest wait for outstanding deliveries after publishing ends.
+    #[arg(long, default_value = "10s")]
+    pub drain: Dur,
+    /// Hard bound on the whole run.
+    #[arg(long, default_value = "15m")]
+    pub max_duration: Dur,
+    /// Write the report as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw PNG charts (latency percentiles, deliveries/s, connects/s) into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub charts: Option<PathBuf>,
+    /// A label stored in the report and chart titles.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// No progress bars or summary table.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Executable to run as worker processes (default: this one).
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub worker_exe: Option<PathBuf>,
+}
+
+impl Common {
+    /// Checks the bounds that keep a run finite and local.
+    pub fn validate(&self) -> Result<()> {
+        if self.connections == 0 || self.connections > MAX_CONNECTIONS {
+            bail!("--connections must be 1..={MAX_CONNECTIONS}");
+        }
+        if self.spawn_gateway.is_none() && self.url.is_empty() {
+            bail!("give --url of a running gateway, or --spawn-gateway PATH");
+        }
+        if self.spawn_gateway.is_some() && !self.url.is_empty() {
+            bail!("give either --url or --spawn-gateway, not both");
+        }
+        if self.redis && self.redis_url.is_some() {
+            bail!("give either --redis (start one) or --redis-url, not both");
+        }
+        if self.redis && self.spawn_gateway.is_none() {
+            bail!("--redis starts a Redis for started gateways: use it with --spawn-gateway");
+        }
+        if self.gateways == 0 || self.gateways > 16 {
+            bail!("--gateways must be 1..=16");
+        }
+        if self.concurrency == 0 || self.per_process == 0 || self.per_source_ip == 0 {
+            bail!("--concurrency, --per-process and --per-source-ip must be positive");
+        }
+        if self.per_source_ip > 28_000 {
+            bail!("--per-source-ip above 28000 would run out of ephemeral ports");
+        }
+        if self.payload_size > 60_000 {
+            bail!("--payload-size must be at most 60000");
+        }
+        for u in &self.url {
+            crate::conn::Target::parse(u)?;
+        }
+        if let Some(r) = &self.redis_url {
+            crate::conn::ensure_loopback_redis(r)?;
+        }
+        Ok(())
+    }
+}
+
+fn check_rate(rate: f64) -> Result<()> {
+    if !(rate > 0.0 && rate <= MAX_RATE) {
+        bail!("--rate must be in (0, {MAX_RATE}]");
+    }
+    Ok(())
+}
+
+fn check_fraction(f: f64) -> Result<()> {
+    if !(f > 0.0 && f <= 1.0) {
+        bail!("--drop-fraction must be in (0, 1]");
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// How long to hold the connections (idle CPU is measured over this time).
+    #[arg(long, default_value = "30s")]
+    pub hold: Dur,
+    /// Broadcast messages sent at the end to check every connection is still alive.
+    #[arg(long, default_value_t = 1)]
+    pub probe_messages: u64,
+}
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Messages to publish.
+    #[arg(short = 'm', long, default_value_t = 300)]
+    pub messages: u64,
+    /// Messages per second.
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    #[arg(long, value_enum, default_value_t = Via::Redis)]
+    pub via: Via,
+    /// The channel every client subscribes to.
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+}
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct TargetedArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Messages per second (each to one random user).
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// How long to publish.
+    #[arg(long, default_value = "30s")]
+    pub duration: Dur,
+    #[arg(long, value_enum, default_value_t = Via::Redis)]
+    pub via: Via,
+    /// Most messages per publish call (one Redis pipeline or one HTTP batch).
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Publish calls in flight at once. Above 1, calls travel on different Redis
+    /// connections and two messages to one user may be published out of order by
+    /// loadtest itself (counted as out of order).
+    #[arg(long, default_value_t = 1)]
+    pub inflight: usize,
+}
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Clients per room.
+    #[arg(long, default_value_t = 10)]
+    pub room_size: usize,
+    /// Messages per second each client publishes (the gateway's default inbound limit is 50/s).
+    #[arg(long, default_value_t = 1.0)]
+    pub rate: f64,
+    /// How long clients publish.
+    #[arg(long, default_value = "10s")]
+    pub duration: Dur,
+}
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Share of the clients dropped at once.
+    #[arg(long, default_value_t = 0.5)]
+    pub drop_fraction: f64,
+    /// Broadcast messages sent after the storm to check every client is back.
+    #[arg(long, default_value_t = 3)]
+    pub probe_messages: u64,
+}
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct RecoveryArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Messages in the stream.
+    #[arg(short = 'm', long, default_value_t = 300)]
+    pub messages: u64,
+    /// Messages per second.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Share of the clients disconnected during the stream.
+    #[arg(long, default_value_t = 0.5)]
+    pub drop_fraction: f64,
+    /// How long they stay away.
+    #[arg(long, default_value = "2s")]
+    pub gap: Dur,
+    #[arg(long, value_enum, default_value_t = Via::Redis)]
+    pub via: Via,
+    /// The stream's channel.
+    #[arg(long, default_value = "bench:recovery")]
+    pub channel: String,
+}
+
+impl Scenario {
+    /// Scenario-specific bounds (on top of [`Common::validate`]).
+    pub fn validate(&self) -> Result<()> {
+        if let Some(c) = self.common() {
+            c.validate()?;
+        }
+        let within = |d: Dur, what: &str, c: &Common| -> Result<()> {
+            if d.0 > c.max_duration.0 {
+                bail!("{what} is longer than --max-duration");
+            }
+            Ok(())
+        };
+        match self {
+            Scenario::Idle(a) => within(a.hold, "--hold", &a.common),
+            Scenario::Fanout(a) => {
+                check_rate(a.rate)?;
+                if a.messages == 0 || a.messages > MAX_MESSAGES {
+                    bail!("--messages must be 1..={MAX_MESSAGES}");
+                }
+                if a.messages as f64 * a.connections_f() > 1e9 {
+                    bail!("more than 10^9 deliveries: lower --messages or --connections");
+                }
+                protocol::channel::validate(&a.channel)?;
+                Ok(())
+            }
+            Scenario::Targeted(a) => {
+                check_rate(a.rate)?;
+                within(a.duration, "--duration", &a.common)?;
+                if a.rate * a.duration.0.as_secs_f64() > MAX_MESSAGES as f64 {
+                    bail!("more than {MAX_MESSAGES} messages: lower --rate or --duration");
+                }
+                if a.batch == 0 || a.batch > 100 || a.inflight == 0 {
+                    bail!("--batch must be 1..=100 and --inflight positive");
+                }
+                Ok(())
+            }
+            Scenario::Chat(a) => {
+                check_rate(a.rate)?;
+                within(a.duration, "--duration", &a.common)?;
+                if a.room_size == 0 || a.room_size > 1000 {
+                    bail!("--room-size must be 1..=1000");
+                }
+                Ok(())
+            }
+            Scenario::ReconnectStorm(a) => check_fraction(a.drop_fraction),
+            Scenario::Recovery(a) => {
+                check_rate(a.rate)?;
+                check_fraction(a.drop_fraction)?;
+                within(a.gap, "--gap", &a.common)?;
+                if a.messages < 3 || a.messages > MAX_MESSAGES {
+                    bail!("--messages must be 3..={MAX_MESSAGES}");
+                }
+                protocol::channel::validate(&a.channel)?;
+                Ok(())
+            }
+            Scenario::Worker => Ok(()),
+        }
+    }
+}
+
+impl FanoutArgs {
+    fn connections_f(&self) -> f64 {
+        self.common.connections as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Scenario> {
+        let mut full = vec!["loadtest"];
+        full.extend_from_slice(args);
+        let cli = Cli::try_parse_from(full)?;
+        cli.scenario.validate()?;
+        Ok(cli.scenario)
+    }
+
+    #[test]
+    fn bounds_are_checked() {
+        assert!(parse(&["idle", "--url", "ws://127.0.0.1:1/ws", "-n", "10"]).is_ok());
+        assert!(parse(&["idle", "--url", "ws://10.1.1.1:1/ws"]).is_err());
+        assert!(parse(&["idle", "--url", "ws://127.0.0.1:1/ws", "-n", "1000000"]).is_err());
+        assert!(parse(&["idle"]).is_err());
+        assert!(parse(&["fanout", "--url", "ws://127.0.0.1:1/ws", "--rate", "0"]).is_err());
+        assert!(
+            parse(&[
+                "idle",
+                "--spawn-gateway",
+                "gw",
+                "--redis-url",
+                "redis://10.0.0.1:6379"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&[
+                "idle",
+                "--spawn-gateway",
+                "gw",
+                "--redis",
+                "--gateway-arg=--heartbeat-interval=30s",
+                "--gateway-arg",
+                "--log=warn"
+            ])
+            .is_ok()
+        );
+    }
+}

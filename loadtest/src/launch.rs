@@ -1,0 +1,258 @@
+//! What a run measures: gateway processes and a Redis that loadtest starts itself
+//! (on 127.0.0.1, free ports; stopped when the run ends) or existing ones it
+//! attaches to, plus the Redis queries a run needs (its pid, subscription counts).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::time::Instant;
+
+use crate::cli::Common;
+use crate::conn::Target;
+
+/// A gateway started for the run; killed on drop.
+struct GatewayProc {
+    child: Child,
+    logs: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The gateways and Redis of one run.
+pub struct Env {
+    pub targets: Vec<Target>,
+    pub gateway_pids: Vec<u32>,
+    pub redis_url: Option<String>,
+    pub redis_pid: Option<u32>,
+    pub secret: String,
+    pub api_key: String,
+    pub spawned: bool,
+    gateways: Vec<GatewayProc>,
+    _redis: Option<testkit::RedisServer>,
+}
+
+impl Env {
+    /// Starts or attaches to what `c` names.
+    pub async fn setup(c: &Common) -> Result<Env> {
+        let mut env = Env {
+            targets: Vec::new(),
+            gateway_pids: c.gateway_pid.clone(),
+            redis_url: c.redis_url.clone(),
+            redis_pid: None,
+            secret: c.jwt_secret.clone(),
+            api_key: c.api_key.clone(),
+            spawned: c.spawn_gateway.is_some(),
+            gateways: Vec::new(),
+            _redis: None,
+        };
+        if c.redis {
+            which("redis-server")
+                .context("--redis needs redis-server on the PATH (apt-get install redis-server)")?;
+            let server = testkit::RedisServer::start().await;
+            env.redis_url = Some(server.url());
+            env._redis = Some(server);
+        }
+        if let Some(url) = &env.redis_url {
+            env.redis_pid = Some(redis_pid(url).await?);
+        }
+        match &c.spawn_gateway {
+            Some(path) => {
+                for i in 0..c.gateways {
+                    let (gw, addr) = spawn_gateway(path, i, c, &env).await?;
+                    env.gateway_pids.push(gw.child.id());
+                    env.targets.push(Target::parse(&format!("ws://{addr}/ws"))?);
+                    env.gateways.push(gw);
+                }
+            }
+            None => {
+                for u in &c.url {
+                    env.targets.push(Target::parse(u)?);
+                }
+            }
+        }
+        Ok(env)
+    }
+
+    /// Whether a started gateway has exited (a crash during the run), with its last logs.
+    pub fn crashed(&mut self) -> Option<String> {
+        for g in &mut self.gateways {
+            if let Ok(Some(status)) = g.child.try_wait() {
+                let logs: Vec<String> = g
+                    .logs
+                    .lock()
+                    .map(|l| l.iter().cloned().collect())
+                    .unwrap_or_default();
+                return Some(format!(
+                    "gateway exited with {status}; last logs:\n{}",
+                    logs.join("\n")
+                ));
+            }
+        }
+        None
+    }
+}
+
+fn which(cmd: &str) -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|d| d.join(cmd).is_file()) {
+        Ok(())
+    } else {
+        bail!("`{cmd}` not found")
+    }
+}
+
+async fn spawn_gateway(
+    path: &Path,
+    i: usize,
+    c: &Common,
+    env: &Env,
+) -> Result<(GatewayProc, String)> {
+    if !path.is_file() {
+        bail!(
+            "no gateway binary at {} (build it: cargo build --release -p gateway)",
+            path.display()
+        );
+    }
+    let mut cmd = Command::new(path);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TIDINGS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.args(["--jwt-secret", &env.secret, "--api-keys", &env.api_key])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--log", "info"])
+        .args(["--node-id", &format!("loadtest-gw-{i}")]);
+    if let Some(url) = &env.redis_url {
+        cmd.args(["--redis-url", url]);
+    }
+    cmd.args(&c.gateway_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", path.display()))?;
+    let stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| anyhow!("gateway stderr"))?;
+    let logs = Arc::new(Mutex::new(VecDeque::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = logs.clone();
+    // Keep reading the gateway's log for the whole run so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && (v["message"] == "listening" || v["fields"]["message"] == "listening")
+            {
+                let addr = v["addr"]
+                    .as_str()
+                    .or(v["fields"]["addr"].as_str())
+                    .map(str::to_owned);
+                if let (Some(tx), Some(addr)) = (tx.take(), addr) {
+                    let _ = tx.send(addr);
+                }
+            }
+            if let Ok(mut l) = sink.lock() {
+                if l.len() >= 50 {
+                    l.pop_front();
+                }
+                l.push_back(line);
+            }
+        }
+    });
+    let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20))).await?;
+    let mut gw = GatewayProc { child, logs };
+    match got {
+        Ok(addr) => Ok((gw, addr)),
+        Err(_) => {
+            let _ = gw.child.kill();
+            let logs: Vec<String> = gw
+                .logs
+                .lock()
+                .map(|l| l.iter().cloned().collect())
+                .unwrap_or_default();
+            bail!("gateway did not start; logs:\n{}", logs.join("\n"))
+        }
+    }
+}
+
+async fn redis_conn(url: &str) -> Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url).context("bad Redis URL")?;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| anyhow!("Redis at {url} did not answer"))?
+    .with_context(|| format!("cannot connect to Redis at {url}"))
+}
+
+/// The pid of the Redis server (`INFO server` process_id).
+pub async fn redis_pid(url: &str) -> Result<u32> {
+    let mut conn = redis_conn(url).await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no process_id in INFO server"))
+}
+
+/// Waits until every client-visible channel has at least `min` subscribed gateway
+/// nodes in Redis (the gateways subscribe asynchronously after a client's first
+/// interest, so publishing earlier would be lost by pub/sub, not by the gateway).
+/// Returns how many channels were still short when `within` ran out.
+pub async fn wait_routes(
+    url: &str,
+    namespace: &str,
+    channels: &[String],
+    min: i64,
+    within: Duration,
+) -> Result<usize> {
+    let mut conn = redis_conn(url).await?;
+    let deadline = Instant::now() + within;
+    let mut pending: Vec<String> = channels
+        .iter()
+        .map(|c| protocol::keys::pubsub_channel(namespace, c))
+        .collect();
+    loop {
+        let mut short = Vec::new();
+        for chunk in pending.chunks(1000) {
+            let mut cmd = redis::cmd("PUBSUB");
+            cmd.arg("NUMSUB");
+            for ch in chunk {
+                cmd.arg(ch);
+            }
+            let reply: Vec<redis::Value> = cmd.query_async(&mut conn).await?;
+            for pair in reply.chunks(2) {
+                if let [name, redis::Value::Int(n)] = pair
+                    && *n < min
+                    && let redis::Value::BulkString(b) = name
+                {
+                    short.push(String::from_utf8_lossy(b).into_owned());
+                }
+            }
+        }
+        if short.is_empty() || Instant::now() >= deadline {
+            return Ok(short.len());
+        }
+        pending = short;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,33 @@
+//! Load generator and benchmark harness for Tidings gateways, as a library so the
+//! smoke tests drive it in-process; `main.rs` is a thin command-line wrapper.
+//!
+//! A run starts (or attaches to) gateways and Redis on loopback, opens N WebSocket
+//! connections from 127.0.0.2, 127.0.0.3, ... in one or several processes, drives
+//! one scenario, and reports deliveries, losses, latency and the gateway's cost.
+
+pub mod chart;
+pub mod cli;
+pub mod conn;
+pub mod launch;
+pub mod payload;
+pub mod pool;
+pub mod procfs;
+pub mod publish;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod worker;
+
+pub use cli::{Cli, Scenario};
+pub use report::Report;
+
+/// Runs a parsed command line: a scenario (returns its report) or a worker.
+pub async fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
+    match &cli.scenario {
+        Scenario::Worker => {
+            worker::worker_main().await?;
+            Ok(None)
+        }
+        s => scenario::run(s).await.map(Some),
+    }
+}
