@@ -183,7 +183,7 @@ pub struct Settings {
     /// Period over which connections are closed (1001) on shutdown. [default: 10s]
     #[arg(long, env = "TIDINGS_DRAIN_PERIOD")]
     pub drain_period: Option<HumanDuration>,
-    /// WebSocket read buffer per connection in bytes (grows for larger frames). [default: 2048]
+    /// WebSocket read buffer per connection in bytes (grows for larger frames). [default: 512]
     #[arg(long, env = "TIDINGS_WS_READ_BUFFER")]
     pub ws_read_buffer: Option<usize>,
     /// Redis URL (redis://host:port/db); without it the node runs alone on the in-memory broker. [default: none]
@@ -506,7 +506,7 @@ impl Config {
                 .drain_period
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(10)),
-            ws_read_buffer: s.ws_read_buffer.unwrap_or(2048).max(64),
+            ws_read_buffer: s.ws_read_buffer.unwrap_or(512).max(64),
             redis_url: s.redis_url.clone(),
             redis_namespace,
             redis_subscribers: positive(s.redis_subscribers.unwrap_or(2), "redis-subscribers")?,

@@ -24,7 +24,10 @@ pub fn assess(since: Option<&Since>, page: HistoryPage) -> Resume {
             replay: Vec::new(),
         };
     };
-    if since.epoch != page.epoch || since.offset > page.top {
+    // An empty epoch is a client that saw the channel before it had any history:
+    // everything in the current epoch is new to it.
+    let fresh = since.epoch.is_empty() && since.offset == 0;
+    if (!fresh && since.epoch != page.epoch) || since.offset > page.top {
         return Resume {
             recovered: Some(false),
             replay: Vec::new(),
@@ -97,6 +100,11 @@ mod tests {
         assert_eq!((r.recovered, offsets(&r)), (Some(false), vec![]));
         // A client ahead of the server.
         let r = assess(Some(&since(9, "e")), page("e", 5, &[]));
+        assert_eq!(r.recovered, Some(false));
+        // Resumed from "no history yet": everything from offset 1 is replayed.
+        let r = assess(Some(&since(0, "")), page("e", 2, &[1, 2]));
+        assert_eq!((r.recovered, offsets(&r)), (Some(true), vec![1, 2]));
+        let r = assess(Some(&since(0, "")), page("e", 3, &[2, 3]));
         assert_eq!(r.recovered, Some(false));
         // No resume asked.
         let r = assess(None, page("e", 5, &[5]));

@@ -82,7 +82,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
             }
             tx.flush().await
         };
+        // Biased, write first: a write that completes at once never polls (and so
+        // never registers) the stall timer.
         tokio::select! {
+            biased;
             r = write => r.map_err(|_| SessionEnd::PeerGone),
             code = self.outbox.closed() => Err(SessionEnd::Requested(code)),
             () = tokio::time::sleep(self.stall) => Err(SessionEnd::Requested(close::SLOW_CONSUMER)),
@@ -157,7 +160,22 @@ where
     let user = session.user().clone();
     let id = session.id();
     drop(session);
-    let mut tx = w.tx;
+    // Boxed: only a closing connection needs this state.
+    Box::pin(finish(w.tx, rx, end)).await;
+    let code = end.metric_code();
+    node.metrics.connection_closed(code);
+    tracing::debug!(session = format_args!("{id:016x}"), user = %user, code, reason = close::name(code), "connection closed");
+    end
+}
+
+/// Sends our close frame (or answers the client's) and waits, bounded, for the peer.
+async fn finish<S>(
+    mut tx: SplitSink<WebSocketStream<S>, Message>,
+    mut rx: SplitStream<WebSocketStream<S>>,
+    end: SessionEnd,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match end.close() {
         Some((code, reason)) => {
             let frame = CloseFrame {
@@ -183,10 +201,6 @@ where
             }
         }
     }
-    let code = end.metric_code();
-    node.metrics.connection_closed(code);
-    tracing::debug!(session = format_args!("{id:016x}"), user = %user, code, reason = close::name(code), "connection closed");
-    end
 }
 
 /// The loop proper; returns `Ok` when the client closed, `Err` with any other end.
@@ -207,11 +221,12 @@ where
     let outbox = w.outbox.clone();
     // Replay what the personal channel missed (live messages queue meanwhile and are
     // filtered by offset), then greet, then the replay, then live traffic.
-    let replay = session.resume_personal(resume).await;
+    // Boxed: rare, and large enough to bloat every connection's task otherwise.
+    let replay = Box::pin(session.resume_personal(resume)).await;
     let mut first: Vec<Message> = encode_frame(enc, &session.welcome()).into_iter().collect();
     first.extend(encode_replay(enc, &replay));
     drop(replay);
-    w.send(first).await?;
+    Box::pin(w.send(first)).await?;
 
     loop {
         tokio::select! {
@@ -236,6 +251,7 @@ where
                     *batch = Vec::new();
                 }
                 if !msgs.is_empty() {
+                    // Inline, not boxed: this is the per-delivery path.
                     w.send(msgs).await?;
                 }
             }
@@ -258,7 +274,7 @@ where
                             format!("this connection speaks {} in {want} frames, not {got} frames", enc.name()),
                         );
                         match session.wrong_kind(now, reply) {
-                            Outcome::Reply(r) => w.reply(enc, r).await?,
+                            Outcome::Reply(r) => Box::pin(w.reply(enc, r)).await?,
                             Outcome::End(e) => return Err(e),
                             Outcome::Replay(..) | Outcome::Silent => {}
                         }
@@ -267,7 +283,7 @@ where
                     Message::Ping(_) => {
                         node.metrics.inbound("ws_control");
                         // tungstenite queued the pong; send it.
-                        w.send(Vec::new()).await?;
+                        Box::pin(w.send(Vec::new())).await?;
                         continue;
                     }
                     Message::Pong(_) | Message::Frame(_) => {
@@ -277,10 +293,11 @@ where
                     Message::Close(_) => return Ok(()),
                 };
                 let before = session.expires_at();
-                match session.handle(data, now).await {
+                // Boxed for the same reason: client requests are rare next to deliveries.
+                match Box::pin(session.handle(data, now)).await {
                     Outcome::Silent => {}
-                    Outcome::Reply(r) => w.reply(enc, r).await?,
-                    Outcome::Replay(r, replay) => w.reply_then(enc, r, replay).await?,
+                    Outcome::Reply(r) => Box::pin(w.reply(enc, r)).await?,
+                    Outcome::Replay(r, replay) => Box::pin(w.reply_then(enc, r, replay)).await?,
                     Outcome::End(e) => return Err(e),
                 }
                 if session.expires_at() != before {
@@ -297,7 +314,7 @@ where
                             Encoding::Json => Message::Text(node.ping_json.clone()),
                             Encoding::MsgPack => Message::Binary(node.ping_msgpack.clone()),
                         };
-                        w.send(vec![Message::Ping(Default::default()), app_ping]).await?;
+                        Box::pin(w.send(vec![Message::Ping(Default::default()), app_ping])).await?;
                     }
                     Tick::Nothing => {}
                 }

@@ -11,7 +11,7 @@ use crate::{PublishError, Publisher, unavailable};
 /// A slice of a channel's history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryPage {
-    /// The history's epoch (created on first read if the channel had none yet).
+    /// The history's epoch; empty while the channel has no history yet.
     pub epoch: String,
     /// The latest offset published in this epoch (0 before the first publish).
     pub top: u64,
@@ -57,23 +57,16 @@ impl Publisher {
         after: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, PublishError> {
-        let ttl = self.ttl_of(ch)?;
+        self.ttl_of(ch)?;
         let ns = self.namespace().to_owned();
         let ch = ch.to_owned();
         self.with_conn(move |_, conn| {
             Box::pin(async move {
                 let meta = keys::history_meta(&ns, &ch);
+                // Reading never creates history (no key per idle user in Redis): an
+                // empty epoch means "none yet", and resuming from it replays all.
                 let mut pipe = redis::pipe();
                 pipe.atomic()
-                    .cmd("HSETNX")
-                    .arg(&meta)
-                    .arg("epoch")
-                    .arg(script::epoch_candidate())
-                    .ignore()
-                    .cmd("EXPIRE")
-                    .arg(&meta)
-                    .arg(ttl)
-                    .ignore()
                     .cmd("HMGET")
                     .arg(&meta)
                     .arg("epoch")

@@ -51,10 +51,6 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-pub(crate) fn epoch_candidate() -> String {
-    random_epoch()
-}
-
 fn scripted_args(inner: &Inner, p: &Publication, cmd: &mut redis::Cmd) {
     let ns = &inner.namespace;
     let policy = inner.history.policy(&p.channel);
