@@ -1,0 +1,110 @@
+//! Errors of client requests and of the connection.
+
+use protocol::ErrorCode;
+
+/// What went wrong. Cheap to clone: one terminal error is handed to every request that
+/// was still waiting when the client stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The bounded queue of outgoing publishes and acks is full (the client has been
+    /// disconnected for a while, or sends faster than the server's rate limit allows).
+    /// Nothing was queued; try again later or drop the message.
+    #[error("outgoing queue is full ({capacity} requests waiting)")]
+    QueueFull { capacity: usize },
+    /// No reply arrived within the request timeout after the request was sent. The
+    /// server may or may not have processed it.
+    #[error("no reply within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The server refused the request (`reply.ok == false`). `code` is one of the
+    /// stable codes of [`protocol::ErrorCode`] (see [`Error::code`]).
+    #[error("{code}: {message}")]
+    Server { code: String, message: String },
+    /// The client lost a channel it held: resubscribing after a reconnect failed, or
+    /// a refreshed token no longer allows it. Reported as
+    /// [`Event::Error`](crate::Event::Error); the channel is dropped.
+    #[error("subscription to {channel} lost: {code}: {message}")]
+    Subscription {
+        channel: String,
+        code: String,
+        message: String,
+    },
+    /// The connection ended while the request was in flight; it may or may not have
+    /// been processed. Requests still queued are not affected: they are sent after the
+    /// reconnect.
+    #[error("connection lost before the reply")]
+    Disconnected,
+    /// The server refused the token (handshake `401`, close `4001`/`4004`) and no
+    /// usable new token could be obtained: the client stopped.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The token refresher failed while the connection was still up (proactive
+    /// refresh). The client keeps going; expect a `4001` close later.
+    #[error("token refresh failed: {0}")]
+    TokenRefresh(String),
+    /// The server closed with a code that forbids automatic reconnection (`1000`,
+    /// `1007`, `1008`, `1009`): the client stopped.
+    #[error("closed by the server with {code} ({reason})")]
+    ServerClosed { code: u16, reason: String },
+    /// The server refused the upgrade with a status that forbids retrying (`400`,
+    /// `403`, `404`): the client stopped.
+    #[error("handshake refused with HTTP {status}: {body}")]
+    Handshake { status: u16, body: String },
+    /// A frame from the server could not be decoded (it is skipped).
+    #[error("undecodable frame from the server: {0}")]
+    Protocol(String),
+    /// The request was withdrawn before it was sent (e.g. `unsubscribe` of a channel
+    /// whose `subscribe` was still waiting for a connection).
+    #[error("request cancelled")]
+    Cancelled,
+    /// The client was closed (by [`Client::close`](crate::Client::close) or because
+    /// every handle was dropped).
+    #[error("client closed")]
+    Closed,
+    /// The payload could not be serialized to JSON.
+    #[error("payload is not serializable to JSON: {0}")]
+    Payload(String),
+    /// The builder was given something unusable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The protocol error code of a [`Server`](Error::Server) or
+    /// [`Subscription`](Error::Subscription) error, when it is one this crate knows.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Server { code, .. } | Error::Subscription { code, .. } => {
+                serde_json::from_value(serde_json::Value::String(code.clone())).ok()
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether this is an authentication failure that stopped the client.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, Error::Unauthorized(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_map_to_the_protocol_enum() {
+        let e = Error::Server {
+            code: "forbidden".into(),
+            message: "no".into(),
+        };
+        assert_eq!(e.code(), Some(ErrorCode::Forbidden));
+        assert_eq!(e.to_string(), "forbidden: no");
+        let e = Error::Server {
+            code: "some_future_code".into(),
+            message: String::new(),
+        };
+        assert_eq!(e.code(), None);
+        assert!(Error::Unauthorized("x".into()).is_auth());
+        assert!(!Error::Closed.is_auth());
+    }
+}
