@@ -741,8 +741,10 @@ impl Driver {
             {
                 sh.positions.set(&w.channel, s.into());
             }
-            if resumed {
-                sh.positions.resumed(&w.channel, w.epoch.clone());
+            // `recovered` is present whenever the server resumed the personal channel:
+            // from our `since`, or by itself from the user's acknowledged position.
+            if resumed || w.recovered.is_some() {
+                sh.positions.resumed(&w.channel, w.epoch.clone(), w.offset);
             } else {
                 sh.positions.fresh(&w.channel, w.epoch.clone(), w.offset);
             }
@@ -756,7 +758,7 @@ impl Driver {
             url: url.to_owned(),
         })
         .await;
-        if let (true, Some(recovered)) = (resumed, w.recovered) {
+        if let Some(recovered) = w.recovered {
             self.emit(Event::Recovered {
                 channel: w.channel.clone(),
                 recovered,
@@ -1257,13 +1259,14 @@ impl Driver {
         };
         {
             let mut sh = lock(&self.shared);
-            if resumed {
-                sh.positions.resumed(&channel, sub.epoch.clone());
+            if resumed || sub.recovered.is_some() {
+                sh.positions
+                    .resumed(&channel, sub.epoch.clone(), sub.offset);
             } else {
                 sh.positions.fresh(&channel, sub.epoch.clone(), sub.offset);
             }
         }
-        if let (true, Some(recovered)) = (resumed, sub.recovered) {
+        if let Some(recovered) = sub.recovered {
             self.emit(Event::Recovered {
                 channel: channel.clone(),
                 recovered,

@@ -105,17 +105,21 @@ impl Positions {
         }
     }
 
-    /// The answer to a resume: missed messages follow (and advance the offset). If the
-    /// epoch changed, offsets start over, so nothing seen before can be compared with
-    /// what follows.
-    pub(crate) fn resumed(&mut self, channel: &str, epoch: Option<String>) {
+    /// The answer to a resume (`recovered` present): missed messages follow and
+    /// advance the offset. In another epoch old offsets mean nothing: if the client
+    /// had a position, the server replays nothing (it cannot tell where the client is
+    /// in the new stream), so later messages follow the latest offset; if it had none
+    /// (a resume the server started, e.g. from the acknowledged position), everything
+    /// that follows is new.
+    pub(crate) fn resumed(&mut self, channel: &str, epoch: Option<String>, latest: Option<u64>) {
         let p = self.map.entry(channel.to_owned()).or_default();
         if let Some(e) = epoch
             && p.epoch.as_deref() != Some(e.as_str())
         {
+            let offset = if p.epoch.is_some() { latest } else { None };
             *p = Position {
                 epoch: Some(e),
-                offset: None,
+                offset,
             };
         }
     }
@@ -169,7 +173,7 @@ mod tests {
     fn resume_in_the_same_epoch_keeps_the_position() {
         let mut p = Positions::default();
         p.set("news", pos("e1", 7));
-        p.resumed("news", Some("e1".into()));
+        p.resumed("news", Some("e1".into()), Some(9));
         // Replayed 6 and 7 were already seen live; 8 and 9 were missed.
         assert!(!p.accept("news", Some(6)));
         assert!(!p.accept("news", Some(7)));
@@ -182,14 +186,26 @@ mod tests {
     fn a_new_epoch_starts_over() {
         let mut p = Positions::default();
         p.set("news", pos("e1", 70));
-        p.resumed("news", Some("e2".into()));
-        assert_eq!(p.since("news"), None, "nothing seen in the new epoch yet");
-        assert!(p.accept("news", Some(1)));
-        assert!(p.accept("news", Some(2)));
-        assert_eq!(p.get("news"), Some(&pos("e2", 2)));
+        // Nothing is replayed across epochs: continue after the new stream's latest.
+        p.resumed("news", Some("e2".into()), Some(3));
+        assert_eq!(p.get("news"), Some(&pos("e2", 3)));
+        assert!(p.accept("news", Some(4)));
+        assert!(p.accept("news", Some(5)));
+        assert_eq!(p.get("news"), Some(&pos("e2", 5)));
 
         p.fresh("news", Some("e3".into()), Some(4));
         assert_eq!(p.get("news"), Some(&pos("e3", 4)));
+    }
+
+    #[test]
+    fn a_resume_the_server_started_delivers_everything_that_follows() {
+        let mut p = Positions::default();
+        p.resumed("$user:u", Some("e".into()), Some(9));
+        assert_eq!(p.since("$user:u"), None);
+        assert!(p.accept("$user:u", Some(7)));
+        assert!(p.accept("$user:u", Some(8)));
+        assert!(!p.accept("$user:u", Some(8)));
+        assert_eq!(p.get("$user:u"), Some(&pos("e", 8)));
     }
 
     #[test]

@@ -678,12 +678,13 @@ async fn resubscribes_with_last_offsets_and_drops_duplicates() {
     );
     assert_eq!(client.duplicates_dropped(), 4);
 
-    // A new epoch: not recovered, offsets start over and are not dropped.
+    // A new epoch: not recovered, nothing replayed; offsets start over after the new
+    // stream's latest and are not dropped.
     peer.close(1011, "").await;
     let _ = expect_disconnected(&mut events).await;
     let mut peer = net.accept().await;
     assert!(peer.uri.ends_with("since=5&epoch=p1"), "{}", peer.uri);
-    peer.welcome(json!({"epoch": "p2", "offset": 1, "recovered": false}))
+    peer.welcome(json!({"epoch": "p2", "offset": 0, "recovered": false}))
         .await;
     expect_connected(&mut events).await;
     assert_eq!(
@@ -695,7 +696,7 @@ async fn resubscribes_with_last_offsets_and_drops_duplicates() {
     );
     peer.expect_subscribe(
         "news",
-        json!({"epoch": "e2", "offset": 2, "recovered": false}),
+        json!({"epoch": "e2", "offset": 0, "recovered": false}),
     )
     .await;
     assert_eq!(
@@ -775,6 +776,39 @@ async fn stored_positions_resume_after_a_restart() {
         .await;
     assert_eq!(f["since"], json!({"offset": 10, "epoch": "ne"}));
     assert_eq!(sub.await.unwrap().unwrap().recovered, Some(true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_started_by_the_server_is_reported_and_delivered() {
+    // No `since` from the client, but the server resumes the personal channel from
+    // the user's acknowledged position and replays after the welcome.
+    let (mut net, connector) = net();
+    let (client, mut events) = builder(connector, &["ws://gw:1/ws"]).build().unwrap();
+    let mut peer = net.accept().await;
+    assert!(!peer.uri.contains("since"), "{}", peer.uri);
+    peer.welcome(json!({"epoch": "p", "offset": 12, "recovered": true}))
+        .await;
+    for o in [11, 12, 13] {
+        peer.message("$user:u", Some(o), o).await;
+    }
+    expect_connected(&mut events).await;
+    assert_eq!(
+        next(&mut events).await,
+        Event::Recovered {
+            channel: "$user:u".into(),
+            recovered: true
+        }
+    );
+    for o in [11, 12, 13] {
+        assert_eq!(message_n(&next(&mut events).await).1, Some(o));
+    }
+    assert_eq!(
+        client.position("$user:u"),
+        Some(Position {
+            epoch: Some("p".into()),
+            offset: Some(13)
+        })
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -148,7 +148,7 @@ async fn a_request_without_reply_times_out() {
         .unwrap();
     connected(&mut events).await;
     // A frozen node: the connection stays open, nothing answers.
-    gw.signal("STOP");
+    gw.freeze().await;
     let start = std::time::Instant::now();
     let err = client.publish("room:1", "e", &1).await.unwrap_err();
     let took = start.elapsed();

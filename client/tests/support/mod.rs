@@ -183,6 +183,26 @@ impl Gateway {
         assert!(ok, "kill -{sig} failed");
     }
 
+    /// Freezes the process (SIGSTOP) and waits until the kernel reports it stopped, so
+    /// that no frame sent afterwards is answered.
+    pub async fn freeze(&self) {
+        self.signal("STOP");
+        let stat = format!("/proc/{}/stat", self.child.id());
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let state = std::fs::read_to_string(&stat).unwrap_or_default();
+            // Field 3, after the parenthesised command name.
+            let stopped = state
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'));
+            if stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway did not stop: {state}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         loop {
