@@ -1124,7 +1124,10 @@ impl Driver {
                 self.write(conn, &ClientFrame::Pong).await?;
             }
             Incoming::Message(m) => {
-                let fresh = lock(&self.shared).positions.accept(&m.channel, m.offset);
+                let fresh =
+                    lock(&self.shared)
+                        .positions
+                        .accept(&m.channel, m.offset, m.epoch.as_deref());
                 if fresh {
                     self.emit(Event::Message {
                         channel: m.channel,

@@ -73,11 +73,24 @@ impl Positions {
 
     /// Records a delivered message. Returns false (and counts it) when it is a
     /// duplicate that must not reach the application.
-    pub(crate) fn accept(&mut self, channel: &str, offset: Option<u64>) -> bool {
+    pub(crate) fn accept(
+        &mut self,
+        channel: &str,
+        offset: Option<u64>,
+        epoch: Option<&str>,
+    ) -> bool {
         let Some(offset) = offset else {
             return true;
         };
         let p = self.map.entry(channel.to_owned()).or_default();
+        if let Some(e) = epoch
+            && p.epoch.as_deref() != Some(e)
+        {
+            // First message of a (new) epoch: offsets start over, nothing to compare.
+            p.epoch = Some(e.to_owned());
+            p.offset = Some(offset);
+            return true;
+        }
         if p.offset.is_some_and(|last| offset <= last) {
             self.duplicates += 1;
             return false;
@@ -140,12 +153,15 @@ mod tests {
     fn drops_offsets_at_or_below_the_last_one() {
         let mut p = Positions::default();
         p.fresh("news", Some("e1".into()), Some(10));
-        assert!(!p.accept("news", Some(10)), "the subscription point itself");
-        assert!(p.accept("news", Some(11)));
-        assert!(p.accept("news", Some(12)));
-        assert!(!p.accept("news", Some(12)), "same offset again");
-        assert!(!p.accept("news", Some(11)), "an older one");
-        assert!(p.accept("news", Some(13)));
+        assert!(
+            !p.accept("news", Some(10), None),
+            "the subscription point itself"
+        );
+        assert!(p.accept("news", Some(11), None));
+        assert!(p.accept("news", Some(12), None));
+        assert!(!p.accept("news", Some(12), None), "same offset again");
+        assert!(!p.accept("news", Some(11), None), "an older one");
+        assert!(p.accept("news", Some(13), None));
         assert_eq!(p.duplicates(), 3);
         assert_eq!(p.get("news"), Some(&pos("e1", 13)));
         assert_eq!(p.since("news").map(|s| s.offset), Some(13));
@@ -154,8 +170,8 @@ mod tests {
     #[test]
     fn messages_without_offsets_always_pass() {
         let mut p = Positions::default();
-        assert!(p.accept("chat", None));
-        assert!(p.accept("chat", None));
+        assert!(p.accept("chat", None, None));
+        assert!(p.accept("chat", None, None));
         assert_eq!(p.duplicates(), 0);
         assert_eq!(p.since("chat"), None);
     }
@@ -163,10 +179,10 @@ mod tests {
     #[test]
     fn channels_are_independent() {
         let mut p = Positions::default();
-        assert!(p.accept("a", Some(5)));
-        assert!(p.accept("b", Some(1)));
-        assert!(!p.accept("a", Some(1)));
-        assert!(p.accept("b", Some(2)));
+        assert!(p.accept("a", Some(5), None));
+        assert!(p.accept("b", Some(1), None));
+        assert!(!p.accept("a", Some(1), None));
+        assert!(p.accept("b", Some(2), None));
     }
 
     #[test]
@@ -175,10 +191,10 @@ mod tests {
         p.set("news", pos("e1", 7));
         p.resumed("news", Some("e1".into()), Some(9));
         // Replayed 6 and 7 were already seen live; 8 and 9 were missed.
-        assert!(!p.accept("news", Some(6)));
-        assert!(!p.accept("news", Some(7)));
-        assert!(p.accept("news", Some(8)));
-        assert!(p.accept("news", Some(9)));
+        assert!(!p.accept("news", Some(6), None));
+        assert!(!p.accept("news", Some(7), None));
+        assert!(p.accept("news", Some(8), None));
+        assert!(p.accept("news", Some(9), None));
         assert_eq!(p.get("news"), Some(&pos("e1", 9)));
     }
 
@@ -189,8 +205,8 @@ mod tests {
         // Nothing is replayed across epochs: continue after the new stream's latest.
         p.resumed("news", Some("e2".into()), Some(3));
         assert_eq!(p.get("news"), Some(&pos("e2", 3)));
-        assert!(p.accept("news", Some(4)));
-        assert!(p.accept("news", Some(5)));
+        assert!(p.accept("news", Some(4), None));
+        assert!(p.accept("news", Some(5), None));
         assert_eq!(p.get("news"), Some(&pos("e2", 5)));
 
         p.fresh("news", Some("e3".into()), Some(4));
@@ -211,7 +227,7 @@ mod tests {
     #[test]
     fn fresh_subscription_keeps_a_live_message_that_came_first() {
         let mut p = Positions::default();
-        assert!(p.accept("news", Some(11)));
+        assert!(p.accept("news", Some(11), None));
         p.fresh("news", Some("e1".into()), Some(10));
         assert_eq!(p.get("news"), Some(&pos("e1", 11)));
         p.fresh("news", Some("e1".into()), Some(12));

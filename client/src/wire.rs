@@ -32,6 +32,8 @@ pub(crate) struct MessageIn {
     pub payload: Payload,
     pub msg_id: Option<String>,
     pub offset: Option<u64>,
+    /// The history epoch `offset` belongs to; offsets restart in a new epoch.
+    pub epoch: Option<String>,
     pub ts: u64,
 }
 
@@ -107,6 +109,7 @@ pub(crate) fn decode(enc: Encoding, bytes: &[u8]) -> Result<Incoming, String> {
             payload: f.payload.unwrap_or_else(Payload::null),
             msg_id: f.msg_id,
             offset: f.offset,
+            epoch: f.epoch,
             ts: f.ts.unwrap_or(0),
         }),
         "reply" => Incoming::Reply {
