@@ -218,9 +218,9 @@ mod tests {
         let mut p = Positions::default();
         p.resumed("$user:u", Some("e".into()), Some(9));
         assert_eq!(p.since("$user:u"), None);
-        assert!(p.accept("$user:u", Some(7)));
-        assert!(p.accept("$user:u", Some(8)));
-        assert!(!p.accept("$user:u", Some(8)));
+        assert!(p.accept("$user:u", Some(7), None));
+        assert!(p.accept("$user:u", Some(8), None));
+        assert!(!p.accept("$user:u", Some(8), None));
         assert_eq!(p.get("$user:u"), Some(&pos("e", 8)));
     }
 
