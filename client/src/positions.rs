@@ -233,4 +233,23 @@ mod tests {
         p.fresh("news", Some("e1".into()), Some(12));
         assert_eq!(p.get("news"), Some(&pos("e1", 12)));
     }
+
+    #[test]
+    fn a_live_message_of_a_new_epoch_restarts_offsets() {
+        let mut p = Positions::default();
+        assert!(p.accept("c", Some(5), Some("e1")));
+        assert!(
+            !p.accept("c", Some(5), Some("e1")),
+            "duplicate in the same epoch"
+        );
+        assert!(
+            p.accept("c", Some(1), Some("e2")),
+            "offsets restart in a new epoch"
+        );
+        assert!(p.accept("c", Some(2), Some("e2")));
+        assert_eq!(
+            p.since("c").map(|s| (s.offset, s.epoch)),
+            Some((2, "e2".to_string()))
+        );
+    }
 }
