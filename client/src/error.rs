@@ -75,7 +75,9 @@ impl Error {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Error::Server { code, .. } | Error::Subscription { code, .. } => {
-                serde_json::from_value(serde_json::Value::String(code.clone())).ok()
+                serde_json::from_value(serde_json::Value::String(code.clone()))
+                    .ok()
+                    .filter(|c| *c != ErrorCode::Unknown)
             }
             _ => None,
         }

@@ -1,9 +1,8 @@
 //! Decoding server frames leniently (unknown fields and new optional ones are
 //! tolerated), and encoding client frames with the protocol crate.
 
-use protocol::frame::{ClientFrame, Limits};
-use protocol::{Encoding, Payload};
-use serde::Deserialize;
+use protocol::frame::{ClientFrame, Limits, ServerFrame, decode_server};
+use protocol::{Encoding, ErrorCode, Payload, ProtocolError};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -50,85 +49,56 @@ pub(crate) enum Incoming {
     Other(String),
 }
 
-#[derive(Deserialize)]
-struct ErrorIn {
-    code: String,
-    #[serde(default)]
-    message: String,
-}
-
-#[derive(Deserialize)]
-struct Flat {
-    #[serde(rename = "type")]
-    kind: String,
-    id: Option<u64>,
-    session: Option<String>,
-    node: Option<String>,
-    user: Option<String>,
-    channel: Option<String>,
-    heartbeat_ms: Option<u64>,
-    expires_at: Option<u64>,
-    limits: Option<Limits>,
-    epoch: Option<String>,
-    offset: Option<u64>,
-    recovered: Option<bool>,
-    event: Option<String>,
-    payload: Option<Payload>,
-    msg_id: Option<String>,
-    ts: Option<u64>,
-    ok: Option<bool>,
-    result: Option<Value>,
-    error: Option<ErrorIn>,
-}
-
-fn need<T>(v: Option<T>, field: &str) -> Result<T, String> {
-    v.ok_or_else(|| format!("missing `{field}`"))
-}
-
+/// Decodes with the protocol crate's decoder (which ignores unknown fields), and
+/// turns an unknown frame type into [`Incoming::Other`] instead of an error, so a
+/// newer server's frames never break this client.
 pub(crate) fn decode(enc: Encoding, bytes: &[u8]) -> Result<Incoming, String> {
-    let f: Flat = match enc {
-        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string())?,
-        Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?,
+    let frame = match decode_server(enc, bytes) {
+        Ok(f) => f,
+        Err(ProtocolError::Frame {
+            code: ErrorCode::UnknownType,
+            message,
+            ..
+        }) => return Ok(Incoming::Other(message)),
+        Err(e) => return Err(e.to_string()),
     };
-    Ok(match f.kind.as_str() {
-        "welcome" => Incoming::Welcome(WelcomeIn {
-            session: need(f.session, "session")?,
-            node: need(f.node, "node")?,
-            user: need(f.user, "user")?,
-            channel: need(f.channel, "channel")?,
-            heartbeat_ms: need(f.heartbeat_ms, "heartbeat_ms")?,
-            expires_at: f.expires_at.unwrap_or(0),
-            limits: f.limits,
-            epoch: f.epoch,
-            offset: f.offset,
-            recovered: f.recovered,
+    Ok(match frame {
+        ServerFrame::Welcome(w) => Incoming::Welcome(WelcomeIn {
+            session: w.session,
+            node: w.node,
+            user: w.user,
+            channel: w.channel,
+            heartbeat_ms: w.heartbeat_ms,
+            expires_at: w.expires_at,
+            limits: Some(w.limits),
+            epoch: w.epoch,
+            offset: w.offset,
+            recovered: w.recovered,
         }),
-        "message" => Incoming::Message(MessageIn {
-            channel: need(f.channel, "channel")?,
-            event: f.event.unwrap_or_else(|| "message".to_owned()),
-            payload: f.payload.unwrap_or_else(Payload::null),
-            msg_id: f.msg_id,
-            offset: f.offset,
-            epoch: f.epoch,
-            ts: f.ts.unwrap_or(0),
+        ServerFrame::Message(m) => Incoming::Message(MessageIn {
+            channel: m.channel,
+            event: m.event,
+            payload: m.payload,
+            msg_id: m.msg_id,
+            offset: m.offset,
+            epoch: m.epoch,
+            ts: m.ts,
         }),
-        "reply" => Incoming::Reply {
-            id: f.id,
-            result: if f.ok.unwrap_or(false) {
-                Ok(f.result.unwrap_or(Value::Null))
-            } else {
-                let e = f.error.unwrap_or(ErrorIn {
-                    code: "internal".into(),
-                    message: "reply without ok or error".into(),
-                });
-                Err(Error::Server {
-                    code: e.code,
+        ServerFrame::Reply(r) => Incoming::Reply {
+            id: r.id,
+            result: match (r.ok, r.error) {
+                (true, _) => Ok(r.result.unwrap_or(Value::Null)),
+                (false, Some(e)) => Err(Error::Server {
+                    code: e.code.as_str().to_owned(),
                     message: e.message,
-                })
+                }),
+                (false, None) => Err(Error::Server {
+                    code: ErrorCode::Internal.as_str().to_owned(),
+                    message: "reply without ok or error".into(),
+                }),
             },
         },
-        "ping" => Incoming::Ping,
-        other => Incoming::Other(other.to_owned()),
+        ServerFrame::Ping => Incoming::Ping,
     })
 }
 
@@ -151,8 +121,8 @@ pub(crate) fn encode(enc: Encoding, frame: &ClientFrame) -> Result<WsMessage, Er
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use protocol::frame::{Reply, ServerFrame};
-    use protocol::{ErrorCode, Publication};
+    use protocol::Publication;
+    use protocol::frame::Reply;
 
     #[test]
     fn reads_history_fields_the_protocol_crate_does_not_know_yet() {
