@@ -6,6 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod gateway;
 mod proxy;
 
 pub use proxy::FreezeProxy;

@@ -4,10 +4,9 @@
 //! `jsonwebtoken`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,22 +22,7 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// The gateway binary next to this test's directory: tests run from
 /// `<target>/<profile>/deps/`, the binary is `<target>/<profile>/gateway`.
 pub fn gateway_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TIDINGS_GATEWAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary outside <target>/<profile>/deps");
-    let bin = profile_dir.join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "gateway binary not found at {}: build it first (`cargo build -p gateway`, or run \
-         `cargo test --workspace`, which builds it), or set TIDINGS_GATEWAY_BIN",
-        bin.display()
-    );
-    bin
+    testkit::gateway::gateway_bin()
 }
 
 /// A TCP port that was free a moment ago.
@@ -79,54 +63,18 @@ impl GatewayBuilder {
     }
 
     pub async fn start(self) -> Gateway {
-        let mut cmd = Command::new(gateway_bin());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("TIDINGS_") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn gateway");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["message"] == "listening"
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send((
-                        v["addr"].as_str().unwrap().to_owned(),
-                        v["admin_addr"].as_str().unwrap().to_owned(),
-                    ));
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
-            .await
-            .unwrap();
-        let (addr, admin) = match got {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "gateway did not start; logs:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
-        };
+        let mut cmd = testkit::gateway::command(gateway_bin());
+        cmd.args(&self.args);
+        let testkit::gateway::Spawned {
+            child,
+            addr,
+            admin,
+            logs,
+        } = testkit::gateway::spawn(cmd).await;
         Gateway {
             child,
-            addr: addr.parse().unwrap(),
-            admin: admin.parse().unwrap(),
+            addr,
+            admin,
             logs,
         }
     }

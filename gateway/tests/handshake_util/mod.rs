@@ -4,7 +4,7 @@
 //! token signing.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -189,46 +189,17 @@ impl Node {
             "--node-id",
             "test-node",
         ])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn gateway");
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["message"] == "listening"
-                    && let Some(tx) = tx.take()
-                {
-                    let addrs = (
-                        v["addr"].as_str().unwrap_or_default().to_owned(),
-                        v["admin_addr"].as_str().unwrap_or_default().to_owned(),
-                    );
-                    let _ = tx.send(addrs);
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
-            .await
-            .unwrap();
-        let Ok((addr, admin)) = got else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "gateway did not start; logs:\n{}",
-                logs.lock().unwrap().join("\n")
-            );
-        };
+        .args(args);
+        let testkit::gateway::Spawned {
+            child,
+            addr,
+            admin,
+            logs,
+        } = testkit::gateway::spawn(cmd).await;
         Node {
             child,
-            addr: addr.parse().unwrap(),
-            admin: admin.parse().unwrap(),
+            addr,
+            admin,
             logs,
         }
     }
@@ -261,12 +232,7 @@ pub fn attempts(result: &str) -> String {
 }
 
 fn gateway_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TIDINGS_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = testkit::gateway::command(env!("CARGO_BIN_EXE_gateway"));
     cmd.stdin(Stdio::null());
     cmd
 }

@@ -2,9 +2,8 @@
 //! mint tokens, talk to them with a real WebSocket client and plain HTTP.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,55 +51,19 @@ impl GatewayBuilder {
     }
 
     pub async fn start(self) -> Gateway {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("TIDINGS_") {
-                cmd.env_remove(k);
-            }
-        }
+        let mut cmd = testkit::gateway::command(env!("CARGO_BIN_EXE_gateway"));
         cmd.args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn gateway");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["message"] == "listening"
-                    && let Some(tx) = tx.take()
-                {
-                    let _ = tx.send((
-                        v["addr"].as_str().unwrap().to_owned(),
-                        v["admin_addr"].as_str().unwrap().to_owned(),
-                    ));
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20)))
-            .await
-            .unwrap();
-        let (addr, admin) = match got {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "gateway did not start; logs:\n{}",
-                    logs.lock().unwrap().join("\n")
-                );
-            }
-        };
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let testkit::gateway::Spawned {
+            child,
+            addr,
+            admin,
+            logs,
+        } = testkit::gateway::spawn(cmd).await;
         Gateway {
             child,
-            addr: addr.parse().unwrap(),
-            admin: admin.parse().unwrap(),
+            addr,
+            admin,
             logs,
         }
     }
