@@ -63,6 +63,22 @@ fn encode_replay(enc: Encoding, replay: &[Publication]) -> Vec<Message> {
         .collect()
 }
 
+/// Runs a write unless the connection is asked to close or the write stalls.
+async fn guarded(
+    outbox: &Outbox,
+    stall: Duration,
+    write: impl std::future::Future<Output = Result<(), WsError>>,
+) -> Result<(), SessionEnd> {
+    // Biased, write first: a write that completes at once never polls (and so never
+    // registers) the stall timer.
+    tokio::select! {
+        biased;
+        r = write => r.map_err(|_| SessionEnd::PeerGone),
+        code = outbox.closed() => Err(SessionEnd::Requested(code)),
+        () = tokio::time::sleep(stall) => Err(SessionEnd::Requested(close::SLOW_CONSUMER)),
+    }
+}
+
 /// The write half with its guards.
 struct Writer<S> {
     tx: SplitSink<WebSocketStream<S>, Message>,
@@ -82,14 +98,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
             }
             tx.flush().await
         };
-        // Biased, write first: a write that completes at once never polls (and so
-        // never registers) the stall timer.
-        tokio::select! {
-            biased;
-            r = write => r.map_err(|_| SessionEnd::PeerGone),
-            code = self.outbox.closed() => Err(SessionEnd::Requested(code)),
-            () = tokio::time::sleep(self.stall) => Err(SessionEnd::Requested(close::SLOW_CONSUMER)),
-        }
+        guarded(&self.outbox, self.stall, write).await
+    }
+
+    /// The delivery path: writes queued items straight from the (reused) batch
+    /// buffer, without collecting them into another vector first.
+    async fn send_items(&mut self, items: &mut Vec<Item>) -> Result<(), SessionEnd> {
+        let tx = &mut self.tx;
+        let write = async {
+            for item in items.drain(..) {
+                tx.feed(match item.frame {
+                    Frame::Text(t) => Message::Text(t),
+                    Frame::Binary(b) => Message::Binary(b),
+                })
+                .await?;
+            }
+            tx.flush().await
+        };
+        guarded(&self.outbox, self.stall, write).await
     }
 
     async fn reply(&mut self, enc: Encoding, r: Reply) -> Result<(), SessionEnd> {
@@ -234,25 +260,16 @@ where
             drained = outbox.drain(batch, BATCH) => {
                 drained.map_err(SessionEnd::Requested)?;
                 let now_ms = protocol::now_millis();
-                let msgs: Vec<Message> = batch
-                    .drain(..)
-                    .filter(|item| item.offset == 0 || session.accept(item.sub, item.offset, item.epoch))
-                    .map(|item| {
-                        if item.published_ms != 0 {
-                            node.metrics.latency(now_ms, item.published_ms);
-                        }
-                        match item.frame {
-                            Frame::Text(t) => Message::Text(t),
-                            Frame::Binary(b) => Message::Binary(b),
-                        }
-                    })
-                    .collect();
+                batch.retain(|item| item.offset == 0 || session.accept(item.sub, item.offset, item.epoch));
+                for item in batch.iter().filter(|i| i.published_ms != 0) {
+                    node.metrics.latency(now_ms, item.published_ms);
+                }
+                if !batch.is_empty() {
+                    // Inline, not boxed: this is the per-delivery path.
+                    w.send_items(batch).await?;
+                }
                 if batch.capacity() > BATCH {
                     *batch = Vec::new();
-                }
-                if !msgs.is_empty() {
-                    // Inline, not boxed: this is the per-delivery path.
-                    w.send(msgs).await?;
                 }
             }
             msg = rx.next() => {

@@ -27,9 +27,16 @@ struct Stream {
 struct Store {
     streams: HashMap<String, Stream>,
     acks: HashMap<String, (String, u64)>,
-    /// (channel, message id) -> (offset, forget after).
-    seen: HashMap<(String, String), (u64, Instant)>,
+    /// (channel, message id) -> when to forget it.
+    seen: HashMap<(String, String), Instant>,
+    publishes: u64,
 }
+
+/// Most idempotency keys kept; under a flood of distinct ids the window shrinks
+/// rather than memory growing without bound.
+const MAX_SEEN: usize = 100_000;
+/// Publishes between sweeps of expired histories and keys.
+const SWEEP_EVERY: u64 = 4096;
 
 pub struct MemoryBroker {
     table: Arc<Table>,
@@ -43,6 +50,15 @@ fn new_epoch() -> String {
 }
 
 impl Store {
+    /// Drops expired histories (with their acknowledged positions) and idempotency
+    /// keys, so channels that went quiet do not stay in memory.
+    fn sweep(&mut self, now: Instant) {
+        self.streams.retain(|_, s| s.expires > now);
+        let streams = &self.streams;
+        self.acks.retain(|c, _| streams.contains_key(c));
+        self.seen.retain(|_, until| *until > now);
+    }
+
     /// The live stream of a channel, dropping it once its ttl passed.
     fn stream(&mut self, channel: &str, policy: Policy, now: Instant) -> &mut Stream {
         if self.streams.get(channel).is_some_and(|s| s.expires <= now) {
@@ -77,15 +93,25 @@ impl MemoryBroker {
     /// publication is a duplicate.
     fn admit(&self, mut p: Publication, now: Instant) -> Option<Publication> {
         let mut store = self.store();
+        store.publishes += 1;
+        if store.publishes.is_multiple_of(SWEEP_EVERY) {
+            store.sweep(now);
+        }
         if let (Some(id), false) = (&p.id, self.idempotency_window.is_zero()) {
             let key = (p.channel.clone(), id.clone());
-            if store.seen.get(&key).is_some_and(|(_, until)| *until > now) {
+            if store.seen.get(&key).is_some_and(|until| *until > now) {
                 return None;
             }
-            if store.seen.len() >= 100_000 {
-                store.seen.retain(|_, (_, until)| *until > now);
+            if store.seen.len() >= MAX_SEEN {
+                store.seen.retain(|_, until| *until > now);
+                if store.seen.len() >= MAX_SEEN {
+                    let evict: Vec<_> = store.seen.keys().take(MAX_SEEN / 2).cloned().collect();
+                    for k in evict {
+                        store.seen.remove(&k);
+                    }
+                }
             }
-            store.seen.insert(key, (0, now + self.idempotency_window));
+            store.seen.insert(key, now + self.idempotency_window);
         }
         if let Some(policy) = self.rules.policy(&p.channel) {
             let stream = store.stream(&p.channel, policy, now);
@@ -189,5 +215,29 @@ impl Broker for MemoryBroker {
 
     async fn acked(&self, channel: &str) -> Result<Option<(String, u64)>, BrokerError> {
         Ok(self.store().acks.get(channel).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Payload;
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_channels_and_old_keys_are_swept() {
+        let rules = HistoryRules::parse(["room:* 10 1s"]).unwrap();
+        let broker = MemoryBroker::new(
+            Arc::new(Table::new(Arc::new(crate::metrics::Metrics::new()))),
+            rules,
+            Duration::from_secs(1),
+        );
+        let mut p = Publication::new("room:1", "e", Payload::null());
+        p.id = Some("k".into());
+        broker.publish(vec![p]).await.unwrap();
+        broker.ack("room:1", 1).await.unwrap();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        broker.store().sweep(Instant::now());
+        let store = broker.store();
+        assert!(store.streams.is_empty() && store.acks.is_empty() && store.seen.is_empty());
     }
 }
