@@ -29,12 +29,13 @@ impl Reconnect {
 /// | Code | Reaction |
 /// |---|---|
 /// | 1001 going away | [`Promptly`](Reconnect::Promptly), to another node |
+/// | 4005 resync | [`Promptly`](Reconnect::Promptly), then resume from the last offsets |
 /// | 4001 token expired, 4004 unauthorized | [`NewToken`](Reconnect::NewToken) |
 /// | 1000 normal, 1002 protocol error, 1007, 1008, 1009 | [`Stop`](Reconnect::Stop): a deliberate close or a client bug |
 /// | anything else (1011, 4002 slow consumer, 4003 heartbeat timeout, ...) | [`WithBackoff`](Reconnect::WithBackoff) |
 pub fn on_close(code: u16) -> Reconnect {
     match code {
-        close::GOING_AWAY => Reconnect::Promptly,
+        close::GOING_AWAY | close::RESYNC => Reconnect::Promptly,
         close::TOKEN_EXPIRED | close::UNAUTHORIZED => Reconnect::NewToken,
         close::NORMAL
         | PROTOCOL_ERROR
@@ -101,7 +102,7 @@ mod tests {
         // a new token never reconnects with the old one, and every code the protocol
         // says not to reconnect on is either a stop or a token refresh here.
         for code in [
-            1000, 1001, 1006, 1007, 1008, 1009, 1011, 4001, 4002, 4003, 4004,
+            1000, 1001, 1006, 1007, 1008, 1009, 1011, 4001, 4002, 4003, 4004, 4005,
         ] {
             let r = on_close(code);
             assert_eq!(

@@ -217,6 +217,10 @@ pub struct Settings {
     /// client is told it was not fully recovered. [default: 1000]
     #[arg(long, env = "TIDINGS_RECOVERY_LIMIT")]
     pub recovery_limit: Option<usize>,
+    /// Demo mode: serve the demo app at `/demo/` and mint tokens for demo users at
+    /// `POST /demo/token` (needs --jwt-secret). Never in production. [default: false]
+    #[arg(long, env = "TIDINGS_DEMO", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub demo: Option<bool>,
 }
 
 macro_rules! merge {
@@ -276,6 +280,7 @@ impl Settings {
             history,
             idempotency_window,
             recovery_limit,
+            demo,
         );
         Ok(self)
     }
@@ -324,6 +329,8 @@ pub struct Config {
     pub redis_probe_interval: Duration,
     pub redis_reconnect_max: Duration,
     pub history: HistoryRules,
+    /// Serve the demo app and mint demo tokens.
+    pub demo: bool,
     pub idempotency_window: Duration,
     pub recovery_limit: usize,
 }
@@ -459,6 +466,13 @@ impl Config {
                 ));
             }
         }
+        let demo = s.demo.unwrap_or(false);
+        if demo && jwt.secret.is_none() {
+            return Err(config_err(
+                "demo",
+                "demo mode mints HS256 tokens and needs --jwt-secret",
+            ));
+        }
         let max_message_size =
             positive(s.max_message_size.unwrap_or(64 * 1024), "max-message-size")?;
         if max_message_size < 256 {
@@ -526,7 +540,10 @@ impl Config {
                     .unwrap_or(Duration::from_secs(2)),
                 "redis-reconnect-max",
             )?,
+            demo,
             history: match &s.history {
+                None if demo => HistoryRules::parse(crate::demo::DEFAULT_HISTORY.iter())
+                    .map_err(|e| config_err("history", e))?,
                 None => HistoryRules::default(),
                 Some(rules) => HistoryRules::parse(rules.iter().filter(|r| !r.trim().is_empty()))
                     .map_err(|e| config_err("history", e))?,

@@ -38,6 +38,8 @@ pub enum SessionEnd {
     ProtocolViolation,
     /// A refreshed token was refused in a way that ends the session.
     Unauthorized,
+    /// A gap in a channel's offsets could not be filled from history.
+    Resync,
 }
 
 impl SessionEnd {
@@ -67,6 +69,7 @@ impl SessionEnd {
                 (close::PROTOCOL_ERROR, "websocket protocol violation")
             }
             SessionEnd::Unauthorized => (close::UNAUTHORIZED, "unauthorized"),
+            SessionEnd::Resync => (close::RESYNC, "missed messages: reconnect and resume"),
         })
     }
 

@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod demo;
 mod error;
 pub mod handshake;
 pub mod heartbeat;

@@ -50,8 +50,8 @@ pub enum Drop {
     Encode,
 }
 
-const CLOSE_CODES: [u16; 12] = [
-    1000, 1001, 1002, 1006, 1007, 1008, 1009, 1011, 4001, 4002, 4003, 4004,
+const CLOSE_CODES: [u16; 13] = [
+    1000, 1001, 1002, 1006, 1007, 1008, 1009, 1011, 4001, 4002, 4003, 4004, 4005,
 ];
 const FRAME_TYPES: [&str; 8] = [
     "subscribe",
@@ -81,6 +81,7 @@ pub struct Metrics {
     channels: IntGauge,
     published: IntCounterVec,
     draining: IntGauge,
+    gaps: IntCounterVec,
     pub broker: BrokerMetrics,
 }
 
@@ -215,6 +216,12 @@ impl Metrics {
                 "tidings_draining",
                 "1 while the node drains connections for shutdown",
             ),
+            gaps: counter_vec(
+                &r,
+                "tidings_stream_gaps_total",
+                "Gaps in a channel's live offsets, by outcome (filled from history, or resync close)",
+                "outcome",
+            ),
             broker: BrokerMetrics {
                 up: gauge(&r, "tidings_broker_up", "1 while the broker is usable"),
                 reconnects: counter(
@@ -320,6 +327,15 @@ impl Metrics {
         for source in ["api", "client"] {
             self.published.with_label_values(&[source]);
         }
+        for outcome in ["filled", "resync"] {
+            self.gaps.with_label_values(&[outcome]);
+        }
+    }
+
+    /// A live message revealed missed offsets; `filled` when history covered them.
+    pub fn gap(&self, filled: bool) {
+        let outcome = if filled { "filled" } else { "resync" };
+        self.gaps.with_label_values(&[outcome]).inc();
     }
 
     pub fn published(&self, source: &'static str) {

@@ -89,6 +89,16 @@ impl Outbox {
         Ok(())
     }
 
+    /// The lowest history offset queued for subscription `sub` in epoch `epoch`.
+    pub fn first_offset(&self, sub: u32, epoch: u32) -> Option<u64> {
+        self.lock()
+            .queue
+            .iter()
+            .filter(|i| i.sub == sub && i.epoch == epoch && i.offset != 0)
+            .map(|i| i.offset)
+            .min()
+    }
+
     /// Asks the connection to close with `code` (the first request wins).
     pub fn close(&self, code: u16) {
         let mut s = self.lock();

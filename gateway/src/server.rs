@@ -18,6 +18,12 @@ use crate::node::Node;
 
 async fn route(req: Request<Incoming>, node: Arc<Node>) -> Result<Response<Body>, Infallible> {
     Ok(match req.uri().path() {
+        p if node.config.demo && (p == "/" || p.starts_with("/demo")) => {
+            match crate::demo::handle(req, &node).await {
+                Some(r) => r,
+                None => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+            }
+        }
         "/ws" => crate::handshake::upgrade(req, node),
         "/api/v1/publish" => crate::api::handle(req, node, false).await,
         "/api/v1/publish/batch" => crate::api::handle(req, node, true).await,

@@ -16,7 +16,7 @@ use crate::auth::{AuthError, Claims};
 use crate::error::SessionEnd;
 use crate::hub::Subscriber;
 use crate::node::{Node, Slot};
-use crate::outbox::Outbox;
+use crate::outbox::{Item, Outbox};
 use crate::ratelimit::TokenBucket;
 use crate::recovery;
 
@@ -33,6 +33,15 @@ pub enum Outcome {
     Replay(Reply, Vec<Publication>),
     Silent,
     End(SessionEnd),
+}
+
+/// What to do with a queued item that carries a history offset.
+#[derive(Debug, PartialEq, Eq)]
+enum Position {
+    Send,
+    Duplicate,
+    /// Offsets between the last sent and this one are missing.
+    Gap,
 }
 
 /// One subscription of this connection.
@@ -141,19 +150,105 @@ impl Session {
     /// Whether a queued item with a history offset should be sent: drops items of
     /// subscriptions that are gone and duplicates by offset.
     pub fn accept(&mut self, sub: u32, offset: u64, epoch: u32) -> bool {
+        self.position(sub, offset, epoch, false) == Position::Send
+    }
+
+    /// Classifies a queued item by its offset; with `gaps`, an item that skips
+    /// offsets of a known epoch is reported instead of accepted.
+    fn position(&mut self, sub: u32, offset: u64, epoch: u32, gaps: bool) -> Position {
         match self.subs.iter_mut().find(|s| s.id == sub) {
             Some(s) if epoch != s.epoch => {
-                // A new epoch (history lost or expired): offsets start over.
+                // A new epoch (history lost or expired): offsets start over, and a
+                // first offset above 1 means the new epoch's start was missed too.
+                if gaps && s.epoch != 0 && offset > 1 {
+                    return Position::Gap;
+                }
                 s.epoch = epoch;
                 s.last = offset;
-                true
+                Position::Send
             }
+            Some(s) if gaps && epoch != 0 && offset > s.last.saturating_add(1) => Position::Gap,
             Some(s) if offset > s.last => {
                 s.last = offset;
-                true
+                Position::Send
             }
-            _ => false,
+            _ => Position::Duplicate,
         }
+    }
+
+    /// Keeps the items of `batch` to send, in order, dropping duplicates. Stops at the
+    /// first item whose channel skipped offsets (a live message lost between Redis and
+    /// this node, e.g. while its subscription reconnected) and returns it with
+    /// everything after it: the caller fills the gap from history before those.
+    pub fn filter(&mut self, batch: &mut Vec<Item>) -> Option<Vec<Item>> {
+        let mut i = 0;
+        while let Some(item) = batch.get(i) {
+            if item.offset == 0 {
+                i += 1;
+                continue;
+            }
+            match self.position(item.sub, item.offset, item.epoch, true) {
+                Position::Send => i += 1,
+                Position::Duplicate => {
+                    batch.remove(i);
+                }
+                Position::Gap => return Some(batch.split_off(i)),
+            }
+        }
+        None
+    }
+
+    /// The publications missing before the gap `sub` revealed, read from history and
+    /// accepted (so queued copies are dropped). Ends the session with
+    /// [`SessionEnd::Resync`] when history cannot cover the gap: the client then
+    /// resumes and is told what was lost, never a silent hole.
+    /// `epoch` is that of the item that revealed the gap: in a new epoch, everything
+    /// from its first offset is missing.
+    pub async fn fill(&mut self, sub: u32, epoch: u32) -> Result<Vec<Publication>, SessionEnd> {
+        let Some(s) = self.subs.iter().find(|s| s.id == sub) else {
+            return Ok(Vec::new());
+        };
+        let channel = s.channel.clone();
+        let from = if s.epoch == epoch { s.last } else { 0 };
+        let page = self
+            .node
+            .hub
+            .history(&channel, Some(from), self.node.config.recovery_limit)
+            .await;
+        let resume = match page {
+            Ok(page) if crate::hub::epoch_tag(&page.epoch) == epoch => {
+                let since = Since {
+                    offset: from,
+                    epoch: page.epoch.clone(),
+                };
+                recovery::assess(Some(&since), page)
+            }
+            Ok(_) => recovery::Resume {
+                recovered: Some(false),
+                replay: Vec::new(),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read history to fill a gap");
+                recovery::Resume {
+                    recovered: Some(false),
+                    replay: Vec::new(),
+                }
+            }
+        };
+        let filled = resume.recovered == Some(true);
+        self.node.metrics.gap(filled);
+        if !filled {
+            return Err(SessionEnd::Resync);
+        }
+        if let Some(s) = self.subs.iter_mut().find(|s| s.id == sub)
+            && s.epoch != epoch
+        {
+            s.epoch = epoch;
+            s.last = 0;
+        }
+        let mut replay = resume.replay;
+        replay.retain(|p| p.offset.is_some_and(|o| self.accept(sub, o, epoch)));
+        Ok(replay)
     }
 
     /// Reads a channel's history for a (re)subscription: the reply fields and what
@@ -178,14 +273,26 @@ impl Session {
                 self.node.config.recovery_limit,
             )
             .await?;
-        let (epoch, top) = (page.epoch.clone(), page.top);
+        let (epoch, mut top) = (page.epoch.clone(), page.top);
         if let Some(s) = self.subs.get_mut(pos) {
             let tag = crate::hub::epoch_tag(&epoch);
             if s.epoch != tag {
                 s.epoch = tag;
                 s.last = 0;
             }
-            s.last = s.last.max(top);
+            // Without a resume nothing is replayed, so what was queued live between
+            // the subscription and this read is new to the client, not a duplicate.
+            let seen = match since {
+                Some(_) => top,
+                None => match self.outbox.first_offset(s.id, tag) {
+                    Some(first) => top.min(first - 1),
+                    None => top,
+                },
+            };
+            s.last = s.last.max(seen);
+            // The reply's offset is the client's position: queued messages above it
+            // follow, so it must not count them as seen.
+            top = seen;
         }
         Ok((epoch, top, recovery::assess(since, page)))
     }

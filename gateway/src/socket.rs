@@ -229,6 +229,32 @@ async fn finish<S>(
     }
 }
 
+/// Sends `rest` (which starts with an item that skipped offsets) after filling each
+/// gap from history, so the client still sees every offset once, in order.
+async fn fill_gaps<S>(
+    session: &mut Session,
+    w: &mut Writer<S>,
+    mut rest: Vec<Item>,
+) -> Result<(), SessionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let enc = session.encoding();
+    loop {
+        let Some((sub, epoch)) = rest.first().map(|i| (i.sub, i.epoch)) else {
+            return Ok(());
+        };
+        let missing = session.fill(sub, epoch).await?;
+        w.send(encode_replay(enc, &missing)).await?;
+        let next = session.filter(&mut rest);
+        w.send_items(&mut rest).await?;
+        match next {
+            Some(r) => rest = r,
+            None => return Ok(()),
+        }
+    }
+}
+
 /// The loop proper; returns `Ok` when the client closed, `Err` with any other end.
 async fn serve<S>(
     session: &mut Session,
@@ -259,14 +285,18 @@ where
             biased;
             drained = outbox.drain(batch, BATCH) => {
                 drained.map_err(SessionEnd::Requested)?;
+                let gap = session.filter(batch);
                 let now_ms = protocol::now_millis();
-                batch.retain(|item| item.offset == 0 || session.accept(item.sub, item.offset, item.epoch));
                 for item in batch.iter().filter(|i| i.published_ms != 0) {
                     node.metrics.latency(now_ms, item.published_ms);
                 }
                 if !batch.is_empty() {
                     // Inline, not boxed: this is the per-delivery path.
                     w.send_items(batch).await?;
+                }
+                if let Some(rest) = gap {
+                    // Rare: boxed so its state doesn't grow every connection's task.
+                    Box::pin(fill_gaps(session, w, rest)).await?;
                 }
                 if batch.capacity() > BATCH {
                     *batch = Vec::new();

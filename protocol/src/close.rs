@@ -30,6 +30,10 @@ pub const SLOW_CONSUMER: u16 = 4002;
 pub const HEARTBEAT_TIMEOUT: u16 = 4003;
 /// The token was refused on an open connection; do not reconnect with the same token.
 pub const UNAUTHORIZED: u16 = 4004;
+/// A channel's live stream had a gap the server could not fill from history (e.g.
+/// history trimmed while the node's Redis subscription was down): reconnect at once
+/// and resume from the last offsets, which reports what cannot be recovered.
+pub const RESYNC: u16 = 4005;
 
 /// Whether a client should reconnect automatically after this close code (with its
 /// usual backoff). Auth failures must not loop: the client needs a new token first.
@@ -66,6 +70,7 @@ pub fn name(code: u16) -> &'static str {
         SLOW_CONSUMER => "slow_consumer",
         HEARTBEAT_TIMEOUT => "heartbeat_timeout",
         UNAUTHORIZED => "unauthorized",
+        RESYNC => "resync",
         _ => "other",
     }
 }
