@@ -1,0 +1,53 @@
+// The state of one open (welcomed) connection, and the requests waiting on it.
+
+import type { Bucket } from './bucket.js';
+import type { Ended } from './ended.js';
+import type { TidingsError } from './errors.js';
+import type { JsonValue } from './frames.js';
+import type { Subscription } from './subscription.js';
+import type { Receipt, WebSocketLike } from './types.js';
+
+export type Timer = ReturnType<typeof setTimeout>;
+
+export interface Deferred<T> {
+  resolve(v: T): void;
+  reject(e: TidingsError): void;
+}
+
+export function deferred<T>(): { promise: Promise<T>; d: Deferred<T> } {
+  let d!: Deferred<T>;
+  const promise = new Promise<T>((resolve, reject) => {
+    d = { resolve, reject };
+  });
+  return { promise, d };
+}
+
+/** A publish or ack waiting in the outgoing queue. */
+export type Outgoing =
+  | { kind: 'publish'; channel: string; event: string; payload: JsonValue; d: Deferred<Receipt> }
+  | { kind: 'ack'; offset: number; d: Deferred<number> };
+
+/** A request sent and waiting for its reply. */
+export type Pending =
+  | { kind: 'subscribe'; channel: string; resumed: boolean; sub: Subscription }
+  | { kind: 'unsubscribe'; d: Deferred<void> }
+  | { kind: 'publish'; d: Deferred<Receipt> }
+  | { kind: 'ack'; offset: number; d: Deferred<number> }
+  /** `d` is absent for the client's own proactive refresh. */
+  | { kind: 'refresh'; token: string; d?: Deferred<number | undefined> };
+
+export interface Conn {
+  ws: WebSocketLike;
+  url: string;
+  personal: string;
+  heartbeatMs: number;
+  lastRx: number;
+  inflight: Map<number, { p: Pending; timer: Timer }>;
+  bucket: Bucket;
+  hbTimer?: Timer;
+  paceTimer?: Timer;
+  refreshTimer?: Timer;
+  /** Ends the connection (idempotent). */
+  end(e: Ended): void;
+  ended: boolean;
+}

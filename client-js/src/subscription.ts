@@ -1,0 +1,108 @@
+// One channel the client holds: its messages, its confirmations (after every
+// reconnect), and whether it resumed completely. Created by `client.subscribe()`.
+
+import { Emitter } from './emitter.js';
+import type { TidingsError } from './errors.js';
+import type { JsonValue } from './frames.js';
+import type { Position } from './positions.js';
+import type { Message, Receipt, SubscribeResult } from './types.js';
+
+export interface SubscriptionEvents {
+  message: Message;
+  /** Every confirmation from the server: the first one, and one after each reconnect. */
+  subscribed: SubscribeResult;
+  /** The resume result of a resubscription with `since` (see `Recovered`). */
+  recovered: boolean;
+  /** The channel was lost (a resubscription was refused); it is no longer held. */
+  error: TidingsError;
+  /** The subscription ended (`unsubscribe()`, lost, or the client stopped). */
+  ended: void;
+}
+
+/** What a Subscription needs from its client (avoids an import cycle). */
+export interface SubscriptionHost {
+  unsubscribe(channel: string): Promise<void>;
+  publish(channel: string, event: string, payload?: JsonValue): Promise<Receipt>;
+  position(channel: string): Position | undefined;
+}
+
+export class Subscription extends Emitter<SubscriptionEvents> {
+  /**
+   * Settles with the first confirmation. Rejects when that subscribe is refused
+   * (e.g. `forbidden`), times out, or the subscription ends first. While the client
+   * is disconnected it waits for the reconnect.
+   */
+  readonly ready: Promise<SubscribeResult>;
+  private settle: { resolve(r: SubscribeResult): void; reject(e: TidingsError): void } | undefined;
+  private last: SubscribeResult | undefined;
+  private live = true;
+
+  constructor(
+    readonly channel: string,
+    private readonly host: SubscriptionHost,
+  ) {
+    super();
+    this.ready = new Promise((resolve, reject) => {
+      this.settle = { resolve, reject };
+    });
+    // Callers that only listen to events need not handle `ready`.
+    this.ready.catch(() => undefined);
+  }
+
+  /** The latest confirmation, if any. */
+  get result(): SubscribeResult | undefined {
+    return this.last;
+  }
+
+  /** False once the subscription ended. */
+  get active(): boolean {
+    return this.live;
+  }
+
+  /** The position the client will resume this channel from. */
+  get position(): Position | undefined {
+    return this.host.position(this.channel);
+  }
+
+  unsubscribe(): Promise<void> {
+    return this.host.unsubscribe(this.channel);
+  }
+
+  publish(event: string, payload: JsonValue = null): Promise<Receipt> {
+    return this.host.publish(this.channel, event, payload);
+  }
+
+  /** @internal */
+  _confirm(r: SubscribeResult): void {
+    this.last = r;
+    this.settle?.resolve(r);
+    this.settle = undefined;
+    this.emit('subscribed', r);
+    if (r.recovered !== undefined) this.emit('recovered', r.recovered);
+  }
+
+  /** @internal Whether the first confirmation is still awaited. */
+  get _pending(): boolean {
+    return this.settle !== undefined;
+  }
+
+  /** @internal Rejects `ready` (if still pending) without ending the subscription. */
+  _reject(e: TidingsError): void {
+    this.settle?.reject(e);
+    this.settle = undefined;
+  }
+
+  /** @internal */
+  _message(m: Message): void {
+    this.emit('message', m);
+  }
+
+  /** @internal The subscription is over; `error` explains why, when it was not asked for. */
+  _end(reason: TidingsError, lost: boolean): void {
+    if (!this.live) return;
+    this.live = false;
+    this._reject(reason);
+    if (lost) this.emit('error', reason);
+    this.emit('ended', undefined);
+  }
+}

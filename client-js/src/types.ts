@@ -1,0 +1,162 @@
+// Public types of the client: options, events, connection state, and the minimal
+// WebSocket shape the client needs (satisfied by the browser's WebSocket and by the
+// `ws` package in Node).
+
+import type { BackoffOptions } from './backoff.js';
+import type { Codec } from './codec.js';
+import type { TidingsError } from './errors.js';
+import type { JsonValue, Limits, Since } from './frames.js';
+
+// Method-style signature: parameters are checked bivariantly, so both the DOM's
+// `(ev: MessageEvent) => any` and ws's `(event: WebSocket.MessageEvent) => void`
+// handlers fit.
+type Handler<E> = { bivarianceHack(ev: E): void }['bivarianceHack'];
+
+/** The part of the WebSocket API the client uses. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  binaryType: string;
+  onopen: Handler<unknown> | null;
+  onmessage: Handler<{ data: unknown }> | null;
+  onerror: Handler<unknown> | null;
+  onclose: Handler<{ code: number; reason: string }> | null;
+  send(data: string | Uint8Array): void;
+  close(code?: number, reason?: string): void;
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+export interface ClientOptions {
+  /** `ws://host:port/ws` or `wss://...`; with several, each attempt uses the next. */
+  url: string | string[];
+  /** The JWT to connect with. Sent as the `tidings.token.<jwt>` subprotocol. */
+  token?: string;
+  /**
+   * Returns a new token from your backend. Called before the first connect when no
+   * `token` is given, before the token expires (see `autoRefresh`), after a `4001`
+   * or `4004` close (or a 401 handshake, where it can be seen), before connecting
+   * with a token that is about to expire, and once after the second consecutive
+   * failure before `welcome` (a browser cannot tell a refused token from a network
+   * error). If it fails after the server refused the token, or the server refuses the
+   * token it just returned, the client stops instead of retrying in a loop.
+   */
+  getToken?: () => Promise<string>;
+  /** The encoding: `jsonCodec` (default) or `msgpackCodec` from `tidings-client/msgpack`. */
+  codec?: Codec;
+  /** A WebSocket implementation; defaults to `globalThis.WebSocket` (in Node 20: pass `ws`). */
+  WebSocket?: WebSocketConstructor;
+  /** How long a request may wait for its reply once sent (default 10000 ms). */
+  requestTimeoutMs?: number;
+  /** How long the upgrade and the `welcome` may take (default 10000 ms). */
+  connectTimeoutMs?: number;
+  /** Backoff caps: 1 s doubling up to 30 s, reset after 10 s up (the defaults). */
+  backoff?: BackoffOptions;
+  /** Largest random delay before reconnecting after `1001` going away (default 1000 ms). */
+  goingAwayDelayMs?: number;
+  /** Capacity of the outgoing queue of publishes and acks (default 1024). */
+  queueCapacity?: number;
+  /** Refresh the token on the open connection before it expires (default true, needs `getToken`). */
+  autoRefresh?: boolean;
+  /** Positions stored by the application (e.g. in localStorage) to resume from. */
+  resume?: {
+    /** The personal channel's position, used at the first connect (`?since=&epoch=`). */
+    personal?: Since;
+    /** Public channels: used when they are subscribed. */
+    channels?: Record<string, Since>;
+  };
+  /** Random source in [0, 1) for the jitter (tests). */
+  random?: () => number;
+}
+
+/** A notification. Duplicates (by offset) have already been dropped. */
+export interface Message {
+  channel: string;
+  event: string;
+  payload: JsonValue;
+  /** Position in the channel's history, when the channel keeps history. */
+  offset?: number;
+  /** The publisher's message id, if it set one. */
+  msgId?: string;
+  /** Publish time, milliseconds since the Unix epoch (publisher's clock). */
+  ts: number;
+}
+
+/** The answer to a subscription. */
+export interface SubscribeResult {
+  channel: string;
+  /** The channel's history epoch, when it keeps history. */
+  epoch?: string;
+  /** The channel's latest offset at the time of the subscription. */
+  offset?: number;
+  /** Present when the subscription resumed from a position. */
+  recovered?: boolean;
+}
+
+/** A successful publish. */
+export interface Receipt {
+  /** Gateway nodes that had subscribers for the channel. */
+  nodes?: number;
+  /** Connections reached (single-node gateways only). */
+  sessions?: number;
+  /** The reply's whole `result`, for fields added later. */
+  raw: JsonValue;
+}
+
+export interface ConnectedEvent {
+  node: string;
+  session: string;
+  user: string;
+  /** The personal channel `$user:<id>`, always subscribed. */
+  channel: string;
+  url: string;
+  heartbeatMs: number;
+  /** Token expiry, Unix seconds. */
+  expiresAt: number;
+  limits?: Limits;
+}
+
+export interface DisconnectedEvent {
+  /** The close code, when the server sent one (browsers report 1006 for a lost connection). */
+  code?: number;
+  reason: string;
+  /** Whether the client will try again by itself. */
+  willReconnect: boolean;
+  /** The delay before the next attempt, when there is one. */
+  retryInMs?: number;
+}
+
+export interface ReconnectingEvent {
+  delayMs: number;
+  /** Wall-clock time (ms) of the next attempt. */
+  retryAt: number;
+  /** Consecutive failed attempts so far (the backoff counter). */
+  attempt: number;
+}
+
+/**
+ * The result of resuming a channel (a resubscription with `since`, or the personal
+ * channel at connect). `true`: every missed message follows. `false`: some could not
+ * be replayed; refetch the channel's state from your backend.
+ */
+export interface RecoveredEvent {
+  channel: string;
+  recovered: boolean;
+}
+
+export type ConnectionState =
+  | { status: 'connecting'; attempt: number }
+  | { status: 'connected'; node: string; session: string; user: string; since: number }
+  | { status: 'reconnecting'; delayMs: number; retryAt: number; attempt: number }
+  | { status: 'stopped'; error?: TidingsError };
+
+export interface ClientEvents {
+  message: Message;
+  connected: ConnectedEvent;
+  disconnected: DisconnectedEvent;
+  reconnecting: ReconnectingEvent;
+  recovered: RecoveredEvent;
+  /** Problems that are not the answer to a request; a terminal one comes last. */
+  error: TidingsError;
+  /** Every change of `client.state`. */
+  state: ConnectionState;
+}

@@ -1,0 +1,105 @@
+// Frame encoding and decoding in both encodings, checked against every example of
+// docs/protocol.md (JSON text and the Rust protocol crate's MessagePack bytes).
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+import { jsonCodec } from '../src/codec.js';
+import { ProtocolError } from '../src/errors.js';
+import { parseServerFrame, type ClientFrame } from '../src/frames.js';
+import { msgpackCodec } from '../src/msgpack.js';
+import { ROOT } from './harness.js';
+
+interface Fixture {
+  json: string;
+  msgpack: string;
+}
+const fixtures = (
+  JSON.parse(readFileSync(`${ROOT}/test/fixtures/protocol-frames.json`, 'utf8')) as { frames: Fixture[] }
+).frames;
+const CLIENT_TYPES = new Set(['subscribe', 'unsubscribe', 'publish', 'refresh', 'ack', 'pong']);
+const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
+
+test('the fixtures cover every client and server frame type', () => {
+  const types = new Set(fixtures.map((f) => (JSON.parse(f.json) as { type: string }).type));
+  for (const t of [...CLIENT_TYPES, 'welcome', 'message', 'reply', 'ping']) assert.ok(types.has(t), t);
+});
+
+test('client frames encode to the documented JSON text and MessagePack bytes', () => {
+  let n = 0;
+  for (const f of fixtures) {
+    const frame = JSON.parse(f.json) as ClientFrame;
+    if (!CLIENT_TYPES.has(frame.type)) continue;
+    assert.equal(jsonCodec.encode(frame), f.json);
+    assert.equal(hex(msgpackCodec.encode(frame) as Uint8Array), f.msgpack, f.json);
+    n++;
+  }
+  assert.equal(n, 7);
+});
+
+test('server frames decode the same from JSON and from MessagePack', () => {
+  let n = 0;
+  for (const f of fixtures) {
+    const type = (JSON.parse(f.json) as { type: string }).type;
+    if (CLIENT_TYPES.has(type)) continue;
+    const fromJson = parseServerFrame(jsonCodec.decode(f.json));
+    const fromPack = parseServerFrame(msgpackCodec.decode(unhex(f.msgpack).buffer as ArrayBuffer));
+    assert.deepEqual(fromPack, fromJson, f.json);
+    assert.equal(fromJson.type, type);
+    n++;
+  }
+  assert.equal(n, 16);
+});
+
+test('decoded frames carry the documented fields (uint64 ts as a number)', () => {
+  const msg = fixtures.find((f) => f.json.includes('"order.shipped"')) as Fixture;
+  const m = parseServerFrame(msgpackCodec.decode(unhex(msg.msgpack)));
+  assert.deepEqual(m, {
+    type: 'message',
+    channel: '$user:alice',
+    event: 'order.shipped',
+    payload: { order: 1234, carrier: 'ups' },
+    msg_id: 'ord-1234-shipped',
+    offset: 43,
+    ts: 1767225600123,
+  });
+  const w = fixtures.find((f) => f.json.includes('"recovered":true') && f.json.includes('welcome')) as Fixture;
+  const welcome = parseServerFrame(msgpackCodec.decode(unhex(w.msgpack)));
+  assert.equal(welcome.type, 'welcome');
+  if (welcome.type === 'welcome') {
+    assert.equal(welcome.heartbeat_ms, 30000);
+    assert.equal(welcome.limits?.rate_burst, 100);
+    assert.equal(welcome.epoch, '5c0f3e9a1b7d2846');
+    assert.equal(welcome.offset, 42);
+    assert.equal(welcome.recovered, true);
+  }
+  const e = parseServerFrame(jsonCodec.decode('{"type":"reply","ok":false,"error":{"code":"bad_frame","message":"x"}}'));
+  assert.deepEqual(e, { type: 'reply', ok: false, error: { code: 'bad_frame', message: 'x' } });
+});
+
+test('optional fields are left out, not sent as null', () => {
+  const f: ClientFrame = { type: 'subscribe', id: 1, channel: 'news', since: undefined };
+  assert.equal(hex(msgpackCodec.encode(f) as Uint8Array).length / 2, 33);
+});
+
+test('lenient decoding: unknown fields and frame types are tolerated, broken frames are errors', () => {
+  const later = parseServerFrame(jsonCodec.decode('{"type":"later","x":1}'));
+  assert.deepEqual(later, { type: 'unknown', kind: 'later' });
+  const ping = parseServerFrame(jsonCodec.decode('{"type":"ping","new_field":[1,2]}'));
+  assert.deepEqual(ping, { type: 'ping' });
+  assert.throws(() => jsonCodec.decode('nope'), ProtocolError);
+  assert.throws(() => jsonCodec.decode(new Uint8Array([0x80])), ProtocolError);
+  assert.throws(() => msgpackCodec.decode('{"type":"ping"}'), ProtocolError);
+  assert.throws(() => msgpackCodec.decode(new Uint8Array([0xc1])), ProtocolError);
+  assert.throws(() => parseServerFrame({ no: 'type' }), ProtocolError);
+  assert.throws(() => parseServerFrame([1, 2]), ProtocolError);
+  assert.throws(() => parseServerFrame({ type: 'message', channel: 'x' }), ProtocolError);
+});
+
+test('MessagePack accepts Node Buffers and typed-array views', () => {
+  const bytes = msgpackCodec.encode({ type: 'pong' }) as Uint8Array;
+  const padded = new Uint8Array(bytes.length + 4);
+  padded.set(bytes, 2);
+  assert.deepEqual(msgpackCodec.decode(padded.subarray(2, 2 + bytes.length)), { type: 'pong' });
+  assert.deepEqual(msgpackCodec.decode(Buffer.from(bytes)), { type: 'pong' });
+});
