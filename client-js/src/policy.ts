@@ -15,6 +15,7 @@ export type Reconnect = 'promptly' | 'backoff' | 'new_token' | 'stop';
 export function onClose(code: number): Reconnect {
   switch (code) {
     case 1001: // going away: the node drains; the load balancer sends us elsewhere
+    case 4005: // resync: the server could not fill a gap; resume from our offsets now
       return 'promptly';
     case 4001: // token expired
     case 4004: // unauthorized

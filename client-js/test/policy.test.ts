@@ -18,6 +18,7 @@ test('close codes follow docs/protocol.md section 13 (the Rust client table)', (
     [4002, 'backoff'],
     [4003, 'backoff'],
     [4004, 'new_token'],
+    [4005, 'promptly'],
     [4999, 'backoff'],
   ];
   for (const [code, want] of table) assert.equal(onClose(code), want, `close code ${code}`);

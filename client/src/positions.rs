@@ -129,7 +129,10 @@ impl Positions {
         if let Some(e) = epoch
             && p.epoch.as_deref() != Some(e.as_str())
         {
-            let offset = if p.epoch.is_some() { latest } else { None };
+            // An empty epoch is a channel that had no history yet when the client saw
+            // it: everything in the new epoch is new to the client, as with no epoch.
+            let known = p.epoch.as_deref().is_some_and(|e| !e.is_empty());
+            let offset = if known { latest } else { None };
             *p = Position {
                 epoch: Some(e),
                 offset,
@@ -147,6 +150,20 @@ mod tests {
             epoch: Some(epoch.into()),
             offset: Some(offset),
         }
+    }
+
+    #[test]
+    fn a_first_epoch_after_an_empty_one_replays_everything() {
+        // The user had no history at connect (epoch ""), went offline, and the first
+        // notification created the epoch: its replay must not count as seen.
+        let mut p = Positions::default();
+        p.fresh("$user:u", Some(String::new()), Some(0));
+        p.resumed("$user:u", Some("e1".into()), Some(1));
+        assert!(
+            p.accept("$user:u", Some(1), Some("e1")),
+            "replayed 1 is new"
+        );
+        assert!(!p.accept("$user:u", Some(1), Some("e1")), "once");
     }
 
     #[test]

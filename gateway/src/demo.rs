@@ -136,9 +136,15 @@ async fn mint(req: Request<Incoming>, node: &Node) -> Response<Body> {
 pub async fn handle(req: Request<Incoming>, node: &Arc<Node>) -> Option<Response<Body>> {
     let path = req.uri().path();
     if path == "/" || path == "/demo" {
+        // Keep the query (e.g. `?user=alice`) across the redirect.
+        let location = match req.uri().query() {
+            Some(q) => HeaderValue::from_str(&format!("/demo/?{q}")).ok(),
+            None => Some(HeaderValue::from_static("/demo/")),
+        };
         let mut r = text(StatusCode::FOUND, "text/plain", "");
-        r.headers_mut()
-            .insert(header::LOCATION, HeaderValue::from_static("/demo/"));
+        if let Some(l) = location {
+            r.headers_mut().insert(header::LOCATION, l);
+        }
         return Some(r);
     }
     let name = path.strip_prefix("/demo/")?;
