@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::{FutureExt, StreamExt};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -298,19 +299,39 @@ pub fn upgrade(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(node.ws_config),
-        )
-        .await;
-        node.metrics.connection_opened();
-        let session = Session::open(node.clone(), slot, claims, encoding);
-        // The connection's whole life is in this future: boxing it lets the task
-        // cell hold only the small upgrade stage (measured: 6 KiB -> 2.4 KiB).
-        Box::pin(crate::socket::run(ws, session, resume)).await;
+        match connection(upgraded, node, slot, claims, encoding, resume) {
+            Some(c) => {
+                c.await;
+            }
+            None => tracing::error!("websocket setup did not complete at once"),
+        }
     });
     resp
+}
+
+/// The connection's whole life, boxed. Built in a plain function so the unboxed
+/// future never occupies the spawned task's state: an `async` block reserves room
+/// for a temporary it moves into a box, and every connection's task cell would
+/// carry that room for its whole life. `None` if the WebSocket setup would wait.
+fn connection(
+    upgraded: hyper::upgrade::Upgraded,
+    node: Arc<Node>,
+    slot: Slot,
+    claims: Claims,
+    encoding: Encoding,
+    resume: Option<Since>,
+) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = crate::SessionEnd> + Send>>> {
+    // `from_raw_socket` only wraps the stream and never waits, so it completes on
+    // the first poll; awaiting it inside the boxed future would reserve its state.
+    let ws = WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Server,
+        Some(node.ws_config),
+    )
+    .now_or_never()?;
+    node.metrics.connection_opened();
+    let session = Session::open(node.clone(), slot, claims, encoding);
+    Some(Box::pin(crate::socket::run(ws.split(), session, resume)))
 }
 
 #[cfg(test)]

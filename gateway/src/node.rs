@@ -65,8 +65,10 @@ impl Node {
     ) -> Result<Self, ProtocolError> {
         let mut ws_config = WebSocketConfig::default();
         ws_config.read_buffer_size = config.ws_read_buffer;
-        // Frames are batched per wakeup and flushed explicitly, so no extra buffering.
-        ws_config.write_buffer_size = 0;
+        // Every batch ends with a flush, so small frames of one batch (a heartbeat's
+        // WebSocket ping and `ping` frame, a burst of messages) share one write
+        // syscall; kept small because the buffer's capacity stays with the connection.
+        ws_config.write_buffer_size = 512;
         ws_config.max_write_buffer_size =
             config.max_message_size.max(config.max_payload_size) * 4 + 64 * 1024;
         ws_config.max_message_size = Some(config.max_message_size);

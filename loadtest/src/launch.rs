@@ -136,6 +136,9 @@ async fn spawn_gateway(
     if let Some(url) = &env.redis_url {
         cmd.args(["--redis-url", url]);
     }
+    if let Some(rules) = &c.history {
+        cmd.arg(format!("--history={}", rules.join(",")));
+    }
     cmd.args(&c.gateway_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -57,6 +57,9 @@ pub struct Frame<'a> {
     pub payload: Option<Bench>,
     #[serde(default)]
     pub offset: Option<u64>,
+    /// The history epoch of `offset` (messages carry it).
+    #[serde(default, borrow)]
+    pub epoch: Option<&'a str>,
     #[serde(default)]
     pub result: Option<serde_json::Value>,
     #[serde(default)]

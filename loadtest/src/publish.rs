@@ -44,8 +44,14 @@ pub enum Sink {
 }
 
 impl Sink {
-    pub fn sdk(redis_url: &str) -> Result<Sink> {
+    pub fn sdk(redis_url: &str, history: Option<&[String]>) -> Result<Sink> {
+        let rules = match history {
+            Some(r) => protocol::history::HistoryRules::parse(r.iter())
+                .map_err(|e| anyhow!("--history: {e}"))?,
+            None => protocol::history::HistoryRules::default(),
+        };
         let p = Publisher::builder(redis_url)
+            .history(rules)
             .pool_size(16)
             .timeout(Duration::from_secs(5))
             .build()

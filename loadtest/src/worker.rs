@@ -258,6 +258,13 @@ impl Client {
                 };
                 if f.offset.is_some() {
                     self.last_offset = f.offset;
+                    // The first message of a channel that had no history when we
+                    // subscribed starts its epoch: resume in that one.
+                    if let Some(e) = f.epoch
+                        && self.epoch.as_deref() != Some(e)
+                    {
+                        self.epoch = Some(e.to_owned());
+                    }
                 }
                 let src = b.src.unwrap_or(u64::MAX);
                 let pos = match self.streams.iter().position(|(s, _)| *s == src) {

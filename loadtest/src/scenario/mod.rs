@@ -184,7 +184,7 @@ impl Run {
     pub fn sink(&self, via: Via) -> Result<Sink> {
         match via {
             Via::Redis => match &self.env.redis_url {
-                Some(url) => Sink::sdk(url),
+                Some(url) => Sink::sdk(url, self.common.history.as_deref()),
                 None => bail!(
                     "--via redis needs a Redis: --redis (with --spawn-gateway) or --redis-url"
                 ),

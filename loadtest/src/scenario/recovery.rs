@@ -98,7 +98,7 @@ pub async fn run(a: &RecoveryArgs) -> Result<Report> {
         "nothing lost, but nothing was published while the clients were away".to_owned()
     } else {
         format!(
-            "{lost_during_gap} deliveries lost while {dropped_clients} clients were away ({} subscribes carried `since`; the gateway answered recovered=false {} times): no history/resume yet",
+            "{lost_during_gap} deliveries lost while {dropped_clients} clients were away ({} subscribes carried `since`; the gateway answered recovered=false {} times): run with --history covering the channel to resume",
             stats.since_sent, stats.recovered_false
         )
     };
