@@ -40,6 +40,43 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the Redis behind the gateways is laid out (`--redis-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One Redis instance.
+    Standalone,
+    /// Several independent Redis instances; each channel is owned by one.
+    Sharded,
+    /// A Redis Cluster, with sharded pub/sub.
+    Cluster,
+}
+
+impl RedisMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Sharded => "sharded",
+            RedisMode::Cluster => "cluster",
+        }
+    }
+}
+
+/// A list in the config file: a TOML array, or one string with comma-separated items
+/// (like the flag and the environment variable).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(Some(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s.split(',').map(|p| p.trim().to_owned()).collect(),
+        OneOrMany::Many(v) => v,
+    }))
+}
+
 /// Command line of the `gateway` binary.
 #[derive(Debug, Parser)]
 #[command(
@@ -186,9 +223,24 @@ pub struct Settings {
     /// WebSocket read buffer per connection in bytes (grows for larger frames). [default: 512]
     #[arg(long, env = "TIDINGS_WS_READ_BUFFER")]
     pub ws_read_buffer: Option<usize>,
-    /// Redis URL (redis://host:port/db); without it the node runs alone on the in-memory broker. [default: none]
-    #[arg(long, env = "TIDINGS_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    /// Redis URL (redis://host:port/db); comma-separated for the instances of sharded mode or
+    /// the seed nodes of a cluster. Without it the node runs alone on the in-memory broker. [default: none]
+    #[arg(
+        long,
+        env = "TIDINGS_REDIS_URL",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub redis_url: Option<Vec<String>>,
+    /// How Redis is laid out: standalone (one instance), sharded (several independent
+    /// instances, each channel owned by one) or cluster (Redis Cluster, sharded pub/sub). [default: standalone]
+    #[arg(long, env = "TIDINGS_REDIS_MODE")]
+    pub redis_mode: Option<RedisMode>,
+    /// Partitions of the channels in cluster mode (one pub/sub connection per node each);
+    /// the same on every gateway and publisher of a deployment. [default: 16]
+    #[arg(long, env = "TIDINGS_REDIS_CLUSTER_PARTITIONS")]
+    pub redis_cluster_partitions: Option<usize>,
     /// Namespace prefixed to every Redis key and channel. [default: tidings]
     #[arg(long, env = "TIDINGS_REDIS_NAMESPACE")]
     pub redis_namespace: Option<String>,
@@ -272,6 +324,8 @@ impl Settings {
             drain_period,
             ws_read_buffer,
             redis_url,
+            redis_mode,
+            redis_cluster_partitions,
             redis_namespace,
             redis_subscribers,
             redis_unsubscribe_delay,
@@ -322,7 +376,9 @@ pub struct Config {
     pub rate_burst: u32,
     pub drain_period: Duration,
     pub ws_read_buffer: usize,
-    pub redis_url: Option<String>,
+    /// Where Redis lives (`None`: in-memory broker, single node).
+    pub redis: Option<publisher::Topology>,
+    pub redis_mode: RedisMode,
     pub redis_namespace: String,
     pub redis_subscribers: usize,
     pub redis_unsubscribe_delay: Duration,
@@ -351,6 +407,88 @@ fn positive<T: PartialOrd + Default + Copy>(
     } else {
         Err(config_err(setting, "must be greater than zero"))
     }
+}
+
+/// The Redis topology from `redis-url`, `redis-mode` and `redis-cluster-partitions`.
+fn redis_topology(
+    s: &Settings,
+    namespace: &str,
+) -> Result<(Option<publisher::Topology>, RedisMode), GatewayError> {
+    let urls: Vec<String> = s
+        .redis_url
+        .iter()
+        .flatten()
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let mode = s.redis_mode.unwrap_or(RedisMode::Standalone);
+    if s.redis_cluster_partitions.is_some() && mode != RedisMode::Cluster {
+        return Err(config_err(
+            "redis-cluster-partitions",
+            "only applies to redis-mode cluster",
+        ));
+    }
+    if urls.is_empty() {
+        if s.redis_mode.is_some() {
+            return Err(config_err("redis-mode", "needs redis-url"));
+        }
+        return Ok((None, mode));
+    }
+    for url in &urls {
+        if url.starts_with("rediss://") {
+            return Err(config_err(
+                "redis-url",
+                "TLS (rediss://) is not built in; reach Redis over a private network or a TLS sidecar",
+            ));
+        }
+        let unix = url.starts_with("redis+unix://") || url.starts_with("unix://");
+        if !(url.starts_with("redis://") || unix) {
+            return Err(config_err(
+                "redis-url",
+                "must start with redis://, redis+unix:// or unix://",
+            ));
+        }
+        if unix && mode == RedisMode::Cluster {
+            return Err(config_err(
+                "redis-url",
+                "cluster nodes are reached over TCP (redis://host:port)",
+            ));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(dup) = urls.iter().find(|u| !seen.insert(u.as_str())) {
+        return Err(config_err("redis-url", format!("`{dup}` is listed twice")));
+    }
+    let topology = match mode {
+        RedisMode::Standalone => {
+            if urls.len() > 1 {
+                return Err(config_err(
+                    "redis-mode",
+                    "standalone takes one redis-url; set redis-mode to sharded (independent instances) or cluster (Redis Cluster seeds) for several",
+                ));
+            }
+            publisher::Topology::Standalone(urls[0].clone())
+        }
+        RedisMode::Sharded => publisher::Topology::Sharded(urls),
+        RedisMode::Cluster => {
+            let partitions = s
+                .redis_cluster_partitions
+                .unwrap_or(protocol::topology::DEFAULT_PARTITIONS);
+            protocol::topology::Partitions::new(partitions)
+                .map_err(|e| config_err("redis-cluster-partitions", e))?;
+            if namespace.contains(['{', '}']) {
+                return Err(config_err(
+                    "redis-namespace",
+                    "must not contain `{` or `}` in cluster mode (it would become the hash tag)",
+                ));
+            }
+            publisher::Topology::Cluster {
+                seeds: urls,
+                partitions,
+            }
+        }
+    };
+    Ok((Some(topology), mode))
 }
 
 fn default_node_id() -> String {
@@ -449,23 +587,7 @@ impl Config {
                 "must be non-empty without spaces",
             ));
         }
-        if let Some(url) = &s.redis_url {
-            if url.starts_with("rediss://") {
-                return Err(config_err(
-                    "redis-url",
-                    "TLS (rediss://) is not built in; reach Redis over a private network or a TLS sidecar",
-                ));
-            }
-            if !(url.starts_with("redis://")
-                || url.starts_with("redis+unix://")
-                || url.starts_with("unix://"))
-            {
-                return Err(config_err(
-                    "redis-url",
-                    "must start with redis://, redis+unix:// or unix://",
-                ));
-            }
-        }
+        let (redis, redis_mode) = redis_topology(&s, &redis_namespace)?;
         let demo = s.demo.unwrap_or(false);
         if demo && jwt.secret.is_none() {
             return Err(config_err(
@@ -521,7 +643,8 @@ impl Config {
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(10)),
             ws_read_buffer: s.ws_read_buffer.unwrap_or(512).max(64),
-            redis_url: s.redis_url.clone(),
+            redis,
+            redis_mode,
             redis_namespace,
             redis_subscribers: positive(s.redis_subscribers.unwrap_or(2), "redis-subscribers")?,
             redis_unsubscribe_delay: s
@@ -593,6 +716,118 @@ mod tests {
     }
 
     #[test]
+    fn redis_modes_and_their_errors() {
+        const S: [&str; 2] = ["--jwt-secret", "0123456789abcdef"];
+        let with = |extra: &[&str]| {
+            let mut a = S.to_vec();
+            a.extend_from_slice(extra);
+            parse(&a)
+        };
+        let c = with(&[]).unwrap();
+        assert_eq!(c.redis, None);
+        let c = with(&["--redis-url", "redis://a:1"]).unwrap();
+        assert_eq!(
+            c.redis,
+            Some(publisher::Topology::Standalone("redis://a:1".into()))
+        );
+        let c = with(&[
+            "--redis-url",
+            "redis://a:1,redis://b:2",
+            "--redis-mode",
+            "sharded",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.redis,
+            Some(publisher::Topology::Sharded(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ]))
+        );
+        let c = with(&[
+            "--redis-url",
+            "redis://a:1",
+            "--redis-url",
+            "redis://b:2",
+            "--redis-mode",
+            "cluster",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.redis,
+            Some(publisher::Topology::Cluster {
+                seeds: vec!["redis://a:1".into(), "redis://b:2".into()],
+                partitions: 16
+            }),
+            "a repeated flag adds URLs"
+        );
+        let c = with(&[
+            "--redis-url",
+            "redis://a:1,redis://b:2",
+            "--redis-mode",
+            "cluster",
+            "--redis-cluster-partitions",
+            "64",
+        ])
+        .unwrap();
+        assert!(matches!(
+            c.redis,
+            Some(publisher::Topology::Cluster { partitions: 64, .. })
+        ));
+        for (args, setting) in [
+            (
+                &["--redis-url", "redis://a:1,redis://b:2"][..],
+                "redis-mode",
+            ),
+            (&["--redis-mode", "cluster"][..], "redis-mode"),
+            (
+                &[
+                    "--redis-url",
+                    "redis://a:1",
+                    "--redis-cluster-partitions",
+                    "8",
+                ][..],
+                "redis-cluster-partitions",
+            ),
+            (
+                &[
+                    "--redis-url",
+                    "redis://a:1",
+                    "--redis-mode",
+                    "cluster",
+                    "--redis-cluster-partitions",
+                    "0",
+                ][..],
+                "redis-cluster-partitions",
+            ),
+            (
+                &[
+                    "--redis-url",
+                    "redis://a:1,redis://a:1",
+                    "--redis-mode",
+                    "sharded",
+                ][..],
+                "redis-url",
+            ),
+            (&["--redis-url", "rediss://a:1"][..], "redis-url"),
+            (
+                &[
+                    "--redis-url",
+                    "redis://a:1",
+                    "--redis-mode",
+                    "cluster",
+                    "--redis-namespace",
+                    "a{b}",
+                ][..],
+                "redis-namespace",
+            ),
+        ] {
+            let e = with(args).unwrap_err().to_string();
+            assert!(e.contains(setting), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
     fn file_fills_what_flags_leave_unset() {
         let dir = std::env::temp_dir().join(format!("tidings-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -605,6 +840,27 @@ mod tests {
         let c = parse(&["--config", path.to_str().unwrap(), "--max-channels", "9"]).unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_secs(5));
         assert_eq!(c.max_channels, 9);
+        // Redis URLs in the file: one string (comma-separated) or an array.
+        for urls in [
+            "\"redis://a:1,redis://b:2\"",
+            "[\"redis://a:1\", \"redis://b:2\"]",
+        ] {
+            std::fs::write(
+                &path,
+                format!(
+                    "jwt-secret = \"0123456789abcdef\"\nredis-url = {urls}\nredis-mode = \"sharded\"\n"
+                ),
+            )
+            .unwrap();
+            let c = parse(&["--config", path.to_str().unwrap()]).unwrap();
+            assert_eq!(
+                c.redis,
+                Some(publisher::Topology::Sharded(vec![
+                    "redis://a:1".into(),
+                    "redis://b:2".into()
+                ]))
+            );
+        }
         std::fs::write(&path, "no-such-setting = 1\n").unwrap();
         let e = parse(&["--config", path.to_str().unwrap()])
             .unwrap_err()

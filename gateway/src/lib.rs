@@ -52,7 +52,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let metrics = Arc::new(Metrics::new());
     let verifier = auth::Verifier::new(&config.jwt)?;
     let table = Arc::new(Table::new(metrics.clone()));
-    let broker: Arc<dyn Broker> = match &config.redis_url {
+    let broker: Arc<dyn Broker> = match &config.redis {
         None => {
             metrics.broker.up.set(1);
             Arc::new(MemoryBroker::new(
@@ -61,9 +61,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 config.idempotency_window,
             ))
         }
-        Some(url) => {
+        Some(topology) => {
             let settings = broker::RedisSettings {
-                url: url.clone(),
+                topology: topology.clone(),
                 namespace: config.redis_namespace.clone(),
                 node_id: config.node_id.clone(),
                 subscribers: config.redis_subscribers,
@@ -113,7 +113,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         %addr,
         %admin_addr,
         node = %node.config.node_id,
-        broker = if node.config.redis_url.is_some() { "redis" } else { "memory" },
+        broker = if node.config.redis.is_some() { "redis" } else { "memory" },
+        redis_mode = node.config.redis.as_ref().map(|_| node.config.redis_mode.name()),
         "listening"
     );
     let public_task = tokio::spawn(server::serve_public(public, node.clone()));

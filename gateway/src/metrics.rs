@@ -3,8 +3,8 @@
 //! tokens or channel names. Hot-path counters are resolved once at startup.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Outcome of a connection attempt, the `result` label.
@@ -93,6 +93,21 @@ pub struct BrokerMetrics {
     pub subscriptions: IntGauge,
     pub received: IntCounter,
     pub publish_errors: IntCounter,
+    /// Per subscriber connection (`shard` label: its index; the partition in cluster
+    /// mode, so bounded by the configuration): channels subscribed.
+    pub shard_subscriptions: IntGaugeVec,
+    /// Per subscriber connection: messages received.
+    pub shard_received: IntCounterVec,
+    /// Per subscriber connection: 1 while connected and subscribed.
+    pub shard_up: IntGaugeVec,
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
+    let v =
+        IntGaugeVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| panic!("{name}: {e}"));
+    r.register(Box::new(v.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    v
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
@@ -249,6 +264,24 @@ impl Metrics {
                     &r,
                     "tidings_broker_publish_errors_total",
                     "Publishes the broker refused or failed",
+                ),
+                shard_subscriptions: gauge_vec(
+                    &r,
+                    "tidings_redis_shard_subscriptions",
+                    "Redis channels subscribed per subscriber connection (the partition in cluster mode)",
+                    "shard",
+                ),
+                shard_received: counter_vec(
+                    &r,
+                    "tidings_redis_shard_messages_received_total",
+                    "Messages received per subscriber connection (the partition in cluster mode)",
+                    "shard",
+                ),
+                shard_up: gauge_vec(
+                    &r,
+                    "tidings_redis_shard_up",
+                    "1 while a subscriber connection is connected and subscribed",
+                    "shard",
                 ),
             },
             registry: r,

@@ -2,7 +2,10 @@
 //!
 //! Every name starts with a configurable namespace (default `tidings`) so several
 //! deployments can share one Redis. The gateway and the publisher SDK both call these
-//! functions; neither formats a Redis name itself.
+//! functions (directly, or through a [`KeySpace`] that also knows the deployment's
+//! Redis layout); neither formats a Redis name itself.
+
+use crate::topology::Partitions;
 
 /// Default namespace for Redis names.
 pub const DEFAULT_NAMESPACE: &str = "tidings";
@@ -65,9 +68,182 @@ pub fn probe_channel(namespace: &str, node: &str) -> String {
     format!("{namespace}:probe:{node}")
 }
 
+/// The Redis names of one deployment. On one Redis or several independent ones
+/// ([`KeySpace::new`]) the names are exactly those of the free functions above. In a
+/// Redis Cluster ([`KeySpace::cluster`]) every name of a channel starts with its
+/// partition's hash tag, `<ns>:{<tag>}:`, followed by the usual name without the
+/// namespace (`<ns>:{<tag>}:hist:{<channel>}`, `<ns>:{<tag>}:ch:<channel>`), so the
+/// shard pub/sub channel and all keys of a channel share one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpace {
+    namespace: String,
+    partitions: Option<Partitions>,
+}
+
+impl KeySpace {
+    /// Names for one Redis or several independent ones.
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            partitions: None,
+        }
+    }
+
+    /// Names for a Redis Cluster with these partitions. The namespace must not hold
+    /// `{` or `}` (it would become the hash tag).
+    pub fn cluster(namespace: impl Into<String>, partitions: Partitions) -> Result<Self, String> {
+        let namespace = namespace.into();
+        if namespace.contains(['{', '}']) {
+            return Err("must not contain `{` or `}` in cluster mode".into());
+        }
+        Ok(Self {
+            namespace,
+            partitions: Some(partitions),
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The cluster partitions, if this is a cluster deployment.
+    pub fn partitions(&self) -> Option<&Partitions> {
+        self.partitions.as_ref()
+    }
+
+    /// The partition of a channel (cluster mode), else 0.
+    pub fn partition_of(&self, channel: &str) -> usize {
+        self.partitions.as_ref().map_or(0, |p| p.of(channel))
+    }
+
+    /// `<ns>:` or, in a cluster, `<ns>:{<tag of partition>}:`.
+    fn prefix(&self, partition: Option<usize>) -> String {
+        match (&self.partitions, partition) {
+            (Some(p), Some(i)) => format!("{}:{{{}}}:", self.namespace, p.tag(i)),
+            _ => format!("{}:", self.namespace),
+        }
+    }
+
+    fn of(&self, channel: &str) -> Option<usize> {
+        self.partitions.as_ref().map(|p| p.of(channel))
+    }
+
+    /// The classic name built by `build(namespace)`; in a cluster the same name built
+    /// without namespace, behind the channel's tagged prefix.
+    fn name(&self, channel: &str, build: impl Fn(&str) -> String) -> String {
+        match self.of(channel) {
+            None => build(&self.namespace),
+            Some(i) => {
+                let classic = build("");
+                let mut s = self.prefix(Some(i));
+                s.push_str(classic.strip_prefix(':').unwrap_or(&classic));
+                s
+            }
+        }
+    }
+
+    /// The pub/sub channel (a shard channel in a cluster) of a client-visible channel.
+    pub fn pubsub_channel(&self, channel: &str) -> String {
+        self.name(channel, |ns| pubsub_channel(ns, channel))
+    }
+
+    /// The client-visible channel of a pub/sub channel name, if it is one of ours.
+    pub fn channel_of<'a>(&self, pubsub: &'a str) -> Option<&'a str> {
+        if self.partitions.is_none() {
+            return channel_of(&self.namespace, pubsub);
+        }
+        let rest = pubsub
+            .strip_prefix(self.namespace.as_str())?
+            .strip_prefix(":{")?;
+        let (_tag, rest) = rest.split_once('}')?;
+        rest.strip_prefix(":ch:")
+    }
+
+    pub fn history_stream(&self, channel: &str) -> String {
+        self.name(channel, |ns| history_stream(ns, channel))
+    }
+
+    pub fn history_meta(&self, channel: &str) -> String {
+        self.name(channel, |ns| history_meta(ns, channel))
+    }
+
+    pub fn ack_position(&self, channel: &str) -> String {
+        self.name(channel, |ns| ack_position(ns, channel))
+    }
+
+    pub fn idempotency(&self, channel: &str, key: &str) -> String {
+        self.name(channel, |ns| idempotency(ns, channel, key))
+    }
+
+    /// The probe channel of subscriber connection `conn` of `node`. In a cluster the
+    /// connection serves partition `conn`, and its probe carries that partition's tag
+    /// so that it travels through the same slot as the partition's channels.
+    pub fn probe_channel(&self, node: &str, conn: usize) -> String {
+        match &self.partitions {
+            None => probe_channel(&self.namespace, &format!("{node}:{conn}")),
+            Some(_) => format!("{}probe:{node}:{conn}", self.prefix(Some(conn))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::key_slot;
+
+    #[test]
+    fn key_space_names() {
+        let k = KeySpace::new("t");
+        assert_eq!(k.pubsub_channel("news"), pubsub_channel("t", "news"));
+        assert_eq!(k.history_stream("news"), history_stream("t", "news"));
+        assert_eq!(k.history_meta("news"), history_meta("t", "news"));
+        assert_eq!(k.ack_position("news"), ack_position("t", "news"));
+        assert_eq!(
+            k.idempotency("news", "a:b"),
+            idempotency("t", "news", "a:b")
+        );
+        assert_eq!(k.probe_channel("n1", 0), "t:probe:n1:0");
+        assert_eq!(k.channel_of("t:ch:news"), Some("news"));
+
+        let parts = Partitions::new(16).unwrap();
+        let c = KeySpace::cluster("t", parts.clone()).unwrap();
+        let ch = "$user:alice";
+        let i = parts.of(ch);
+        let tag = parts.tag(i);
+        assert_eq!(c.pubsub_channel(ch), format!("t:{{{tag}}}:ch:$user:alice"));
+        assert_eq!(
+            c.history_stream(ch),
+            format!("t:{{{tag}}}:hist:{{$user:alice}}")
+        );
+        assert_eq!(
+            c.history_meta(ch),
+            format!("t:{{{tag}}}:meta:{{$user:alice}}")
+        );
+        assert_eq!(
+            c.ack_position(ch),
+            format!("t:{{{tag}}}:ack:{{$user:alice}}")
+        );
+        assert_eq!(
+            c.idempotency(ch, "k:1"),
+            format!("t:{{{tag}}}:idem:{{$user:alice}}:k:1")
+        );
+        assert_eq!(c.channel_of(&c.pubsub_channel(ch)), Some(ch));
+        assert_eq!(c.channel_of("t:ch:news"), None);
+        assert_eq!(c.channel_of("u:{1}:ch:news"), None);
+        // Every name of a channel, and its partition's probe, share one slot.
+        let slot = parts.slot(i);
+        for name in [
+            c.pubsub_channel(ch),
+            c.history_stream(ch),
+            c.history_meta(ch),
+            c.ack_position(ch),
+            c.idempotency(ch, "x"),
+            c.probe_channel("node-1", i),
+        ] {
+            assert_eq!(key_slot(name.as_bytes()), slot, "{name}");
+        }
+        assert!(KeySpace::cluster("a{b", parts).is_err());
+    }
 
     #[test]
     fn round_trip() {

@@ -5,7 +5,7 @@
 //! one server [`frame`] per encoding whose bytes every local recipient shares, and
 //! clients answer with client frames that [`frame::decode_client`] parses. Channel
 //! naming and validation ([`channel`]), the Redis key and channel names ([`keys`]),
-//! the stable error codes ([`ErrorCode`]) and the close codes ([`close`]) live here so
+//! the Redis layouts ([`topology`]), the stable error codes ([`ErrorCode`]) and the close codes ([`close`]) live here so
 //! that no other crate invents its own.
 
 pub mod channel;
@@ -16,6 +16,7 @@ pub mod frame;
 pub mod history;
 pub mod keys;
 mod payload;
+pub mod topology;
 
 pub use envelope::Publication;
 pub use error::{ErrorCode, ProtocolError};

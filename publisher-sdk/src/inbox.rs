@@ -1,7 +1,7 @@
 //! Reading history and the acknowledged inbox: what gateways use to resume clients,
 //! and what backends use to ask for a user's unread notifications.
 
-use protocol::{Publication, channel, keys};
+use protocol::{Publication, channel};
 use redis::Value;
 use redis::streams::StreamRangeReply;
 
@@ -58,11 +58,10 @@ impl Publisher {
         limit: usize,
     ) -> Result<HistoryPage, PublishError> {
         self.ttl_of(ch)?;
-        let ns = self.namespace().to_owned();
         let ch = ch.to_owned();
-        self.with_conn(move |_, conn| {
+        self.with_conn(&ch.clone(), move |inner, conn| {
             Box::pin(async move {
-                let meta = keys::history_meta(&ns, &ch);
+                let meta = inner.keys.history_meta(&ch);
                 // Reading never creates history (no key per idle user in Redis): an
                 // empty epoch means "none yet", and resuming from it replays all.
                 let mut pipe = redis::pipe();
@@ -73,7 +72,7 @@ impl Publisher {
                     .arg("seq");
                 if let Some(after) = after {
                     pipe.cmd("XRANGE")
-                        .arg(keys::history_stream(&ns, &ch))
+                        .arg(inner.keys.history_stream(&ch))
                         .arg(format!("{}-0", after.saturating_add(1)))
                         .arg("+")
                         .arg("COUNT")
@@ -104,11 +103,10 @@ impl Publisher {
     /// no history yet.
     pub async fn ack_channel(&self, ch: &str, offset: u64) -> Result<Option<u64>, PublishError> {
         let ttl = self.ttl_of(ch)?;
-        let ns = self.namespace().to_owned();
         let ch = ch.to_owned();
-        self.with_conn(move |_, conn| {
+        self.with_conn(&ch.clone(), move |inner, conn| {
             Box::pin(async move {
-                let keys = [keys::history_meta(&ns, &ch), keys::ack_position(&ns, &ch)];
+                let keys = [inner.keys.history_meta(&ch), inner.keys.ack_position(&ch)];
                 let args = [offset.to_string(), ttl.to_string()];
                 let stored: i64 = script::eval(conn, &ACK, &keys, &args).await?;
                 Ok((stored >= 0).then_some(stored as u64))
@@ -119,8 +117,8 @@ impl Publisher {
 
     /// The acknowledged position of a channel as `(epoch, offset)`, if any.
     pub async fn acked_channel(&self, ch: &str) -> Result<Option<(String, u64)>, PublishError> {
-        let key = keys::ack_position(self.namespace(), ch);
-        self.with_conn(move |_, conn| {
+        let key = self.keys().ack_position(ch);
+        self.with_conn(ch, move |_, conn| {
             Box::pin(async move {
                 let v: Option<String> = redis::cmd("GET")
                     .arg(&key)
@@ -141,20 +139,19 @@ impl Publisher {
     pub async fn unread_count(&self, user: &str) -> Result<u64, PublishError> {
         channel::validate_user(user).map_err(|e| PublishError::InvalidTarget(e.to_string()))?;
         let ch = channel::personal(user);
-        let ns = self.namespace().to_owned();
-        self.with_conn(move |_, conn| {
+        self.with_conn(&ch.clone(), move |inner, conn| {
             Box::pin(async move {
                 let ((epoch, seq), len, ack): ((Option<String>, Option<u64>), u64, Option<String>) =
                     redis::pipe()
                         .atomic()
                         .cmd("HMGET")
-                        .arg(keys::history_meta(&ns, &ch))
+                        .arg(inner.keys.history_meta(&ch))
                         .arg("epoch")
                         .arg("seq")
                         .cmd("XLEN")
-                        .arg(keys::history_stream(&ns, &ch))
+                        .arg(inner.keys.history_stream(&ch))
                         .cmd("GET")
-                        .arg(keys::ack_position(&ns, &ch))
+                        .arg(inner.keys.ack_position(&ch))
                         .query_async(conn)
                         .await
                         .map_err(unavailable)?;
@@ -172,8 +169,9 @@ impl Publisher {
     /// The user's most recent notifications, newest first, at most `n`.
     pub async fn recent(&self, user: &str, n: usize) -> Result<Vec<Notification>, PublishError> {
         channel::validate_user(user).map_err(|e| PublishError::InvalidTarget(e.to_string()))?;
-        let stream = keys::history_stream(self.namespace(), &channel::personal(user));
-        self.with_conn(move |_, conn| {
+        let ch = channel::personal(user);
+        let stream = self.keys().history_stream(&ch);
+        self.with_conn(&ch, move |_, conn| {
             Box::pin(async move {
                 let range: StreamRangeReply = redis::cmd("XREVRANGE")
                     .arg(&stream)

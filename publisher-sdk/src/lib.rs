@@ -28,19 +28,41 @@
 //! Publishing while Redis is unreachable returns [`PublishError::Unavailable`], never
 //! a silent success. Redis pub/sub is at-most-once: a node that is not subscribed
 //! when the message is published does not get it.
+//!
+//! Beyond one Redis the API stays the same and only the builder changes (see
+//! [`Topology`]): [`Publisher::sharded`] spreads channels over several independent
+//! Redis instances (each channel owned by one, by consistent hashing), and
+//! [`Publisher::cluster`] publishes to a Redis Cluster with sharded pub/sub
+//! (`SPUBLISH`), every key and the shard channel of one channel in one slot.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), publisher::PublishError> {
+//! use publisher::Publisher;
+//!
+//! let sharded = Publisher::sharded(["redis://r1:6379", "redis://r2:6379"]).build()?;
+//! let cluster = Publisher::cluster(["redis://c1:6379", "redis://c2:6379"])
+//!     .partitions(16) // = the gateways' --redis-cluster-partitions
+//!     .build()?;
+//! # Ok(()) }
+//! ```
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::{Config as PoolConfig, Pool, PoolConfig as PoolSize, Runtime, Timeouts};
 use protocol::channel::{self, BROADCAST};
 use protocol::history::HistoryRules;
-use protocol::{Payload, Publication, envelope, keys};
+use protocol::keys::{self, KeySpace};
+use protocol::topology::{self, Partitions};
+use protocol::{Payload, Publication, envelope};
 use serde::Serialize;
 
+mod backend;
 mod inbox;
 mod script;
 
+pub use backend::Topology;
+use backend::{Backend, Conn};
 pub use inbox::{HistoryPage, Notification};
 
 /// Default largest payload (JSON text), the same as the gateway's default.
@@ -88,7 +110,7 @@ pub struct Receipt {
 /// Builds a [`Publisher`].
 #[derive(Debug, Clone)]
 pub struct PublisherBuilder {
-    url: String,
+    topology: Topology,
     namespace: String,
     max_payload: usize,
     pool_size: usize,
@@ -101,6 +123,16 @@ impl PublisherBuilder {
     /// Namespace of Redis names; must match the gateways' `--redis-namespace`.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
+        self
+    }
+
+    /// Number of partitions in cluster mode (default
+    /// [`protocol::topology::DEFAULT_PARTITIONS`]); must match the gateways'
+    /// `--redis-cluster-partitions`. Ignored by the other modes.
+    pub fn partitions(mut self, n: usize) -> Self {
+        if let Topology::Cluster { partitions, .. } = &mut self.topology {
+            *partitions = n;
+        }
         self
     }
 
@@ -143,24 +175,34 @@ impl PublisherBuilder {
         if self.namespace.is_empty() {
             return Err(PublishError::Config("namespace must not be empty".into()));
         }
-        redis::Client::open(self.url.as_str()).map_err(|e| PublishError::Config(e.to_string()))?;
-        let mut cfg = PoolConfig::from_url(self.url);
-        let mut size = PoolSize::new(self.pool_size);
-        // A connection that hangs (not just fails) must not wedge the pool: bound
-        // every stage, so a stuck connection is dropped and a fresh one made.
-        size.timeouts = Timeouts {
-            wait: Some(self.timeout),
-            create: Some(self.timeout),
-            recycle: Some(self.timeout),
+        let (backend, keys) = match &self.topology {
+            Topology::Standalone(url) => (
+                Backend::Pools(vec![backend::pool(url, self.pool_size, self.timeout)?]),
+                KeySpace::new(self.namespace.clone()),
+            ),
+            Topology::Sharded(urls) => {
+                if urls.is_empty() {
+                    return Err(PublishError::Config("no shard URL given".into()));
+                }
+                let pools = urls
+                    .iter()
+                    .map(|u| backend::pool(u, self.pool_size, self.timeout))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (Backend::Pools(pools), KeySpace::new(self.namespace.clone()))
+            }
+            Topology::Cluster { seeds, partitions } => {
+                let parts = Partitions::new(*partitions)
+                    .map_err(|e| PublishError::Config(format!("partitions {e}")))?;
+                let keys = KeySpace::cluster(self.namespace.clone(), parts)
+                    .map_err(|e| PublishError::Config(format!("namespace {e}")))?;
+                (backend::cluster(seeds, self.timeout)?, keys)
+            }
         };
-        cfg.pool = Some(size);
-        let pool = cfg
-            .create_pool(Some(Runtime::Tokio1))
-            .map_err(|e| PublishError::Config(e.to_string()))?;
         Ok(Publisher {
             inner: Arc::new(Inner {
-                pool,
-                namespace: self.namespace,
+                backend,
+                keys,
+                topology: self.topology,
                 max_payload: self.max_payload,
                 timeout: self.timeout,
                 history: self.history,
@@ -171,8 +213,9 @@ impl PublisherBuilder {
 }
 
 struct Inner {
-    pool: Pool,
-    namespace: String,
+    backend: Backend,
+    keys: KeySpace,
+    topology: Topology,
     max_payload: usize,
     timeout: Duration,
     history: HistoryRules,
@@ -188,7 +231,7 @@ pub struct Publisher {
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
-            .field("namespace", &self.inner.namespace)
+            .field("namespace", &self.inner.keys.namespace())
             .finish_non_exhaustive()
     }
 }
@@ -203,8 +246,36 @@ enum Target {
 impl Publisher {
     /// Starts a builder for the Redis at `url` (`redis://host:port/db`).
     pub fn builder(url: impl Into<String>) -> PublisherBuilder {
+        Self::with_topology(Topology::Standalone(url.into()))
+    }
+
+    /// Starts a builder for several independent Redis instances (sharded mode).
+    pub fn sharded<I, S>(urls: I) -> PublisherBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::with_topology(Topology::Sharded(
+            urls.into_iter().map(Into::into).collect(),
+        ))
+    }
+
+    /// Starts a builder for a Redis Cluster reached through these seed nodes.
+    pub fn cluster<I, S>(seeds: I) -> PublisherBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::with_topology(Topology::Cluster {
+            seeds: seeds.into_iter().map(Into::into).collect(),
+            partitions: topology::DEFAULT_PARTITIONS,
+        })
+    }
+
+    /// Starts a builder for any [`Topology`].
+    pub fn with_topology(topology: Topology) -> PublisherBuilder {
         PublisherBuilder {
-            url: url.into(),
+            topology,
             namespace: keys::DEFAULT_NAMESPACE.to_owned(),
             max_payload: DEFAULT_MAX_PAYLOAD,
             pool_size: 8,
@@ -260,18 +331,16 @@ impl Publisher {
     }
 
     /// Publishes a liveness probe on a raw Redis channel (built with
-    /// `protocol::keys::probe_channel`) and returns how many subscribers got it.
+    /// [`KeySpace::probe_channel`]) and returns how many subscribers got it.
     /// Gateways use this to check that their subscriber connections still deliver.
-    pub async fn probe(&self, redis_channel: &str) -> Result<u64, PublishError> {
+    /// `shard` is the instance to publish on in sharded mode; in a cluster the
+    /// channel's hash tag picks the node.
+    pub async fn probe(&self, shard: usize, redis_channel: &str) -> Result<u64, PublishError> {
         let inner = self.inner.clone();
         let channel = redis_channel.to_owned();
         let run = async move {
-            let mut conn = inner
-                .pool
-                .get()
-                .await
-                .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-            redis::cmd("PUBLISH")
+            let mut conn = inner.backend.conn(shard).await?;
+            redis::cmd(inner.publish_command())
                 .arg(channel)
                 .arg("probe")
                 .query_async::<u64>(&mut conn)
@@ -300,10 +369,44 @@ impl Publisher {
             }
         }
         let inner = self.inner.clone();
-        let pubs = pubs.to_vec();
+        // One group per owning shard (or cluster partition, whose names share one
+        // slot), each in one round trip; the groups run concurrently.
+        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, p) in pubs.iter().enumerate() {
+            groups.entry(inner.route(&p.channel)).or_default().push(i);
+        }
         let run = async move {
-            let mut conn = inner.pool.get().await.map_err(unavailable)?;
-            script::publish(&inner, &mut conn, &pubs).await
+            if groups.len() == 1 {
+                // One owner (always so on a standalone Redis): one round trip.
+                let route = groups.keys().next().copied().unwrap_or(0);
+                let mut conn = inner.backend.conn(route).await?;
+                return script::publish(&inner, &mut conn, pubs).await;
+            }
+            let runs = groups.iter().map(|(&route, idx)| {
+                let inner = &inner;
+                let group: Vec<Publication> = idx.iter().map(|&i| pubs[i].clone()).collect();
+                async move {
+                    let mut conn = inner.backend.conn(route).await?;
+                    script::publish(inner, &mut conn, &group).await
+                }
+            });
+            let results = futures_util::future::join_all(runs).await;
+            let mut receipt = Receipt {
+                nodes: 0,
+                per_target: vec![0; pubs.len()],
+                offsets: vec![None; pubs.len()],
+                duplicates: 0,
+            };
+            for (idx, result) in groups.values().zip(results) {
+                let r = result?;
+                receipt.nodes += r.nodes;
+                receipt.duplicates += r.duplicates;
+                for (k, &i) in idx.iter().enumerate() {
+                    receipt.per_target[i] = r.per_target[k];
+                    receipt.offsets[i] = r.offsets[k];
+                }
+            }
+            Ok(receipt)
         };
         tokio::time::timeout(self.inner.timeout, run)
             .await
@@ -314,7 +417,23 @@ impl Publisher {
 
     /// The namespace of Redis names.
     pub fn namespace(&self) -> &str {
-        &self.inner.namespace
+        self.inner.keys.namespace()
+    }
+
+    /// The Redis names this publisher uses (they depend on the topology).
+    pub fn keys(&self) -> &KeySpace {
+        &self.inner.keys
+    }
+
+    /// Where this publisher's Redis lives.
+    pub fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+
+    /// The shard (sharded mode) or partition (cluster mode) that owns a channel;
+    /// 0 on a standalone Redis.
+    pub fn route(&self, channel: &str) -> usize {
+        self.inner.route(channel)
     }
 
     /// The history rules this publisher applies.
@@ -322,18 +441,20 @@ impl Publisher {
         &self.inner.history
     }
 
-    pub(crate) async fn with_conn<T, F>(&self, f: F) -> Result<T, PublishError>
+    /// Runs `f` on a connection to the Redis that owns `channel`.
+    pub(crate) async fn with_conn<T, F>(&self, channel: &str, f: F) -> Result<T, PublishError>
     where
         F: for<'c> FnOnce(
             &'c Inner,
-            &'c mut deadpool_redis::Connection,
+            &'c mut Conn,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<T, PublishError>> + Send + 'c>,
         >,
     {
         let inner = &self.inner;
+        let route = inner.route(channel);
         let run = async move {
-            let mut conn = inner.pool.get().await.map_err(unavailable)?;
+            let mut conn = inner.backend.conn(route).await?;
             f(inner, &mut conn).await
         };
         tokio::time::timeout(self.inner.timeout, run)
@@ -341,6 +462,24 @@ impl Publisher {
             .map_err(|_| {
                 PublishError::Unavailable(format!("no answer within {:?}", self.inner.timeout))
             })?
+    }
+}
+
+impl Inner {
+    fn route(&self, channel: &str) -> usize {
+        match &self.backend {
+            Backend::Pools(pools) => topology::shard_of(channel, pools.len()),
+            Backend::Cluster(_) => self.keys.partition_of(channel),
+        }
+    }
+
+    /// `SPUBLISH` (sharded pub/sub) in a cluster, else `PUBLISH`.
+    fn publish_command(&self) -> &'static str {
+        if self.keys.partitions().is_some() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 }
 

@@ -1,11 +1,12 @@
 -- Publishes one notification atomically: optional idempotency check, optional history
 -- append (XADD) and PUBLISH, so the offset in the live message equals the stream
--- entry's. Keys share the channel's hash tag (one Redis Cluster slot).
+-- entry's. Keys and the pub/sub channel share one hash tag (one Redis Cluster slot).
 -- KEYS[1] history stream, KEYS[2] history meta (epoch, seq), KEYS[3] idempotency marker
 -- ARGV[1] pub/sub channel, ARGV[2] channel, ARGV[3] event, ARGV[4] payload (JSON text),
 -- ARGV[5] message id ('' for none), ARGV[6] publish time (ms),
 -- ARGV[7] history max length (0: no history), ARGV[8] history ttl (s),
--- ARGV[9] epoch to use if the history has none yet, ARGV[10] idempotency window (s, 0: none)
+-- ARGV[9] epoch to use if the history has none yet, ARGV[10] idempotency window (s, 0: none),
+-- ARGV[11] PUBLISH, or SPUBLISH (sharded pub/sub) in a Redis Cluster
 -- Returns {receivers, offset}; receivers is -1 when the idempotency key was seen before.
 local idem = tonumber(ARGV[10]) > 0
 if idem then
@@ -32,7 +33,7 @@ if maxlen > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[8])
   redis.call('EXPIRE', KEYS[2], ARGV[8])
 end
-local n = redis.call('PUBLISH', ARGV[1], env)
+local n = redis.call(ARGV[11] or 'PUBLISH', ARGV[1], env)
 if idem then
   redis.call('SET', KEYS[3], off, 'EX', ARGV[10])
 end

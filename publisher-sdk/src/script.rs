@@ -1,12 +1,14 @@
-//! Publishing through Redis: plain `PUBLISH` where nothing else is needed, the
-//! atomic Lua script (idempotency check, XADD, PUBLISH) where history or an
-//! idempotency key is involved.
+//! Publishing through Redis: plain `PUBLISH` (`SPUBLISH` in a cluster) where nothing
+//! else is needed, the atomic Lua script (idempotency check, XADD, PUBLISH) where
+//! history or an idempotency key is involved. Every call gets publications owned by
+//! one Redis (one shard, or one cluster partition whose names share a slot).
 
 use std::sync::LazyLock;
 
-use protocol::{Publication, keys};
+use protocol::Publication;
 use redis::{ErrorKind, ServerErrorKind};
 
+use crate::backend::Conn;
 use crate::{Inner, PublishError, Receipt, unavailable};
 
 /// A Lua script: its source (for `SCRIPT LOAD`) and its SHA1 (for `EVALSHA`).
@@ -52,7 +54,7 @@ fn rand_u64() -> u64 {
 }
 
 fn scripted_args(inner: &Inner, p: &Publication, cmd: &mut redis::Cmd) {
-    let ns = &inner.namespace;
+    let keys = &inner.keys;
     let policy = inner.history.policy(&p.channel);
     let window = if p.id.is_some() {
         inner.idempotency_window.as_secs()
@@ -60,14 +62,10 @@ fn scripted_args(inner: &Inner, p: &Publication, cmd: &mut redis::Cmd) {
         0
     };
     cmd.arg(3)
-        .arg(keys::history_stream(ns, &p.channel))
-        .arg(keys::history_meta(ns, &p.channel))
-        .arg(keys::idempotency(
-            ns,
-            &p.channel,
-            p.id.as_deref().unwrap_or(""),
-        ))
-        .arg(keys::pubsub_channel(ns, &p.channel))
+        .arg(keys.history_stream(&p.channel))
+        .arg(keys.history_meta(&p.channel))
+        .arg(keys.idempotency(&p.channel, p.id.as_deref().unwrap_or("")))
+        .arg(keys.pubsub_channel(&p.channel))
         .arg(&p.channel)
         .arg(&p.event)
         .arg(p.payload.json())
@@ -76,7 +74,8 @@ fn scripted_args(inner: &Inner, p: &Publication, cmd: &mut redis::Cmd) {
         .arg(policy.map_or(0, |p| p.max_len))
         .arg(policy.map_or(1, |p| p.ttl.as_secs().max(1)))
         .arg(random_epoch())
-        .arg(window);
+        .arg(window)
+        .arg(inner.publish_command());
 }
 
 fn needs_script(inner: &Inner, p: &Publication) -> bool {
@@ -90,7 +89,7 @@ fn is_noscript(e: &redis::RedisError) -> bool {
 
 pub(crate) async fn publish(
     inner: &Inner,
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut Conn,
     pubs: &[Publication],
 ) -> Result<Receipt, PublishError> {
     let (scripted, plain): (Vec<usize>, Vec<usize>) =
@@ -137,8 +136,8 @@ pub(crate) async fn publish(
         let mut pipe = redis::pipe();
         for &i in &plain {
             let p = &pubs[i];
-            pipe.cmd("PUBLISH")
-                .arg(keys::pubsub_channel(&inner.namespace, &p.channel))
+            pipe.cmd(inner.publish_command())
+                .arg(inner.keys.pubsub_channel(&p.channel))
                 .arg(p.encode());
         }
         let replies: Vec<u64> = pipe.query_async(conn).await.map_err(unavailable)?;
@@ -156,7 +155,7 @@ pub(crate) async fn publish(
 
 /// Runs a script by hash, loading it first if Redis does not know it.
 pub(crate) async fn eval<T: redis::FromRedisValue>(
-    conn: &mut deadpool_redis::Connection,
+    conn: &mut Conn,
     script: &Lua,
     keys: &[String],
     args: &[String],

@@ -1,14 +1,16 @@
 //! Test harness shared by the Tidings crates: real `redis-server` processes on free
-//! ports and a TCP proxy that can silently stop forwarding (to emulate connections
+//! ports (single servers, several independent ones, or a Redis Cluster) and a TCP proxy that can silently stop forwarding (to emulate connections
 //! that stay open but deliver nothing). Tests never use a server on 6379.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
 pub mod gateway;
 mod proxy;
 
+pub use cluster::RedisCluster;
 pub use proxy::FreezeProxy;
 
 /// How long a harness operation may take before the test fails.
@@ -18,6 +20,8 @@ pub const WAIT: Duration = Duration::from_secs(5);
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// How a port is picked (cluster nodes also need `port + 10000` for their bus).
+    pick_port: fn() -> u16,
     args: Vec<String>,
     pub dir: std::path::PathBuf,
 }
@@ -31,6 +35,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port for a Redis Cluster node: it and its bus port (`+ 10000`) are free, and
+/// both lie below the kernel's ephemeral range (32768 and up), so outgoing
+/// connections do not take them meanwhile. Redis refuses ports above 55535.
+pub fn free_cluster_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(Instant::now().elapsed().as_nanos() as u64);
+        let port = 12_000 + (h.finish() % 10_000) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
 impl RedisServer {
     /// Starts a server that keeps nothing on disk.
     pub async fn start() -> RedisServer {
@@ -39,6 +60,16 @@ impl RedisServer {
 
     /// Starts a server with extra arguments (e.g. `--appendonly yes`).
     pub async fn start_with(extra: &[&str]) -> RedisServer {
+        Self::start_picking(extra, free_port).await
+    }
+
+    /// Starts a Redis Cluster node (`extra` holds the cluster settings) on a port
+    /// whose cluster bus port (`port + 10000`) is usable too.
+    pub async fn start_cluster_node(extra: &[&str]) -> RedisServer {
+        Self::start_picking(extra, free_cluster_port).await
+    }
+
+    async fn start_picking(extra: &[&str], pick_port: fn() -> u16) -> RedisServer {
         let dir = std::env::temp_dir().join(format!(
             "tidings-redis-{}-{}",
             std::process::id(),
@@ -48,11 +79,12 @@ impl RedisServer {
         let mut server = RedisServer {
             child: None,
             port: 0,
+            pick_port,
             args: extra.iter().map(|s| s.to_string()).collect(),
             dir,
         };
         for _ in 0..5 {
-            server.port = free_port();
+            server.port = (server.pick_port)();
             if server.spawn().await {
                 return server;
             }
@@ -93,6 +125,20 @@ impl RedisServer {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
+    }
+
+    /// Starts `n` independent servers (e.g. the shards of sharded mode).
+    pub async fn start_many(n: usize) -> Vec<RedisServer> {
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(Self::start().await);
+        }
+        v
+    }
+
+    /// Whether the process was started and not killed.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn url(&self) -> String {

@@ -629,6 +629,33 @@ impl GatewayBuilder {
         self.args.extend(redis_url_args(url, node));
         self
     }
+
+    /// Attaches the gateway to several independent Redis instances (sharded mode).
+    pub fn redis_sharded(mut self, shards: &[RedisServer], node: &str) -> Self {
+        let urls: Vec<String> = shards.iter().map(RedisServer::url).collect();
+        self.args.extend(redis_url_args(&urls.join(","), node));
+        self.args
+            .extend(["--redis-mode".to_string(), "sharded".to_string()]);
+        self
+    }
+
+    /// Attaches the gateway to a Redis Cluster (its seed nodes) with `partitions`.
+    pub fn redis_cluster(
+        mut self,
+        cluster: &testkit::RedisCluster,
+        partitions: usize,
+        node: &str,
+    ) -> Self {
+        self.args
+            .extend(redis_url_args(&cluster.urls().join(","), node));
+        self.args.extend([
+            "--redis-mode".to_string(),
+            "cluster".to_string(),
+            "--redis-cluster-partitions".to_string(),
+            partitions.to_string(),
+        ]);
+        self
+    }
 }
 
 /// Connects a JSON client with a bearer token to a gateway address (for tasks that
