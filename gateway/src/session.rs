@@ -223,12 +223,10 @@ impl Session {
                 };
                 recovery::assess(Some(&since), page)
             }
-            Ok(_) => recovery::Resume {
-                recovered: Some(false),
-                replay: Vec::new(),
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read history to fill a gap");
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(error = %e, "cannot read history to fill a gap");
+                }
                 recovery::Resume {
                     recovered: Some(false),
                     replay: Vec::new(),
