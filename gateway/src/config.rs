@@ -132,6 +132,9 @@ pub struct Settings {
     /// Accept backlog of the public listener (the kernel caps it at net.core.somaxconn). [default: 4096]
     #[arg(long, env = "TIDINGS_LISTEN_BACKLOG")]
     pub listen_backlog: Option<u32>,
+    /// Threads of the async runtime. [default: the number of CPUs available]
+    #[arg(long, env = "TIDINGS_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
     /// Admin listener (/healthz, /readyz, /metrics). [default: 0.0.0.0:9090]
     #[arg(long, env = "TIDINGS_ADMIN_LISTEN")]
     pub admin_listen: Option<SocketAddr>,
@@ -296,6 +299,7 @@ impl Settings {
             file,
             listen,
             listen_backlog,
+            worker_threads,
             admin_listen,
             node_id,
             log_format,
@@ -357,6 +361,7 @@ pub struct JwtConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub listen_backlog: u32,
+    pub worker_threads: usize,
     pub admin_listen: SocketAddr,
     pub node_id: String,
     pub log_format: LogFormat,
@@ -610,6 +615,13 @@ impl Config {
         Ok(Config {
             listen: s.listen.unwrap_or(([0, 0, 0, 0], 8080).into()),
             listen_backlog: positive(s.listen_backlog.unwrap_or(4096), "listen-backlog")?,
+            worker_threads: match s.worker_threads {
+                Some(n) if !(1..=1024).contains(&n) => {
+                    return Err(config_err("worker-threads", "must be 1..=1024"));
+                }
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
             admin_listen: s.admin_listen.unwrap_or(([0, 0, 0, 0], 9090).into()),
             node_id,
             log_format: s.log_format.unwrap_or(LogFormat::Human),
@@ -713,6 +725,13 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("allowed-origins"), "{e}");
+        assert!(c.worker_threads >= 1);
+        let w = parse(&["--jwt-secret", "0123456789abcdef", "--worker-threads", "3"]).unwrap();
+        assert_eq!(w.worker_threads, 3);
+        let e = parse(&["--jwt-secret", "0123456789abcdef", "--worker-threads", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("worker-threads"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -286,33 +286,23 @@ pub fn upgrade(req: Request<Incoming>, node: Arc<Node>) -> Response<Body> {
     }
     node.metrics.attempt(Attempt::Ok);
     node.metrics.handshake(started.elapsed().as_secs_f64());
-    // Take the upgrade out of the request and drop the request now: the task
-    // below lives as long as the connection, so it should hold nothing it can lose.
+    // Take the upgrade out of the request and drop the request now. This task
+    // only waits for hyper to hand over the socket, then starts the connection's
+    // own task and ends: the connection carries nothing of the handshake.
     let mut req = req;
     let on_upgrade = hyper::upgrade::on(&mut req);
     drop(req);
     tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed after 101");
-                return;
-            }
-        };
-        match connection(upgraded, node, slot, claims, encoding, resume) {
-            Some(c) => {
-                c.await;
-            }
-            None => tracing::error!("websocket setup did not complete at once"),
+        match on_upgrade.await {
+            Ok(upgraded) => connection(upgraded, node, slot, claims, encoding, resume),
+            Err(e) => tracing::debug!(error = %e, "upgrade failed after 101"),
         }
     });
     resp
 }
 
-/// The connection's whole life, boxed. Built in a plain function so the unboxed
-/// future never occupies the spawned task's state: an `async` block reserves room
-/// for a temporary it moves into a box, and every connection's task cell would
-/// carry that room for its whole life. `None` if the WebSocket setup would wait.
+/// Starts the connection's task: one task per connection for its whole life, whose
+/// state is the socket loop's future itself (see `socket::run` on its size).
 fn connection(
     upgraded: hyper::upgrade::Upgraded,
     node: Arc<Node>,
@@ -320,18 +310,38 @@ fn connection(
     claims: Claims,
     encoding: Encoding,
     resume: Option<Since>,
-) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = crate::SessionEnd> + Send>>> {
-    // `from_raw_socket` only wraps the stream and never waits, so it completes on
-    // the first poll; awaiting it inside the boxed future would reserve its state.
-    let ws = WebSocketStream::from_raw_socket(
-        TokioIo::new(upgraded),
-        Role::Server,
-        Some(node.ws_config),
-    )
-    .now_or_never()?;
+) {
+    // Back to the plain TCP stream: hyper's upgraded wrapper boxes the stream
+    // behind a trait object with a rewind buffer, which every connection would
+    // carry. Bytes the client sent right behind its request are handed over.
+    let parts = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => parts,
+        Err(_) => {
+            tracing::error!("upgraded connection is not a TCP stream");
+            return;
+        }
+    };
+    let stream = parts.io.into_inner();
+    // Both constructors only wrap the stream and never wait, so they complete on
+    // the first poll.
+    let ws = if parts.read_buf.is_empty() {
+        WebSocketStream::from_raw_socket(stream, Role::Server, Some(node.ws_config)).now_or_never()
+    } else {
+        WebSocketStream::from_partially_read(
+            stream,
+            parts.read_buf.to_vec(),
+            Role::Server,
+            Some(node.ws_config),
+        )
+        .now_or_never()
+    };
+    let Some(ws) = ws else {
+        tracing::error!("websocket setup did not complete at once");
+        return;
+    };
     node.metrics.connection_opened();
     let session = Session::open(node.clone(), slot, claims, encoding);
-    Some(Box::pin(crate::socket::run(ws.split(), session, resume)))
+    tokio::spawn(crate::socket::run(ws, session, resume));
 }
 
 #[cfg(test)]

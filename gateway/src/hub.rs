@@ -243,8 +243,11 @@ impl Hub {
         self.broker.ack(channel, offset).await
     }
 
-    pub async fn acked(&self, channel: &str) -> Result<Option<(String, u64)>, BrokerError> {
-        self.broker.acked(channel).await
+    pub async fn position(
+        &self,
+        channel: &str,
+    ) -> Result<(HistoryPage, Option<(String, u64)>), BrokerError> {
+        self.broker.position(channel).await
     }
 
     pub fn table(&self) -> &Table {

@@ -26,6 +26,7 @@ fn main() -> anyhow::Result<()> {
     let config = gateway::Config::from_settings(cli.settings)?;
     gateway::init_tracing(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;

@@ -24,6 +24,8 @@ pub struct Node {
     pub limits: Limits,
     pub ping_json: Utf8Bytes,
     pub ping_msgpack: Bytes,
+    /// Origin of the heartbeat grid (see `heartbeat::grid`).
+    pub started: tokio::time::Instant,
     draining: AtomicBool,
     connections: AtomicUsize,
     per_user: Mutex<HashMap<Arc<str>, u32>>,
@@ -92,6 +94,7 @@ impl Node {
             limits,
             ping_json,
             ping_msgpack,
+            started: tokio::time::Instant::now(),
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             per_user: Mutex::new(HashMap::new()),

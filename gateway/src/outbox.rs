@@ -113,11 +113,16 @@ impl Outbox {
         self.lock().close
     }
 
-    /// Moves up to `max` queued items into `out`; `Ready(Err(code))` once closing.
+    /// Moves up to `max` queued items into `out` (which the caller emptied);
+    /// `Ready(Err(code))` once closing. When everything fits, the queue's buffer
+    /// itself moves to `out`: no copy, and an idle outbox holds no allocation. The
+    /// price is one small allocation per batch on the next push (~50 ns next to the
+    /// batch's write syscall), against 256 bytes kept by every connection that ever
+    /// received a message.
     pub fn poll_drain(
         &self,
         cx: &mut Context<'_>,
-        out: &mut Vec<Item>,
+        out: &mut VecDeque<Item>,
         max: usize,
     ) -> Poll<Result<(), u16>> {
         self.waker.register(cx.waker());
@@ -128,11 +133,11 @@ impl Outbox {
         if s.queue.is_empty() {
             return Poll::Pending;
         }
-        let n = s.queue.len().min(max);
-        out.extend(s.queue.drain(..n));
-        if s.queue.is_empty() && s.queue.capacity() > 16 {
-            // Give back what a burst grew, so an idle connection stays small.
-            s.queue = VecDeque::new();
+        if s.queue.len() <= max && out.is_empty() {
+            std::mem::swap(&mut s.queue, out);
+        } else {
+            let n = s.queue.len().min(max);
+            out.extend(s.queue.drain(..n));
         }
         Poll::Ready(Ok(()))
     }
@@ -146,7 +151,7 @@ impl Outbox {
         }
     }
 
-    pub async fn drain(&self, out: &mut Vec<Item>, max: usize) -> Result<(), u16> {
+    pub async fn drain(&self, out: &mut VecDeque<Item>, max: usize) -> Result<(), u16> {
         std::future::poll_fn(|cx| self.poll_drain(cx, out, max)).await
     }
 
@@ -176,7 +181,7 @@ mod tests {
         o.push(item(2)).unwrap();
         assert_eq!(o.push(item(3)), Err(PushError::Full));
         assert_eq!(o.push(item(4)), Err(PushError::Closed));
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         assert_eq!(
             o.drain(&mut out, 10).await,
             Err(protocol::close::SLOW_CONSUMER)
@@ -184,11 +189,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_outbox_keeps_no_buffer() {
+        let o = Outbox::new(8);
+        for n in 0..5 {
+            o.push(item(n)).unwrap();
+        }
+        // More than one batch: the first takes a part, the last takes the buffer.
+        let mut out = VecDeque::new();
+        o.drain(&mut out, 3).await.unwrap();
+        assert_eq!(out.len(), 3);
+        assert!(o.lock().queue.capacity() > 0);
+        let mut out = VecDeque::new();
+        o.drain(&mut out, 3).await.unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(matches!(&out[0].frame, Frame::Binary(b) if b[0] == 3));
+        assert_eq!(o.lock().queue.capacity(), 0);
+    }
+
+    #[tokio::test]
     async fn drains_in_order_and_wakes() {
         let o = std::sync::Arc::new(Outbox::new(8));
         let o2 = o.clone();
         let t = tokio::spawn(async move {
-            let mut out = Vec::new();
+            let mut out = VecDeque::new();
             o2.drain(&mut out, 10).await.unwrap();
             out.len()
         });
@@ -197,7 +220,7 @@ mod tests {
         assert_eq!(t.await.unwrap(), 1);
         o.push(item(2)).unwrap();
         o.push(item(3)).unwrap();
-        let mut out = Vec::new();
+        let mut out = VecDeque::new();
         o.drain(&mut out, 1).await.unwrap();
         o.drain(&mut out, 1).await.unwrap();
         assert!(matches!(&out[0].frame, Frame::Binary(b) if b[0] == 2));

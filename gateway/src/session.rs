@@ -4,11 +4,13 @@
 //! session talks to the hub for subscriptions and publishes. Dropping a session
 //! releases every subscription and its connection slot.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use protocol::channel::{self, BROADCAST};
 use protocol::frame::{ClientFrame, Reply, ServerFrame, Since, Welcome};
 use protocol::{Encoding, ErrorCode, Payload, ProtocolError, Publication, envelope};
+use publisher::HistoryPage;
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -180,7 +182,7 @@ impl Session {
     /// first item whose channel skipped offsets (a live message lost between Redis and
     /// this node, e.g. while its subscription reconnected) and returns it with
     /// everything after it: the caller fills the gap from history before those.
-    pub fn filter(&mut self, batch: &mut Vec<Item>) -> Option<Vec<Item>> {
+    pub fn filter(&mut self, batch: &mut VecDeque<Item>) -> Option<VecDeque<Item>> {
         let mut i = 0;
         while let Some(item) = batch.get(i) {
             if item.offset == 0 {
@@ -255,44 +257,94 @@ impl Session {
         &mut self,
         pos: usize,
         since: Option<&Since>,
+        base: Option<HistoryPage>,
     ) -> Result<(String, u64, recovery::Resume), crate::broker::BrokerError> {
         let channel = self.subs[pos].channel.clone();
+        // Without a resume, the client's position is read *before* live delivery is
+        // confirmed: a message published meanwhile can be in history when it is read
+        // below while its live copy is still on the way, and must not count as seen.
+        let base = match (since, base) {
+            (Some(_), _) => None,
+            (None, Some(b)) => Some(b),
+            (None, None) => Some(self.node.hub.history(&channel, None, 0).await?),
+        };
         // Live delivery must run before history is read, or a message published in
         // between would be in neither.
         if !self.node.hub.subscribed(&channel).await {
             tracing::debug!("live subscription not confirmed before reading history");
         }
+        // A base without an epoch is a channel without history yet: all of the
+        // epoch that starts meanwhile is new.
+        let from = match (since, &base) {
+            (Some(s), _) => Some(s.offset),
+            (None, Some(b)) if b.epoch.is_empty() => Some(0),
+            (None, Some(b)) => Some(b.top),
+            (None, None) => None,
+        };
         let page = self
             .node
             .hub
-            .history(
-                &channel,
-                since.map(|s| s.offset),
-                self.node.config.recovery_limit,
-            )
+            .history(&channel, from, self.node.config.recovery_limit)
             .await?;
-        let (epoch, mut top) = (page.epoch.clone(), page.top);
-        if let Some(s) = self.subs.get_mut(pos) {
-            let tag = crate::hub::epoch_tag(&epoch);
-            if s.epoch != tag {
-                s.epoch = tag;
-                s.last = 0;
-            }
-            // Without a resume nothing is replayed, so what was queued live between
-            // the subscription and this read is new to the client, not a duplicate.
-            let seen = match since {
-                Some(_) => top,
-                None => match self.outbox.first_offset(s.id, tag) {
-                    Some(first) => top.min(first - 1),
-                    None => top,
+        let (epoch, top) = (page.epoch.clone(), page.top);
+        let Some(s) = self.subs.get_mut(pos) else {
+            return Ok((epoch, top, recovery::assess(since, page)));
+        };
+        let tag = crate::hub::epoch_tag(&epoch);
+        if s.epoch != tag {
+            s.epoch = tag;
+            s.last = 0;
+        }
+        if since.is_some() {
+            s.last = s.last.max(top);
+            return Ok((epoch, top, recovery::assess(since, page)));
+        }
+        // Live messages already queued in this epoch: everything from the first one
+        // on follows live, in order.
+        if let Some(first) = self.outbox.first_offset(s.id, tag) {
+            let seen = top.min(first - 1);
+            s.last = s.last.max(seen);
+            return Ok((epoch, seen, recovery::assess(None, page)));
+        }
+        // Nothing queued yet: the client stands at the base and what history holds
+        // after it is sent after the reply; live copies of it are then duplicates.
+        let base = base.filter(|b| b.epoch.is_empty() || b.epoch == epoch);
+        if let (Some(b), Some(from)) = (base, from) {
+            let at = Since {
+                offset: from,
+                epoch: if b.epoch.is_empty() {
+                    epoch.clone()
+                } else {
+                    b.epoch
                 },
             };
-            s.last = s.last.max(seen);
-            // The reply's offset is the client's position: queued messages above it
-            // follow, so it must not count them as seen.
-            top = seen;
+            let resume = recovery::assess(Some(&at), page);
+            if resume.recovered == Some(true) {
+                s.last = s.last.max(top);
+                let replay = resume.replay;
+                return Ok((
+                    epoch,
+                    from,
+                    recovery::Resume {
+                        recovered: None,
+                        replay,
+                    },
+                ));
+            }
         }
-        Ok((epoch, top, recovery::assess(since, page)))
+        // The epoch changed while waiting, or more than a page landed: start at the
+        // top. A message whose live copy is still on the way is then dropped as seen;
+        // this needs an epoch change or `--recovery-limit` messages within the
+        // connection's setup.
+        s.last = s.last.max(top);
+        Ok((
+            epoch,
+            top,
+            recovery::Resume {
+                recovered: None,
+                replay: Vec::new(),
+            },
+        ))
     }
 
     /// Resumes the personal channel at connect, from where the client says it left
@@ -306,14 +358,17 @@ impl Session {
             }
             return Vec::new();
         }
-        let since = match since {
-            Some(s) => Some(s),
-            None => match self.node.hub.acked(&personal).await {
-                Ok(Some((epoch, offset))) => Some(Since { offset, epoch }),
-                _ => None,
+        // Without resume parameters: the acknowledged position, read together with
+        // the channel's position (the base of a fresh start, see `recover`).
+        let (since, base) = match since {
+            Some(s) => (Some(s), None),
+            None => match self.node.hub.position(&personal).await {
+                Ok((_, Some((epoch, offset)))) => (Some(Since { offset, epoch }), None),
+                Ok((page, None)) => (None, Some(page)),
+                Err(_) => (None, None),
             },
         };
-        match self.recover(0, since.as_ref()).await {
+        match self.recover(0, since.as_ref(), base).await {
             Ok((epoch, top, resume)) => {
                 self.personal = PersonalState {
                     epoch: Some(epoch),
@@ -462,7 +517,7 @@ impl Session {
             };
             return Outcome::Reply(Reply::ok(id, result));
         }
-        match self.recover(pos, since.as_ref()).await {
+        match self.recover(pos, since.as_ref(), None).await {
             Ok((epoch, top, resume)) => {
                 let mut result = json!({ "channel": name, "epoch": epoch, "offset": top });
                 if let Some(r) = resume.recovered {

@@ -6,9 +6,9 @@
 //! peer that stops reading can block a write, and must still be cut off (slow
 //! consumer, drain) rather than hold its task and subscriptions forever.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use protocol::frame::{Reply, ServerFrame, Since, encode_message};
 use protocol::{Encoding, ErrorCode, Publication, close};
@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::error::SessionEnd;
-use crate::heartbeat::{Heartbeat, Tick};
+use crate::heartbeat::{self, Heartbeat, Tick};
 use crate::outbox::{Frame, Item, Outbox};
 use crate::session::{Outcome, Session};
 
@@ -80,8 +80,11 @@ async fn guarded(
 }
 
 /// The write half with its guards.
+///
+/// The stream is not split: reads happen only inside the loop's select and writes
+/// only after it, never at once, so no lock (and no second allocation) is needed.
 struct Writer<S> {
-    tx: SplitSink<WebSocketStream<S>, Message>,
+    ws: WebSocketStream<S>,
     outbox: std::sync::Arc<Outbox>,
     /// A write blocked this long means the peer stopped reading.
     stall: Duration,
@@ -91,7 +94,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
     /// Writes `msgs` and flushes, unless the connection is asked to close or the
     /// peer stops reading meanwhile.
     async fn send(&mut self, msgs: Vec<Message>) -> Result<(), SessionEnd> {
-        let tx = &mut self.tx;
+        let tx = &mut self.ws;
         let write = async {
             for m in msgs {
                 tx.feed(m).await?;
@@ -101,10 +104,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         guarded(&self.outbox, self.stall, write).await
     }
 
-    /// The delivery path: writes queued items straight from the (reused) batch
-    /// buffer, without collecting them into another vector first.
-    async fn send_items(&mut self, items: &mut Vec<Item>) -> Result<(), SessionEnd> {
-        let tx = &mut self.tx;
+    /// The delivery path: writes the items taken from the outbox, in order.
+    async fn send_items(&mut self, items: &mut VecDeque<Item>) -> Result<(), SessionEnd> {
+        let tx = &mut self.ws;
         let write = async {
             for item in items.drain(..) {
                 tx.feed(match item.frame {
@@ -143,69 +145,84 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
 /// Runs a connection until it ends; returns why. `resume` is where the client left
 /// off on its personal channel, if it said so at connect.
 ///
-/// Takes the stream already split: an `async fn` keeps room for its arguments for
-/// its whole life, and the unsplit stream is large (measured: 0.8 KiB per
-/// connection saved).
-pub async fn run<S>(
-    (tx, mut rx): (
-        SplitSink<WebSocketStream<S>, Message>,
-        SplitStream<WebSocketStream<S>>,
-    ),
+/// This future is the state of every connection's task, so its layout is watched
+/// (measured with `size_of_val`: 2,432 -> 984 bytes): a plain function returning an
+/// `async move` block, because an `async fn` keeps its arguments and the locals they
+/// are moved into side by side; `serve` pinned in place, because awaiting a future
+/// by value keeps room for it twice; the writer (with the unsplit stream) built
+/// before the block; and everything rare boxed (see `serve`).
+pub fn run<S>(
+    ws: WebSocketStream<S>,
     mut session: Session,
     resume: Option<Since>,
-) -> SessionEnd
+) -> impl std::future::Future<Output = SessionEnd> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let node = session.node().clone();
-    let outbox = session.outbox().clone();
+    // Built here, not in the block: moving the stream into a local there would
+    // keep room for it twice.
     let mut w = Writer {
-        tx,
-        outbox: outbox.clone(),
+        ws,
+        outbox: session.outbox().clone(),
         stall: node.config.heartbeat_interval * 2,
     };
-    let mut hb = Heartbeat::new(
-        Instant::now(),
-        node.config.heartbeat_interval,
-        wall_to_instant(session.expires_at()),
-    );
-    let timer = sleep_until(hb.deadline());
-    tokio::pin!(timer);
-    let mut batch: Vec<Item> = Vec::new();
+    async move {
+        let interval = node.config.heartbeat_interval;
+        let mut hb = Heartbeat::new(
+            Instant::now(),
+            interval,
+            wall_to_instant(session.expires_at()),
+            node.started,
+            heartbeat::grid(interval),
+        );
+        let timer = sleep_until(hb.deadline());
+        tokio::pin!(timer);
+        let mut batch: VecDeque<Item> = VecDeque::new();
 
-    let end = match serve(
-        &mut session,
-        &mut w,
-        &mut rx,
-        &mut hb,
-        timer.as_mut(),
-        &mut batch,
-        resume,
-    )
-    .await
-    {
-        Ok(()) => SessionEnd::ClientClosed,
-        Err(e) => e,
-    };
+        let end = {
+            let serving = std::pin::pin!(serve(
+                &mut session,
+                &mut w,
+                &mut hb,
+                timer.as_mut(),
+                &mut batch,
+                resume,
+            ));
+            match serving.await {
+                Ok(()) => SessionEnd::ClientClosed,
+                Err(e) => e,
+            }
+        };
 
-    // Release subscriptions before the (bounded) close handshake.
-    let user = session.user().clone();
-    let id = session.id();
-    drop(session);
-    // Boxed: only a closing connection needs this state.
-    Box::pin(finish(w.tx, rx, end)).await;
-    let code = end.metric_code();
-    node.metrics.connection_closed(code);
-    tracing::debug!(session = format_args!("{id:016x}"), user = %user, code, reason = close::name(code), "connection closed");
-    end
+        // Release subscriptions before the (bounded) close handshake.
+        let user = session.user().clone();
+        let id = session.id();
+        drop(session);
+        // Boxed: only a closing connection needs this state.
+        closing(w.ws, end).await;
+        let code = end.metric_code();
+        node.metrics.connection_closed(code);
+        tracing::debug!(session = format_args!("{id:016x}"), user = %user, code, reason = close::name(code), "connection closed");
+        end
+    }
+}
+
+/// [`finish`], boxed by a plain function so that its state never takes room in
+/// the connection's own future.
+fn closing<S>(
+    ws: WebSocketStream<S>,
+    end: SessionEnd,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    Box::pin(finish(ws, end))
 }
 
 /// Sends our close frame (or answers the client's) and waits, bounded, for the peer.
-async fn finish<S>(
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
-    mut rx: SplitStream<WebSocketStream<S>>,
-    end: SessionEnd,
-) where
+async fn finish<S>(mut ws: WebSocketStream<S>, end: SessionEnd)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match end.close() {
@@ -214,11 +231,11 @@ async fn finish<S>(
                 code: code.into(),
                 reason: reason.into(),
             };
-            let sent = timeout(CLOSE_TIMEOUT, tx.send(Message::Close(Some(frame)))).await;
+            let sent = timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
             if matches!(sent, Ok(Ok(()))) {
                 // Wait for the peer's close so the client reads our code before TCP ends.
                 let _ = timeout(CLOSE_TIMEOUT, async {
-                    while let Some(Ok(m)) = rx.next().await {
+                    while let Some(Ok(m)) = ws.next().await {
                         if m.is_close() {
                             break;
                         }
@@ -229,7 +246,7 @@ async fn finish<S>(
         }
         None => {
             if end == SessionEnd::ClientClosed {
-                let _ = timeout(CLOSE_TIMEOUT, tx.close()).await;
+                let _ = timeout(CLOSE_TIMEOUT, SinkExt::close(&mut ws)).await;
             }
         }
     }
@@ -240,14 +257,14 @@ async fn finish<S>(
 async fn fill_gaps<S>(
     session: &mut Session,
     w: &mut Writer<S>,
-    mut rest: Vec<Item>,
+    mut rest: VecDeque<Item>,
 ) -> Result<(), SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let enc = session.encoding();
     loop {
-        let Some((sub, epoch)) = rest.first().map(|i| (i.sub, i.epoch)) else {
+        let Some((sub, epoch)) = rest.front().map(|i| (i.sub, i.epoch)) else {
             return Ok(());
         };
         let missing = session.fill(sub, epoch).await?;
@@ -261,116 +278,174 @@ where
     }
 }
 
-/// The loop proper; returns `Ok` when the client closed, `Err` with any other end.
-async fn serve<S>(
+/// What woke the connection's loop.
+enum Event {
+    Drained(Result<(), u16>),
+    Inbound(Option<Result<Message, WsError>>),
+    Timer,
+}
+
+/// Whether the loop goes on after an inbound frame.
+enum Flow {
+    Continue,
+    /// The client sent a close frame.
+    Closed,
+}
+
+/// Replays what the personal channel missed (live messages queue meanwhile and are
+/// filtered by offset), then greets: welcome, then the replay, then live traffic.
+async fn greet<S>(
     session: &mut Session,
     w: &mut Writer<S>,
-    rx: &mut SplitStream<WebSocketStream<S>>,
-    hb: &mut Heartbeat,
-    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
-    batch: &mut Vec<Item>,
     resume: Option<Since>,
 ) -> Result<(), SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let node = session.node().clone();
     let enc = session.encoding();
-    let outbox = w.outbox.clone();
-    // Replay what the personal channel missed (live messages queue meanwhile and are
-    // filtered by offset), then greet, then the replay, then live traffic.
-    // Boxed: rare, and large enough to bloat every connection's task otherwise.
-    let replay = Box::pin(session.resume_personal(resume)).await;
+    let replay = session.resume_personal(resume).await;
     let mut first: Vec<Message> = encode_frame(enc, &session.welcome()).into_iter().collect();
     first.extend(encode_replay(enc, &replay));
     drop(replay);
-    Box::pin(w.send(first)).await?;
+    w.send(first).await
+}
 
+/// Handles one frame from the client.
+async fn inbound<S>(
+    session: &mut Session,
+    w: &mut Writer<S>,
+    hb: &mut Heartbeat,
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    msg: Option<Result<Message, WsError>>,
+) -> Result<Flow, SessionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let now = Instant::now();
+    let enc = session.encoding();
+    let msg = match msg {
+        None => return Err(SessionEnd::PeerGone),
+        Some(Err(e)) => return Err(read_error(&e)),
+        Some(Ok(m)) => m,
+    };
+    hb.seen(now);
+    let data: &[u8] = match &msg {
+        Message::Text(t) if enc == Encoding::Json => t.as_bytes(),
+        Message::Binary(b) if enc == Encoding::MsgPack => b,
+        Message::Text(_) | Message::Binary(_) => {
+            let (want, got) = if enc.is_text() {
+                ("text", "binary")
+            } else {
+                ("binary", "text")
+            };
+            let reply = Reply::error(
+                None,
+                ErrorCode::BadFrame,
+                format!(
+                    "this connection speaks {} in {want} frames, not {got} frames",
+                    enc.name()
+                ),
+            );
+            match session.wrong_kind(now, reply) {
+                Outcome::Reply(r) => w.reply(enc, r).await?,
+                Outcome::End(e) => return Err(e),
+                Outcome::Replay(..) | Outcome::Silent => {}
+            }
+            return Ok(Flow::Continue);
+        }
+        Message::Ping(_) => {
+            session.node().metrics.inbound("ws_control");
+            // tungstenite queued the pong; send it.
+            w.send(Vec::new()).await?;
+            return Ok(Flow::Continue);
+        }
+        Message::Pong(_) | Message::Frame(_) => {
+            session.node().metrics.inbound("ws_control");
+            return Ok(Flow::Continue);
+        }
+        Message::Close(_) => return Ok(Flow::Closed),
+    };
+    let before = session.expires_at();
+    match session.handle(data, now).await {
+        Outcome::Silent => {}
+        Outcome::Reply(r) => w.reply(enc, r).await?,
+        Outcome::Replay(r, replay) => w.reply_then(enc, r, replay).await?,
+        Outcome::End(e) => return Err(e),
+    }
+    if session.expires_at() != before {
+        hb.set_expiry(wall_to_instant(session.expires_at()));
+        timer.as_mut().reset(hb.deadline());
+    }
+    Ok(Flow::Continue)
+}
+
+/// The loop proper; returns `Ok` when the client closed, `Err` with any other end.
+///
+/// Its state is what every idle connection carries, so it stays small: the select
+/// only says what happened, and the rare, large steps (greeting, client frames, gap
+/// filling, even the delivery write with its stall timer) run boxed. A boxed step
+/// costs one allocation (~0.05 us) next to a write syscall's several microseconds.
+async fn serve<S>(
+    session: &mut Session,
+    w: &mut Writer<S>,
+    hb: &mut Heartbeat,
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    batch: &mut VecDeque<Item>,
+    resume: Option<Since>,
+) -> Result<(), SessionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let greeting = Box::pin(greet(session, w, resume));
+    greeting.await?;
+    let outbox = w.outbox.clone();
     loop {
-        tokio::select! {
+        let event = tokio::select! {
             biased;
-            drained = outbox.drain(batch, BATCH) => {
+            d = std::future::poll_fn(|cx| outbox.poll_drain(cx, batch, BATCH)) => Event::Drained(d),
+            m = w.ws.next() => Event::Inbound(m),
+            () = &mut timer => Event::Timer,
+        };
+        match event {
+            Event::Drained(drained) => {
                 drained.map_err(SessionEnd::Requested)?;
                 let gap = session.filter(batch);
                 let now_ms = protocol::now_millis();
+                let metrics = &session.node().metrics;
                 for item in batch.iter().filter(|i| i.published_ms != 0) {
-                    node.metrics.latency(now_ms, item.published_ms);
+                    metrics.latency(now_ms, item.published_ms);
                 }
                 if !batch.is_empty() {
-                    // Boxed although this is the delivery path: one allocation per
-                    // batch costs ~0.05 us against a write syscall's several us, and
-                    // inline its state (with the stall timer) would make every idle
-                    // connection's future 0.7 KiB larger.
-                    Box::pin(w.send_items(batch)).await?;
+                    let write = Box::pin(w.send_items(batch));
+                    write.await?;
                 }
+                // The queue's buffer came along with the items; an idle connection
+                // keeps none.
+                *batch = VecDeque::new();
                 if let Some(rest) = gap {
-                    // Rare: boxed so its state doesn't grow every connection's task.
-                    Box::pin(fill_gaps(session, w, rest)).await?;
-                }
-                if batch.capacity() > BATCH {
-                    *batch = Vec::new();
+                    let filling = Box::pin(fill_gaps(session, w, rest));
+                    filling.await?;
                 }
             }
-            msg = rx.next() => {
-                let now = Instant::now();
-                let msg = match msg {
-                    None => return Err(SessionEnd::PeerGone),
-                    Some(Err(e)) => return Err(read_error(&e)),
-                    Some(Ok(m)) => m,
-                };
-                hb.seen(now);
-                let data: &[u8] = match &msg {
-                    Message::Text(t) if enc == Encoding::Json => t.as_bytes(),
-                    Message::Binary(b) if enc == Encoding::MsgPack => b,
-                    Message::Text(_) | Message::Binary(_) => {
-                        let (want, got) = if enc.is_text() { ("text", "binary") } else { ("binary", "text") };
-                        let reply = Reply::error(
-                            None,
-                            ErrorCode::BadFrame,
-                            format!("this connection speaks {} in {want} frames, not {got} frames", enc.name()),
-                        );
-                        match session.wrong_kind(now, reply) {
-                            Outcome::Reply(r) => Box::pin(w.reply(enc, r)).await?,
-                            Outcome::End(e) => return Err(e),
-                            Outcome::Replay(..) | Outcome::Silent => {}
-                        }
-                        continue;
-                    }
-                    Message::Ping(_) => {
-                        node.metrics.inbound("ws_control");
-                        // tungstenite queued the pong; send it.
-                        Box::pin(w.send(Vec::new())).await?;
-                        continue;
-                    }
-                    Message::Pong(_) | Message::Frame(_) => {
-                        node.metrics.inbound("ws_control");
-                        continue;
-                    }
-                    Message::Close(_) => return Ok(()),
-                };
-                let before = session.expires_at();
-                // Boxed for the same reason: client requests are rare next to deliveries.
-                match Box::pin(session.handle(data, now)).await {
-                    Outcome::Silent => {}
-                    Outcome::Reply(r) => Box::pin(w.reply(enc, r)).await?,
-                    Outcome::Replay(r, replay) => Box::pin(w.reply_then(enc, r, replay)).await?,
-                    Outcome::End(e) => return Err(e),
-                }
-                if session.expires_at() != before {
-                    hb.set_expiry(wall_to_instant(session.expires_at()));
-                    timer.as_mut().reset(hb.deadline());
+            Event::Inbound(msg) => {
+                let handling = Box::pin(inbound(session, w, hb, timer.as_mut(), msg));
+                if let Flow::Closed = handling.await? {
+                    return Ok(());
                 }
             }
-            () = &mut timer => {
+            Event::Timer => {
                 match hb.tick(Instant::now()) {
                     Tick::Expired => return Err(SessionEnd::TokenExpired),
                     Tick::Timeout => return Err(SessionEnd::HeartbeatTimeout),
                     Tick::Ping => {
-                        let app_ping = match enc {
+                        let node = session.node();
+                        let app_ping = match session.encoding() {
                             Encoding::Json => Message::Text(node.ping_json.clone()),
                             Encoding::MsgPack => Message::Binary(node.ping_msgpack.clone()),
                         };
-                        Box::pin(w.send(vec![Message::Ping(Default::default()), app_ping])).await?;
+                        let write =
+                            Box::pin(w.send(vec![Message::Ping(Default::default()), app_ping]));
+                        write.await?;
                     }
                     Tick::Nothing => {}
                 }

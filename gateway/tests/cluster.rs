@@ -15,7 +15,7 @@ use protocol::keys::KeySpace;
 use protocol::topology::{Partitions, key_slot};
 use publisher::Publisher;
 use serde_json::json;
-use support::{Client, Gateway, eventually, token};
+use support::{Client, Gateway, token};
 use testkit::{RedisCluster, RedisServer};
 
 const PARTITIONS: usize = 16;
@@ -29,22 +29,7 @@ fn slot_of(channel: &str) -> u16 {
 }
 
 async fn nodes(cluster: &RedisCluster, n: usize) -> Vec<Gateway> {
-    let mut v = Vec::new();
-    for i in 0..n {
-        v.push(
-            Gateway::builder()
-                .redis_cluster(cluster, PARTITIONS, &format!("node{i}"))
-                .start()
-                .await,
-        );
-    }
-    for gw in &v {
-        eventually("node ready", || async {
-            gw.admin_get("/readyz").await.0 == 200
-        })
-        .await;
-    }
-    v
+    support::ready_nodes(n, |b, name| b.redis_cluster(cluster, PARTITIONS, name)).await
 }
 
 fn sdk(cluster: &RedisCluster) -> Publisher {

@@ -482,3 +482,82 @@ async fn token_sources_and_tokens_stay_out_of_logs() {
         );
     }
 }
+
+/// A client may send frames right behind its upgrade request, before the 101 comes
+/// back; the gateway reads them with the request and must hand them to the
+/// WebSocket, not drop them.
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_not_lost() {
+    use futures_util::StreamExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let gw = Gateway::start().await;
+    let tok = token("eager", &["news"], &[], 600);
+    let mut bytes = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {tok}\r\n\r\n",
+        gw.addr
+    )
+    .into_bytes();
+    // A masked text frame, as a client must send it.
+    let payload = br#"{"type":"subscribe","id":1,"channel":"news"}"#;
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    bytes.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        let n = tokio::time::timeout(support::WAIT, stream.read(&mut buf))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed before the response");
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let rest = head.split_off(end);
+    let mut ws = WebSocketStream::from_partially_read(stream, rest, Role::Client, None).await;
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let msg = tokio::time::timeout(support::WAIT, ws.next())
+            .await
+            .expect("frames in time")
+            .expect("open")
+            .unwrap();
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            kinds.push((v["type"].as_str().unwrap_or("").to_owned(), v["ok"].clone()));
+        }
+    }
+    assert_eq!(kinds[0].0, "welcome");
+    assert_eq!(kinds[1], ("reply".to_owned(), json!(true)));
+    // And the subscription is live.
+    let (status, _) = gw
+        .publish(json!({"channel": "news", "payload": {"n": 1}}))
+        .await;
+    assert_eq!(status, 200);
+    let msg = tokio::time::timeout(support::WAIT, ws.next())
+        .await
+        .expect("message in time")
+        .expect("open")
+        .unwrap();
+    assert!(
+        msg.to_text().unwrap().contains(r#""channel":"news""#),
+        "{msg:?}"
+    );
+}

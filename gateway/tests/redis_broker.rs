@@ -12,22 +12,7 @@ use serde_json::json;
 use support::{Client, Gateway, RedisServer, eventually, token};
 
 async fn nodes(redis: &RedisServer, n: usize) -> Vec<Gateway> {
-    let mut v = Vec::new();
-    for i in 0..n {
-        v.push(
-            Gateway::builder()
-                .redis(redis, &format!("node{i}"))
-                .start()
-                .await,
-        );
-    }
-    for gw in &v {
-        eventually("node ready", || async {
-            gw.admin_get("/readyz").await.0 == 200
-        })
-        .await;
-    }
-    v
+    support::ready_nodes(n, |b, name| b.redis(redis, name)).await
 }
 
 fn sdk(redis: &RedisServer) -> Publisher {

@@ -14,25 +14,10 @@ use protocol::topology::shard_of;
 use publisher::Publisher;
 use redis::Value;
 use serde_json::json;
-use support::{Client, Gateway, RedisServer, eventually, token};
+use support::{Client, Gateway, RedisServer, token};
 
 async fn nodes(shards: &[RedisServer], n: usize) -> Vec<Gateway> {
-    let mut v = Vec::new();
-    for i in 0..n {
-        v.push(
-            Gateway::builder()
-                .redis_sharded(shards, &format!("node{i}"))
-                .start()
-                .await,
-        );
-    }
-    for gw in &v {
-        eventually("node ready", || async {
-            gw.admin_get("/readyz").await.0 == 200
-        })
-        .await;
-    }
-    v
+    support::ready_nodes(n, |b, name| b.redis_sharded(shards, name)).await
 }
 
 fn sdk(shards: &[RedisServer]) -> Publisher {

@@ -115,6 +115,42 @@ impl Publisher {
         .await
     }
 
+    /// A channel's history position (its epoch and latest offset, no entries, as
+    /// [`history`](Self::history) without `after`) and its acknowledged position
+    /// `(epoch, offset)`, in one round trip: what a gateway needs to start a
+    /// connection without a resume.
+    pub async fn position_channel(
+        &self,
+        ch: &str,
+    ) -> Result<(HistoryPage, Option<(String, u64)>), PublishError> {
+        self.ttl_of(ch)?;
+        let ch = ch.to_owned();
+        self.with_conn(&ch.clone(), move |inner, conn| {
+            Box::pin(async move {
+                let ((epoch, seq), ack): ((Option<String>, Option<u64>), Option<String>) =
+                    redis::pipe()
+                        .atomic()
+                        .cmd("HMGET")
+                        .arg(inner.keys.history_meta(&ch))
+                        .arg("epoch")
+                        .arg("seq")
+                        .cmd("GET")
+                        .arg(inner.keys.ack_position(&ch))
+                        .query_async(conn)
+                        .await
+                        .map_err(unavailable)?;
+                let acked = ack.as_deref().and_then(parse_ack);
+                let page = HistoryPage {
+                    epoch: epoch.unwrap_or_default(),
+                    top: seq.unwrap_or(0),
+                    pubs: Vec::new(),
+                };
+                Ok((page, acked))
+            })
+        })
+        .await
+    }
+
     /// The acknowledged position of a channel as `(epoch, offset)`, if any.
     pub async fn acked_channel(&self, ch: &str) -> Result<Option<(String, u64)>, PublishError> {
         let key = self.keys().ack_position(ch);
@@ -125,10 +161,7 @@ impl Publisher {
                     .query_async(conn)
                     .await
                     .map_err(unavailable)?;
-                Ok(v.and_then(|s| {
-                    let (epoch, off) = s.rsplit_once(':')?;
-                    Some((epoch.to_owned(), off.parse().ok()?))
-                }))
+                Ok(v.as_deref().and_then(parse_ack))
             })
         })
         .await
@@ -203,4 +236,10 @@ impl Publisher {
         channel::validate_user(user).map_err(|e| PublishError::InvalidTarget(e.to_string()))?;
         self.ack_channel(&channel::personal(user), offset).await
     }
+}
+
+/// A stored acknowledged position, `<epoch>:<offset>`.
+fn parse_ack(s: &str) -> Option<(String, u64)> {
+    let (epoch, off) = s.rsplit_once(':')?;
+    Some((epoch.to_owned(), off.parse().ok()?))
 }

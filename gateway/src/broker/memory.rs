@@ -213,8 +213,12 @@ impl Broker for MemoryBroker {
         Ok(Some(stored))
     }
 
-    async fn acked(&self, channel: &str) -> Result<Option<(String, u64)>, BrokerError> {
-        Ok(self.store().acks.get(channel).cloned())
+    async fn position(
+        &self,
+        channel: &str,
+    ) -> Result<(HistoryPage, Option<(String, u64)>), BrokerError> {
+        let page = self.history(channel, None, 0).await?;
+        Ok((page, self.store().acks.get(channel).cloned()))
     }
 }
 

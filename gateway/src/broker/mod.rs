@@ -75,6 +75,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Moves a personal channel's acknowledged position forward; returns it.
     async fn ack(&self, channel: &str, offset: u64) -> Result<Option<u64>, BrokerError>;
 
-    /// The acknowledged position `(epoch, offset)` of a channel, if any.
-    async fn acked(&self, channel: &str) -> Result<Option<(String, u64)>, BrokerError>;
+    /// A channel's position (as `history` with `after == None`) and its
+    /// acknowledged position `(epoch, offset)`, if any, read together.
+    async fn position(
+        &self,
+        channel: &str,
+    ) -> Result<(HistoryPage, Option<(String, u64)>), BrokerError>;
 }

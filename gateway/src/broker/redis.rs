@@ -430,10 +430,13 @@ impl Broker for RedisBroker {
             .map_err(broker_error)
     }
 
-    async fn acked(&self, channel: &str) -> Result<Option<(String, u64)>, BrokerError> {
+    async fn position(
+        &self,
+        channel: &str,
+    ) -> Result<(HistoryPage, Option<(String, u64)>), BrokerError> {
         self.shared
             .publisher
-            .acked_channel(channel)
+            .position_channel(channel)
             .await
             .map_err(broker_error)
     }

@@ -619,6 +619,29 @@ pub fn redis_url_args(url: &str, node: &str) -> Vec<String> {
     .collect()
 }
 
+/// Starts `n` gateways named node0, node1, ..., each built by `configure` from the
+/// default builder and its name, and waits until every one is ready.
+pub async fn ready_nodes(
+    n: usize,
+    configure: impl Fn(GatewayBuilder, &str) -> GatewayBuilder,
+) -> Vec<Gateway> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        v.push(
+            configure(Gateway::builder(), &format!("node{i}"))
+                .start()
+                .await,
+        );
+    }
+    for gw in &v {
+        eventually("node ready", || async {
+            gw.admin_get("/readyz").await.0 == 200
+        })
+        .await;
+    }
+    v
+}
+
 impl GatewayBuilder {
     pub fn redis(mut self, redis: &RedisServer, node: &str) -> Self {
         self.args.extend(redis_args(redis, node));
