@@ -66,6 +66,12 @@ pub enum Scenario {
     /// Internal: a share of the clients in a separate process (driven over stdin/stdout).
     #[command(hide = true)]
     Worker,
+    /// Calibration, not a gateway scenario: the kernel's cost of one small loopback
+    /// write on this machine, measured on a server that does nothing but write.
+    Floor(crate::floor::FloorArgs),
+    /// Internal: the writing side of `floor`.
+    #[command(hide = true)]
+    FloorServer(crate::floor::FloorServerArgs),
 }
 
 impl Scenario {
@@ -78,6 +84,8 @@ impl Scenario {
             Scenario::ReconnectStorm(_) => "reconnect-storm",
             Scenario::Recovery(_) => "recovery",
             Scenario::Worker => "worker",
+            Scenario::Floor(_) => "floor",
+            Scenario::FloorServer(_) => "floor-server",
         }
     }
 
@@ -89,7 +97,7 @@ impl Scenario {
             Scenario::Chat(a) => Some(&a.common),
             Scenario::ReconnectStorm(a) => Some(&a.common),
             Scenario::Recovery(a) => Some(&a.common),
-            Scenario::Worker => None,
+            Scenario::Worker | Scenario::Floor(_) | Scenario::FloorServer(_) => None,
         }
     }
 }
@@ -398,7 +406,8 @@ impl Scenario {
                 protocol::channel::validate(&a.channel)?;
                 Ok(())
             }
-            Scenario::Worker => Ok(()),
+            Scenario::Floor(a) => a.validate(),
+            Scenario::Worker | Scenario::FloorServer(_) => Ok(()),
         }
     }
 }

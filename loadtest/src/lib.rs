@@ -8,6 +8,7 @@
 pub mod chart;
 pub mod cli;
 pub mod conn;
+pub mod floor;
 pub mod launch;
 pub mod payload;
 pub mod pool;
@@ -26,6 +27,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
     match &cli.scenario {
         Scenario::Worker => {
             worker::worker_main().await?;
+            Ok(None)
+        }
+        Scenario::Floor(a) => {
+            floor::run(a).await?;
+            Ok(None)
+        }
+        Scenario::FloorServer(a) => {
+            let a = a.clone();
+            tokio::task::spawn_blocking(move || floor::serve(&a)).await??;
             Ok(None)
         }
         s => scenario::run(s).await.map(Some),

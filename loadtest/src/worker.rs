@@ -338,7 +338,14 @@ impl Client {
         let source = conn::source_ip(self.idx, spec.per_ip);
         let timeout = Duration::from_millis(spec.connect_timeout_ms);
         let deadline = Instant::now() + timeout;
-        let mut ws = conn::connect(target, source, &self.token, spec.read_buffer, timeout).await?;
+        let mut ws = conn::connect(
+            target,
+            (source, self.idx, spec.per_ip),
+            &self.token,
+            spec.read_buffer,
+            timeout,
+        )
+        .await?;
         let first = tokio::time::timeout_at(deadline, ws.next())
             .await
             .map_err(|_| anyhow!("no welcome in time"))?;
@@ -612,6 +619,32 @@ async fn ticker(sh: Arc<Shared>, events: mpsc::UnboundedSender<Event>) {
     }
 }
 
+/// Reports `Reconnected` once `expected` clients came back (or failed to) since `since`.
+fn monitor_reconnects(
+    sh: &Arc<Shared>,
+    events: &mpsc::UnboundedSender<Event>,
+    within: Duration,
+    expected: u64,
+    since: Instant,
+) {
+    monitor(
+        sh,
+        events,
+        within,
+        move |l| l.reconnect_ok + l.reconnect_failed >= expected,
+        move |l| {
+            Event::Reconnected(phase(
+                l.reconnect_ok,
+                l.reconnect_failed,
+                since,
+                l.reconnect_last,
+                &l.reconnect_hist,
+                &l.reconnect_errors,
+            ))
+        },
+    );
+}
+
 fn phase(
     ok: u64,
     failed: u64,
@@ -738,22 +771,7 @@ pub async fn run_group(
                         |l| Event::Dropped { n: l.held },
                     );
                 } else {
-                    monitor(
-                        &sh,
-                        &events,
-                        phase_limit,
-                        move |l| l.reconnect_ok + l.reconnect_failed >= expected,
-                        move |l| {
-                            Event::Reconnected(phase(
-                                l.reconnect_ok,
-                                l.reconnect_failed,
-                                now,
-                                l.reconnect_last,
-                                &l.reconnect_hist,
-                                &l.reconnect_errors,
-                            ))
-                        },
-                    );
+                    monitor_reconnects(&sh, &events, phase_limit, expected, now);
                 }
             }
             Command::Resume => {
@@ -763,22 +781,7 @@ pub async fn run_group(
                     c.resume_gen += 1;
                     c.resume_at = Some(now);
                 });
-                monitor(
-                    &sh,
-                    &events,
-                    phase_limit,
-                    move |l| l.reconnect_ok + l.reconnect_failed >= expected,
-                    move |l| {
-                        Event::Reconnected(phase(
-                            l.reconnect_ok,
-                            l.reconnect_failed,
-                            now,
-                            l.reconnect_last,
-                            &l.reconnect_hist,
-                            &l.reconnect_errors,
-                        ))
-                    },
-                );
+                monitor_reconnects(&sh, &events, phase_limit, expected, now);
             }
             Command::Chat { rate, duration_ms } => {
                 let period = Duration::from_secs_f64(1.0 / rate.max(0.001));

@@ -246,3 +246,33 @@ async fn recovery_reports_what_the_gap_lost() {
         assert_eq!(rec.lost_during_gap, 0, "{table}");
     }
 }
+
+/// The floor calibration runs end to end in both modes and every byte arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floor_calibration_delivers_every_write() {
+    for (mode, messages) in [("fanout", "5"), ("relay", "200")] {
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "floor",
+            "--mode",
+            mode,
+            "-n",
+            "50",
+            "-m",
+            messages,
+            "--rate",
+            "500",
+            "--quiet",
+            "--server-exe",
+            env!("CARGO_BIN_EXE_loadtest"),
+        ])
+        .unwrap();
+        let loadtest::Scenario::Floor(args) = cli.scenario else {
+            panic!("not floor");
+        };
+        let r = loadtest::floor::run(&args).await.unwrap();
+        let writes = if mode == "fanout" { 5 * 50 } else { 200 };
+        assert_eq!(r.writes, writes, "{mode}");
+        assert_eq!(r.bytes_received, writes * 150, "{mode}");
+    }
+}

@@ -59,8 +59,7 @@ pub async fn run(a: &ChatArgs) -> Result<Report> {
     d.publish_errors = stats.chat_errors.clone();
     let unique = Some(stats.steady.unique);
     report.gateway = run.gateway_cost(before, connected, g0.zip(g1), unique, conn.ok);
-    report.redis = run.process_cost(run.env.redis_pid.into_iter().collect(), r0, r1, unique);
-    report.loadtest = run.process_cost(vec![std::process::id()], l0, l1, unique);
+    run.side_costs(&mut report, (r0, l0), (r1, l1), unique);
     report.correct &= d.is_clean() && stats.chat_failed == 0 && stats.chat_ok == stats.chat_sent;
     if stats.chat_ok != stats.chat_sent {
         report.notes.push(format!(

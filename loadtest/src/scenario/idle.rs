@@ -38,8 +38,7 @@ pub async fn run(a: &IdleArgs) -> Result<Report> {
     if let Some(g) = &mut report.gateway {
         g.idle_cpu_percent = Some(g.cpu_percent);
     }
-    report.redis = run.process_cost(run.env.redis_pid.into_iter().collect(), r0, r1, None);
-    report.loadtest = run.process_cost(vec![std::process::id()], l0, l1, None);
+    run.side_costs(&mut report, (r0, l0), (r1, l1), None);
     if let Some((paced, expected, got)) = checked {
         let d = delivery(Some(&paced), expected, &got, 0.0);
         report.correct &= d.is_clean();

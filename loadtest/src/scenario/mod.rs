@@ -341,6 +341,60 @@ impl Run {
         Some(g)
     }
 
+    /// Fills in the Redis and load-generator cost between two readings of each
+    /// (`(redis, loadtest)`, as taken by [`Run::redis_sample`] and
+    /// [`Run::loadtest_sample`]).
+    pub fn side_costs(
+        &self,
+        report: &mut Report,
+        (r0, l0): (Option<Sample>, Option<Sample>),
+        (r1, l1): (Option<Sample>, Option<Sample>),
+        deliveries: Option<u64>,
+    ) {
+        let redis = self.env.redis_pid.into_iter().collect();
+        report.redis = self.process_cost(redis, r0, r1, deliveries);
+        let mut loadtest = vec![std::process::id()];
+        loadtest.extend(&self.worker_pids);
+        report.loadtest = self.process_cost(loadtest, l0, l1, deliveries);
+    }
+
+    /// The end of a run that published at a pace (`paced`, measured from `t0` and
+    /// the samples `s0` of gateway, Redis and load generator): waits until the steady
+    /// clients received `expected` messages, then builds the report.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn finish_paced(
+        &mut self,
+        mut pool: Pool,
+        conn: &PhaseResult,
+        (before, connected): (Option<Sample>, Option<Sample>),
+        (t0, g0, r0, l0): (Instant, Option<Sample>, Option<Sample>, Option<Sample>),
+        paced: Paced,
+        expected: u64,
+    ) -> Result<Report> {
+        let (_, done) = self
+            .drain(&mut pool, move |t| t.steady.unique >= expected)
+            .await?;
+        let (g1, r1, l1) = (
+            self.gateway_sample(),
+            self.redis_sample(),
+            self.loadtest_sample(),
+        );
+        let window = done.duration_since(t0).as_secs_f64();
+        let groups = pool.groups();
+        let (stats, timeline) = pool
+            .finish(self.left().max(Duration::from_secs(30)))
+            .await?;
+        let mut report = self.report(conn, &stats, &timeline, groups);
+        let d = delivery(Some(&paced), expected, &stats.steady, window);
+        let unique = Some(stats.steady.unique);
+        report.gateway = self.gateway_cost(before, connected, g0.zip(g1), unique, conn.ok);
+        self.side_costs(&mut report, (r0, l0), (r1, l1), unique);
+        report.publish_call_us = Some(paced.call.summary());
+        report.correct &= d.is_clean() && paced.failed == 0;
+        report.delivery = Some(d);
+        Ok(report)
+    }
+
     pub fn process_cost(
         &self,
         pids: Vec<u32>,
@@ -456,7 +510,8 @@ pub async fn run(scenario: &crate::cli::Scenario) -> Result<Report> {
         S::Chat(a) => chat::run(a).await?,
         S::ReconnectStorm(a) => storm::run(a).await?,
         S::Recovery(a) => recovery::run(a).await?,
-        S::Worker => bail!("`worker` is run by loadtest itself"),
+        S::Worker | S::FloorServer(_) => bail!("`{}` is run by loadtest itself", scenario.name()),
+        S::Floor(_) => bail!("`floor` is a calibration without a scenario report"),
     };
     let Some(common) = scenario.common() else {
         return Ok(report);

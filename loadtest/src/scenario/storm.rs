@@ -43,8 +43,7 @@ pub async fn run(a: &StormArgs) -> Result<Report> {
         let (cpu, _) = crate::procfs::cpu_between(&a, &b);
         g.cpu_us_per_connect = Some(cpu as f64 / back.ok.max(1) as f64);
     }
-    report.redis = run.process_cost(run.env.redis_pid.into_iter().collect(), r0, r1, None);
-    report.loadtest = run.process_cost(vec![std::process::id()], l0, l1, None);
+    run.side_costs(&mut report, (r0, l0), (r1, l1), None);
     report.correct &= probe_d.is_clean() && back.failed == 0;
     report.storm = Some(Storm {
         dropped: back.ok + back.failed,

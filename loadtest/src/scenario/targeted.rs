@@ -5,7 +5,7 @@
 use anyhow::Result;
 use tokio::time::Instant;
 
-use super::{Run, delivery};
+use super::Run;
 use crate::cli::TargetedArgs;
 use crate::conn::user_id;
 use crate::payload;
@@ -53,27 +53,13 @@ pub async fn run(a: &TargetedArgs) -> Result<Report> {
         )
         .await?;
     let expected = paced.ok;
-    let (_, done) = run
-        .drain(&mut pool, move |t| t.steady.unique >= expected)
-        .await?;
-    let (g1, r1, l1) = (
-        run.gateway_sample(),
-        run.redis_sample(),
-        run.loadtest_sample(),
-    );
-    let window = done.duration_since(t0).as_secs_f64();
-    let groups = pool.groups();
-    let (stats, timeline) = pool
-        .finish(run.left().max(std::time::Duration::from_secs(30)))
-        .await?;
-    let mut report = run.report(&conn, &stats, &timeline, groups);
-    let d = delivery(Some(&paced), expected, &stats.steady, window);
-    let unique = Some(stats.steady.unique);
-    report.gateway = run.gateway_cost(before, connected, g0.zip(g1), unique, conn.ok);
-    report.redis = run.process_cost(run.env.redis_pid.into_iter().collect(), r0, r1, unique);
-    report.loadtest = run.process_cost(vec![std::process::id()], l0, l1, unique);
-    report.publish_call_us = Some(paced.call.summary());
-    report.correct &= d.is_clean() && paced.failed == 0;
-    report.delivery = Some(d);
-    Ok(report)
+    run.finish_paced(
+        pool,
+        &conn,
+        (before, connected),
+        (t0, g0, r0, l0),
+        paced,
+        expected,
+    )
+    .await
 }
