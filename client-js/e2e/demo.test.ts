@@ -86,10 +86,15 @@ describe('demo app in Chromium', { timeout: 100_000 }, () => {
 
     await bob.locator('[data-testid=room-e2e] [data-testid=message-input]').fill('hi alice, bob here');
     await bob.locator('[data-testid=room-e2e] [data-testid=message-input]').press('Enter');
-    await alice.locator('[data-testid=room-e2e] [data-testid=message][data-from=bob]', { hasText: 'hi alice, bob here' }).waitFor();
-    // Each message once, on both pages.
+    // Each page gets both messages over its own connection, in publish order: wait
+    // for the last one on both (bob's own copy can still be on its way when alice
+    // shows it), then each message must be there exactly once.
     for (const page of [alice, bob]) {
-      assert.equal(await page.locator('[data-testid=room-e2e] [data-testid=message]').count(), 2);
+      await page.locator('[data-testid=room-e2e] [data-testid=message][data-from=bob]', { hasText: 'hi alice, bob here' }).waitFor();
+    }
+    for (const [name, page] of [['alice', alice], ['bob', bob]] as const) {
+      const texts = await page.locator('[data-testid=room-e2e] [data-testid=message]').allTextContents();
+      assert.equal(texts.length, 2, `${name}'s page shows ${JSON.stringify(texts)}`);
     }
   });
 
