@@ -265,3 +265,88 @@ async fn a_new_epoch_while_subscribed_is_delivered() {
     assert_eq!((a.offset, b.offset), (Some(1), Some(2)));
     assert_ne!(a.epoch, old_epoch);
 }
+
+/// `calls` of one command in Redis' INFO commandstats.
+async fn command_calls(redis: &RedisServer, cmd: &str) -> u64 {
+    let info = match redis.cmd(&["INFO", "commandstats"]).await {
+        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => panic!("unexpected INFO reply {other:?}"),
+    };
+    let key = format!("cmdstat_{cmd}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A fresh connection (no resume, nothing acknowledged) whose personal channel gets
+/// a message after the connection read its position but before the gateway reads
+/// the live copy: the message lands in history while the live copy is still on its
+/// way. The proxy in front of Redis makes that order certain: it holds the
+/// subscriber connection's bytes from the subscription's confirmation on, lets the
+/// confirmation through once the message is published, and the live copy only
+/// after the welcome. The message must arrive exactly once, after the welcome.
+#[tokio::test]
+async fn a_message_published_while_a_fresh_connection_is_set_up_arrives_once() {
+    let redis = RedisServer::start().await;
+    let proxy =
+        testkit::HoldProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
+    // The liveness probe runs on the held connection: it must not give up on it
+    // while the test holds its bytes.
+    let gw = Gateway::builder()
+        .redis_url(&proxy.url(), "held")
+        .args(&["--redis-probe-interval", "60s"])
+        .start()
+        .await;
+    eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
+    let sdk = Publisher::builder(redis.url()).build().unwrap();
+    // One user whose channel has no history yet, one with a message already in it.
+    for (user, before) in [("fresh-empty", 0u64), ("fresh-after-one", 1)] {
+        for i in 0..before {
+            sdk.to_user(user)
+                .event(format!("old{i}"))
+                .send()
+                .await
+                .unwrap();
+        }
+        let name = protocol::keys::pubsub_channel("tidings", &format!("$user:{user}"));
+        let mut confirmation = b"subscribe\r\n".to_vec();
+        confirmation.extend_from_slice(format!("${}\r\n{name}", name.len()).as_bytes());
+        proxy.hold_from(&confirmation);
+        let reads = command_calls(&redis, "hmget").await;
+        let t = token(user, &[], &[], 60);
+        let connect = Client::connect(&gw, &t);
+        let race = async {
+            // Redis has the subscription and the connection has read its position.
+            redis.wait_numsub(&format!("$user:{user}"), 1).await;
+            let deadline = std::time::Instant::now() + support::WAIT;
+            while command_calls(&redis, "hmget").await == reads {
+                assert!(std::time::Instant::now() < deadline, "position never read");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            sdk.to_user(user).event("during").send().await.unwrap();
+            // The confirmation goes through; the live copy stays held.
+            proxy.release_until(b"message\r\n");
+        };
+        let (mut c, ()) = tokio::join!(connect, race);
+        assert_eq!(
+            c.welcome.offset,
+            Some(before),
+            "{user}: the stream starts before it"
+        );
+        let m = c.message().await;
+        assert_eq!((m.event.as_str(), m.offset), ("during", Some(before + 1)));
+        // The held live copy now arrives at the gateway, then a later message: the
+        // copy must have been dropped as a duplicate.
+        proxy.release();
+        sdk.to_user(user).event("after").send().await.unwrap();
+        let m = c.message().await;
+        assert_eq!(
+            (m.event.as_str(), m.offset),
+            ("after", Some(before + 2)),
+            "{user}"
+        );
+        c.no_message_within(Duration::from_millis(100)).await;
+    }
+}

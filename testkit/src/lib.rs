@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 
 pub mod cluster;
 pub mod gateway;
+mod hold;
 mod proxy;
 
 pub use cluster::RedisCluster;
+pub use hold::HoldProxy;
 pub use proxy::FreezeProxy;
 
 /// How long a harness operation may take before the test fails.
