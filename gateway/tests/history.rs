@@ -280,26 +280,63 @@ async fn command_calls(redis: &RedisServer, cmd: &str) -> u64 {
         .map_or(0, |n| n.parse().unwrap())
 }
 
-/// A fresh connection (no resume, nothing acknowledged) whose personal channel gets
-/// a message after the connection read its position but before the gateway reads
-/// the live copy: the message lands in history while the live copy is still on its
-/// way. The proxy in front of Redis makes that order certain: it holds the
-/// subscriber connection's bytes from the subscription's confirmation on, lets the
-/// confirmation through once the message is published, and the live copy only
-/// after the welcome. The message must arrive exactly once, after the welcome.
-#[tokio::test]
-async fn a_message_published_while_a_fresh_connection_is_set_up_arrives_once() {
-    let redis = RedisServer::start().await;
+/// Holds the gateway's subscriber connection from the confirmation of `channel`'s
+/// subscription on (see [`publish_in_setup_window`]); returns the count of position
+/// reads so far.
+async fn hold_confirmation(proxy: &testkit::HoldProxy, redis: &RedisServer, channel: &str) -> u64 {
+    let name = protocol::keys::pubsub_channel("tidings", channel);
+    let mut confirmation = b"subscribe\r\n".to_vec();
+    confirmation.extend_from_slice(format!("${}\r\n{name}", name.len()).as_bytes());
+    proxy.hold_from(&confirmation);
+    command_calls(redis, "hmget").await
+}
+
+/// Once Redis has the subscription of `channel` and the gateway has read the
+/// channel's position (`reads` was the count before), runs `publish`, then lets the
+/// held confirmation through but not the live copy of what was published: the
+/// message is in history while its live copy is still on its way.
+async fn publish_in_setup_window(
+    proxy: &testkit::HoldProxy,
+    redis: &RedisServer,
+    channel: &str,
+    reads: u64,
+    publish: impl std::future::Future<Output = ()>,
+) {
+    redis.wait_numsub(channel, 1).await;
+    let deadline = std::time::Instant::now() + support::WAIT;
+    while command_calls(redis, "hmget").await == reads {
+        assert!(std::time::Instant::now() < deadline, "position never read");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    publish.await;
+    proxy.release_until(b"message\r\n");
+}
+
+/// A gateway whose Redis connections go through a [`testkit::HoldProxy`].
+async fn held_gateway(redis: &RedisServer) -> (testkit::HoldProxy, Gateway) {
     let proxy =
         testkit::HoldProxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap()).await;
     // The liveness probe runs on the held connection: it must not give up on it
-    // while the test holds its bytes.
+    // while a test holds its bytes.
     let gw = Gateway::builder()
         .redis_url(&proxy.url(), "held")
-        .args(&["--redis-probe-interval", "60s"])
+        .args(&["--redis-probe-interval", "60s", "--history", ROOMS])
         .start()
         .await;
     eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
+    (proxy, gw)
+}
+
+/// A fresh connection (no resume, nothing acknowledged) whose personal channel gets
+/// a message after the connection read its position but before the gateway reads
+/// the live copy. The proxy makes that order certain: it holds the subscriber
+/// connection from the subscription's confirmation on, lets the confirmation
+/// through once the message is published, and the live copy only after the
+/// welcome. The message must arrive exactly once, after the welcome.
+#[tokio::test]
+async fn a_message_published_while_a_fresh_connection_is_set_up_arrives_once() {
+    let redis = RedisServer::start().await;
+    let (proxy, gw) = held_gateway(&redis).await;
     let sdk = Publisher::builder(redis.url()).build().unwrap();
     // One user whose channel has no history yet, one with a message already in it.
     for (user, before) in [("fresh-empty", 0u64), ("fresh-after-one", 1)] {
@@ -310,26 +347,16 @@ async fn a_message_published_while_a_fresh_connection_is_set_up_arrives_once() {
                 .await
                 .unwrap();
         }
-        let name = protocol::keys::pubsub_channel("tidings", &format!("$user:{user}"));
-        let mut confirmation = b"subscribe\r\n".to_vec();
-        confirmation.extend_from_slice(format!("${}\r\n{name}", name.len()).as_bytes());
-        proxy.hold_from(&confirmation);
-        let reads = command_calls(&redis, "hmget").await;
+        let channel = format!("$user:{user}");
+        let reads = hold_confirmation(&proxy, &redis, &channel).await;
         let t = token(user, &[], &[], 60);
-        let connect = Client::connect(&gw, &t);
-        let race = async {
-            // Redis has the subscription and the connection has read its position.
-            redis.wait_numsub(&format!("$user:{user}"), 1).await;
-            let deadline = std::time::Instant::now() + support::WAIT;
-            while command_calls(&redis, "hmget").await == reads {
-                assert!(std::time::Instant::now() < deadline, "position never read");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        let publish = async {
             sdk.to_user(user).event("during").send().await.unwrap();
-            // The confirmation goes through; the live copy stays held.
-            proxy.release_until(b"message\r\n");
         };
-        let (mut c, ()) = tokio::join!(connect, race);
+        let (mut c, ()) = tokio::join!(
+            Client::connect(&gw, &t),
+            publish_in_setup_window(&proxy, &redis, &channel, reads, publish)
+        );
         assert_eq!(
             c.welcome.offset,
             Some(before),
@@ -337,7 +364,7 @@ async fn a_message_published_while_a_fresh_connection_is_set_up_arrives_once() {
         );
         let m = c.message().await;
         assert_eq!((m.event.as_str(), m.offset), ("during", Some(before + 1)));
-        // The held live copy now arrives at the gateway, then a later message: the
+        // The held live copy now reaches the gateway, then a later message: the
         // copy must have been dropped as a duplicate.
         proxy.release();
         sdk.to_user(user).event("after").send().await.unwrap();
@@ -349,4 +376,42 @@ async fn a_message_published_while_a_fresh_connection_is_set_up_arrives_once() {
         );
         c.no_message_within(Duration::from_millis(100)).await;
     }
+}
+
+/// The same window for `subscribe` without `since` on a channel with history.
+#[tokio::test]
+async fn a_message_published_while_a_subscribe_is_set_up_arrives_once() {
+    let redis = RedisServer::start().await;
+    let (proxy, gw) = held_gateway(&redis).await;
+    let mut c = Client::connect(&gw, &token("sub", &["room:*"], &[], 60)).await;
+    publish_n(&gw, json!({"channel": "room:7"}), 2).await;
+    let reads = hold_confirmation(&proxy, &redis, "room:7").await;
+    let id = c.next_id();
+    c.send(&ClientFrame::Subscribe {
+        id,
+        channel: "room:7".into(),
+        since: None,
+    })
+    .await;
+    let publish = async {
+        let (status, _) = gw
+            .publish(json!({"channel": "room:7", "event": "during"}))
+            .await;
+        assert_eq!(status, 200);
+    };
+    let (r, ()) = tokio::join!(
+        c.reply(id),
+        publish_in_setup_window(&proxy, &redis, "room:7", reads, publish)
+    );
+    assert_eq!(
+        r.result.unwrap()["offset"],
+        2,
+        "the stream starts before it"
+    );
+    let m = c.message().await;
+    assert_eq!((m.event.as_str(), m.offset), ("during", Some(3)));
+    proxy.release();
+    publish_n(&gw, json!({"channel": "room:7"}), 1).await;
+    assert_eq!(c.message().await.offset, Some(4));
+    c.no_message_within(Duration::from_millis(100)).await;
 }
