@@ -258,6 +258,7 @@ async fn numbered_stream_survives_failover_and_resharding() {
         .going_away_delay(Duration::from_millis(20))
         .build()
         .unwrap();
+    support::welcomed(&mut events).await;
     wait_shard_numsub(&cluster, channel, 1).await;
     const N: u64 = 400;
     let pause = Arc::new(AtomicBool::new(false));

@@ -45,21 +45,6 @@ fn stream(
     })
 }
 
-/// Waits for the client's first welcome. A fresh connection's stream starts at its
-/// welcome: a message published while the connection is still being set up (after
-/// Redis confirmed the subscription, before the welcome) may fall before the
-/// position the welcome reports, so the numbered streams start only after it.
-async fn connected(events: &mut client::Events) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(Event::Connected { .. })) => return,
-            Ok(Some(other)) => eprintln!("EVENT {other:?}"),
-            other => panic!("no welcome: {other:?}"),
-        }
-    }
-}
-
 /// Collects the personal-channel numbers until `n` arrived (or the deadline).
 async fn collect(events: &mut client::Events, n: u64, within: Duration) -> Vec<u64> {
     let mut got = Vec::new();
@@ -98,7 +83,7 @@ async fn numbered_stream_survives_sigkill_of_the_node() {
         .build()
         .unwrap();
     redis.wait_numsub("$user:stream-user", 1).await;
-    connected(&mut events).await;
+    support::welcomed(&mut events).await;
     const N: u64 = 300;
     let publisher = stream(&redis, "stream-user", N, Duration::from_millis(5));
     // Let part of the stream arrive, then kill the client's node outright.
@@ -159,7 +144,7 @@ async fn numbered_stream_survives_a_rolling_restart() {
     let mut b = node_on(&redis, "b", ports[1]).await;
     let (client, mut events) = stream_client(urls, "rolling-user");
     redis.wait_numsub("$user:rolling-user", 1).await;
-    connected(&mut events).await;
+    support::welcomed(&mut events).await;
     const N: u64 = 400;
     let publisher = stream(&redis, "rolling-user", N, Duration::from_millis(5));
     let mut got = collect(&mut events, 50, Duration::from_secs(10)).await;
@@ -194,7 +179,7 @@ async fn numbered_stream_survives_a_redis_restart_with_aof() {
     eventually("ready", || async { a.admin_get("/readyz").await.0 == 200 }).await;
     let (client, mut events) = stream_client(vec![a.ws_url()], "aof-user");
     redis.wait_numsub("$user:aof-user", 1).await;
-    connected(&mut events).await;
+    support::welcomed(&mut events).await;
     const N: u64 = 300;
     let publisher = stream(&redis, "aof-user", N, Duration::from_millis(5));
     let mut got = collect(&mut events, 60, Duration::from_secs(10)).await;
@@ -220,7 +205,7 @@ async fn redis_restart_without_persistence_reports_not_recovered() {
     let mut a = node_on(&redis, "a", ports[0]).await;
     let (client, mut events) = stream_client(urls, "lossy-user");
     redis.wait_numsub("$user:lossy-user", 1).await;
-    connected(&mut events).await;
+    support::welcomed(&mut events).await;
     stream(&redis, "lossy-user", 10, Duration::ZERO)
         .await
         .unwrap();

@@ -51,6 +51,7 @@ async fn second_device_resumes_from_the_acknowledged_position() {
     let sdk = Publisher::builder(redis.url()).build().unwrap();
 
     let (phone, mut phone_events) = device(a.ws_url(), "inbox-user");
+    support::welcomed(&mut phone_events).await;
     redis.wait_numsub("$user:inbox-user", 1).await;
     for i in 1..=5u64 {
         sdk.to_user("inbox-user")

@@ -183,6 +183,7 @@ async fn numbered_stream_over_shards_survives_sigkill_of_the_node() {
         .going_away_delay(Duration::from_millis(20))
         .build()
         .unwrap();
+    let mut on = support::welcomed(&mut events).await;
     wait_owner_numsub(&shards, "$user:stream-user", 1).await;
     let sdk = sdk(&shards);
     const N: u64 = 300;
@@ -203,7 +204,6 @@ async fn numbered_stream_over_shards_survives_sigkill_of_the_node() {
     });
     let mut got = Vec::new();
     let mut gws: Vec<Option<Gateway>> = gws.into_iter().map(Some).collect();
-    let mut on = String::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while (got.len() as u64) < N {
         match tokio::time::timeout_at(deadline, events.next()).await {

@@ -571,6 +571,22 @@ impl Client {
 }
 
 /// Decodes a data frame; `None` for control frames.
+/// Waits for a [`client::Client`]'s first welcome; returns the node it connected to.
+/// A fresh connection's stream starts at its welcome (protocol.md, `welcome.offset`):
+/// a message published while the connection is still being set up, even after
+/// Redis confirmed the subscription, may fall before the position it reports. Tests
+/// that expect every message of a stream start publishing after this.
+pub async fn welcomed(events: &mut client::Events) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(events)).await {
+            Ok(Some(client::Event::Connected { node, .. })) => return node,
+            Ok(Some(other)) => eprintln!("EVENT {other:?}"),
+            other => panic!("no welcome: {other:?}"),
+        }
+    }
+}
+
 pub fn decode(enc: Encoding, msg: &Message) -> Option<ServerFrame> {
     let bytes: &[u8] = match msg {
         Message::Text(t) => t.as_bytes(),
