@@ -71,6 +71,8 @@ struct PersonalState {
 pub struct Session {
     id: u64,
     encoding: Encoding,
+    /// The client has answered a `ping` frame: it needs no WebSocket ping.
+    answers_pings: bool,
     subscribe_rights: Vec<String>,
     publish_rights: Vec<String>,
     expires_at: u64,
@@ -99,6 +101,7 @@ impl Session {
         let mut s = Session {
             id: node.next_session_id(),
             encoding,
+            answers_pings: false,
             subscribe_rights: claims.subscribe,
             publish_rights: claims.publish,
             expires_at: claims.exp,
@@ -393,6 +396,12 @@ impl Session {
         self.encoding
     }
 
+    /// Whether the client answers `ping` frames, so that frame alone is its
+    /// heartbeat (protocol section 9).
+    pub fn answers_pings(&self) -> bool {
+        self.answers_pings
+    }
+
     pub fn user(&self) -> &Arc<str> {
         self.slot.user()
     }
@@ -453,6 +462,7 @@ impl Session {
         self.node.metrics.inbound(frame.kind());
         // Pongs answer our own pings: never rate-limited, never answered.
         if matches!(frame, ClientFrame::Pong) {
+            self.answers_pings = true;
             return Outcome::Silent;
         }
         if !self.rate.take(now) {

@@ -443,8 +443,14 @@ where
                             Encoding::Json => Message::Text(node.ping_json.clone()),
                             Encoding::MsgPack => Message::Binary(node.ping_msgpack.clone()),
                         };
-                        let write =
-                            Box::pin(w.send(vec![Message::Ping(Default::default()), app_ping]));
+                        // A client that answers ping frames needs no WebSocket ping:
+                        // one frame and one answer per heartbeat instead of two.
+                        let frames = if session.answers_pings() {
+                            vec![app_ping]
+                        } else {
+                            vec![Message::Ping(Default::default()), app_ping]
+                        };
+                        let write = Box::pin(w.send(frames));
                         write.await?;
                     }
                     Tick::Nothing => {}

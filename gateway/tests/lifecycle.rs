@@ -127,6 +127,62 @@ async fn heartbeat_keeps_live_peers_and_drops_silent_ones() {
     );
 }
 
+/// Reads raw frames for `d`; returns (WebSocket pings, ping frames) seen. With
+/// `answer`, ping frames are answered with `pong` (WebSocket pings always are, by
+/// tungstenite while it reads). Panics on a close.
+async fn count_pings(c: &mut Client, d: Duration, answer: bool) -> (usize, usize) {
+    let (mut ws_pings, mut app_pings) = (0, 0);
+    let until = Instant::now() + d;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(msg) = tokio::time::timeout(left, c.ws.next()).await else {
+            break;
+        };
+        match msg.expect("connection ended").expect("read error") {
+            Message::Ping(_) => ws_pings += 1,
+            Message::Close(f) => panic!("closed: {f:?}"),
+            other => match decode(Encoding::Json, &other) {
+                Some(ServerFrame::Ping) => {
+                    app_pings += 1;
+                    if answer {
+                        c.send(&ClientFrame::Pong).await;
+                    }
+                }
+                f => panic!("unexpected {f:?}"),
+            },
+        }
+    }
+    (ws_pings, app_pings)
+}
+
+#[tokio::test]
+async fn websocket_pings_stop_once_the_client_answers_ping_frames() {
+    let gw = Gateway::builder()
+        .args(&["--heartbeat-interval", "200ms"])
+        .start()
+        .await;
+    let t = token("hb2", &["*"], &[], 60);
+    // A client that answers ping frames: after its first answer, each heartbeat is
+    // the ping frame alone.
+    let mut answering = Client::connect(&gw, &t).await;
+    let (ws, app) = count_pings(&mut answering, Duration::from_millis(450), true).await;
+    assert!(
+        app >= 1 && ws <= app,
+        "first heartbeats: {ws} ws, {app} app"
+    );
+    let (ws, app) = count_pings(&mut answering, Duration::from_millis(1200), true).await;
+    assert!(app >= 3, "{app} ping frames");
+    assert_eq!(
+        ws, 0,
+        "WebSocket pings to a client that answers ping frames"
+    );
+    // A client that only answers WebSocket pings (as any WebSocket library does by
+    // itself) keeps getting them and stays connected past two intervals.
+    let mut passive = Client::connect(&gw, &t).await;
+    let (ws, app) = count_pings(&mut passive, Duration::from_millis(1200), false).await;
+    assert!(ws >= 3 && app >= 3, "{ws} ws, {app} app");
+    assert!(passive.subscribe("still-there").await.ok);
+}
+
 #[tokio::test]
 async fn expired_token_closes_with_4001_unless_refreshed() {
     // The support builder passes --jwt-leeway 0s.
