@@ -116,6 +116,63 @@ pub(crate) enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// How often a read transaction is retried while its slot moves (the waits double
+/// from 10 ms: about 2.5 s in all, within the publisher's timeout).
+const SLOT_MOVE_RETRIES: u32 = 8;
+
+impl Conn {
+    /// Runs a read-only transaction (`MULTI` ... `EXEC`). In a cluster, a transaction
+    /// that meets its slot on the move (MOVED, ASK or TRYAGAIN inside `EXEC`, during a
+    /// failover or a resharding) comes back aborted: the cluster client redirects
+    /// single commands but not transactions, and does not learn the new slot owner
+    /// from them. A plain read of `probe_key` (a key of the same slot) goes through
+    /// its redirect handling, which refreshes the slot map; then the transaction is
+    /// tried again. Without this a history read during a slot move failed and a
+    /// resume reported `recovered: false` for history that was there.
+    pub(crate) async fn transaction<T: redis::FromRedisValue>(
+        &mut self,
+        pipe: &Pipeline,
+        probe_key: &str,
+    ) -> Result<T, PublishError> {
+        let mut wait = Duration::from_millis(10);
+        let mut attempt = 0;
+        loop {
+            match pipe.query_async(self).await {
+                Ok(v) => return Ok(v),
+                Err(e)
+                    if matches!(self, Conn::Cluster(_))
+                        && slot_moving(&e)
+                        && attempt < SLOT_MOVE_RETRIES =>
+                {
+                    attempt += 1;
+                    let _ = redis::cmd("EXISTS")
+                        .arg(probe_key)
+                        .query_async::<i64>(self)
+                        .await;
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+    }
+}
+
+/// Whether an error (or any command inside an aborted transaction) says the slot is
+/// elsewhere or on the move.
+fn slot_moving(e: &redis::RedisError) -> bool {
+    use redis::ServerErrorKind as K;
+    e.is_cluster_error()
+        || e.clone().into_server_errors().is_some_and(|errs| {
+            errs.iter().any(|(_, s)| {
+                matches!(
+                    s.kind(),
+                    Some(K::Moved | K::Ask | K::TryAgain | K::ClusterDown)
+                )
+            })
+        })
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {

@@ -80,11 +80,11 @@ impl Publisher {
                 }
                 let (epoch, pubs) = if after.is_some() {
                     let ((epoch, seq), range): ((Option<String>, Option<u64>), StreamRangeReply) =
-                        pipe.query_async(conn).await.map_err(unavailable)?;
+                        conn.transaction(&pipe, &meta).await?;
                     ((epoch, seq), decode_entries(range))
                 } else {
                     let ((epoch, seq),): ((Option<String>, Option<u64>),) =
-                        pipe.query_async(conn).await.map_err(unavailable)?;
+                        conn.transaction(&pipe, &meta).await?;
                     ((epoch, seq), Vec::new())
                 };
                 let (epoch, seq) = epoch;
@@ -127,18 +127,17 @@ impl Publisher {
         let ch = ch.to_owned();
         self.with_conn(&ch.clone(), move |inner, conn| {
             Box::pin(async move {
+                let meta = inner.keys.history_meta(&ch);
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("HMGET")
+                    .arg(&meta)
+                    .arg("epoch")
+                    .arg("seq")
+                    .cmd("GET")
+                    .arg(inner.keys.ack_position(&ch));
                 let ((epoch, seq), ack): ((Option<String>, Option<u64>), Option<String>) =
-                    redis::pipe()
-                        .atomic()
-                        .cmd("HMGET")
-                        .arg(inner.keys.history_meta(&ch))
-                        .arg("epoch")
-                        .arg("seq")
-                        .cmd("GET")
-                        .arg(inner.keys.ack_position(&ch))
-                        .query_async(conn)
-                        .await
-                        .map_err(unavailable)?;
+                    conn.transaction(&pipe, &meta).await?;
                 let acked = ack.as_deref().and_then(parse_ack);
                 let page = HistoryPage {
                     epoch: epoch.unwrap_or_default(),
@@ -174,20 +173,19 @@ impl Publisher {
         let ch = channel::personal(user);
         self.with_conn(&ch.clone(), move |inner, conn| {
             Box::pin(async move {
+                let meta = inner.keys.history_meta(&ch);
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("HMGET")
+                    .arg(&meta)
+                    .arg("epoch")
+                    .arg("seq")
+                    .cmd("XLEN")
+                    .arg(inner.keys.history_stream(&ch))
+                    .cmd("GET")
+                    .arg(inner.keys.ack_position(&ch));
                 let ((epoch, seq), len, ack): ((Option<String>, Option<u64>), u64, Option<String>) =
-                    redis::pipe()
-                        .atomic()
-                        .cmd("HMGET")
-                        .arg(inner.keys.history_meta(&ch))
-                        .arg("epoch")
-                        .arg("seq")
-                        .cmd("XLEN")
-                        .arg(inner.keys.history_stream(&ch))
-                        .cmd("GET")
-                        .arg(inner.keys.ack_position(&ch))
-                        .query_async(conn)
-                        .await
-                        .map_err(unavailable)?;
+                    conn.transaction(&pipe, &meta).await?;
                 let seq = seq.unwrap_or(0);
                 let acked = match (epoch, ack.as_deref().and_then(|a| a.rsplit_once(':'))) {
                     (Some(e), Some((ae, off))) if e == ae => off.parse::<u64>().unwrap_or(0),
