@@ -64,12 +64,7 @@ impl Publisher {
                 let meta = inner.keys.history_meta(&ch);
                 // Reading never creates history (no key per idle user in Redis): an
                 // empty epoch means "none yet", and resuming from it replays all.
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .cmd("HMGET")
-                    .arg(&meta)
-                    .arg("epoch")
-                    .arg("seq");
+                let mut pipe = meta_read(&meta);
                 if let Some(after) = after {
                     pipe.cmd("XRANGE")
                         .arg(inner.keys.history_stream(&ch))
@@ -128,14 +123,8 @@ impl Publisher {
         self.with_conn(&ch.clone(), move |inner, conn| {
             Box::pin(async move {
                 let meta = inner.keys.history_meta(&ch);
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .cmd("HMGET")
-                    .arg(&meta)
-                    .arg("epoch")
-                    .arg("seq")
-                    .cmd("GET")
-                    .arg(inner.keys.ack_position(&ch));
+                let mut pipe = meta_read(&meta);
+                pipe.cmd("GET").arg(inner.keys.ack_position(&ch));
                 let ((epoch, seq), ack): ((Option<String>, Option<u64>), Option<String>) =
                     conn.transaction(&pipe, &meta).await?;
                 let acked = ack.as_deref().and_then(parse_ack);
@@ -174,13 +163,8 @@ impl Publisher {
         self.with_conn(&ch.clone(), move |inner, conn| {
             Box::pin(async move {
                 let meta = inner.keys.history_meta(&ch);
-                let mut pipe = redis::pipe();
-                pipe.atomic()
-                    .cmd("HMGET")
-                    .arg(&meta)
-                    .arg("epoch")
-                    .arg("seq")
-                    .cmd("XLEN")
+                let mut pipe = meta_read(&meta);
+                pipe.cmd("XLEN")
                     .arg(inner.keys.history_stream(&ch))
                     .cmd("GET")
                     .arg(inner.keys.ack_position(&ch));
@@ -234,6 +218,14 @@ impl Publisher {
         channel::validate_user(user).map_err(|e| PublishError::InvalidTarget(e.to_string()))?;
         self.ack_channel(&channel::personal(user), offset).await
     }
+}
+
+/// A read transaction (`MULTI` ... `EXEC`) that starts with the channel's history
+/// `(epoch, seq)` from its meta key; callers add the rest.
+fn meta_read(meta: &str) -> redis::Pipeline {
+    let mut pipe = redis::pipe();
+    pipe.atomic().cmd("HMGET").arg(meta).arg("epoch").arg("seq");
+    pipe
 }
 
 /// A stored acknowledged position, `<epoch>:<offset>`.
