@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use client::Event;
+use protocol::Encoding;
 use protocol::keys::KeySpace;
 use protocol::topology::{Partitions, key_slot};
 use publisher::Publisher;
 use serde_json::json;
-use support::{Client, Gateway, token};
+use support::{Audience, Client, Gateway, token};
 use testkit::{RedisCluster, RedisServer};
 
 const PARTITIONS: usize = 16;
@@ -94,15 +94,7 @@ async fn cluster_delivers_exactly_once_through_the_owning_master() {
     let cluster = RedisCluster::start(3).await;
     eprintln!("cluster up in {:?}", started.elapsed());
     let gws = nodes(&cluster, 3).await;
-    let t_alice = token("alice", &["news"], &[], 60);
-    let mut alice = Vec::new();
-    for gw in &gws {
-        alice.push(Client::connect(gw, &t_alice).await);
-    }
-    let mut bob = Client::connect(&gws[0], &token("bob", &["news"], &[], 60)).await;
-    assert!(alice[0].subscribe("news").await.ok);
-    assert!(alice[1].subscribe("news").await.ok);
-    assert!(bob.subscribe("news").await.ok);
+    let mut aud = Audience::join(&gws, &["news"], |_| Encoding::Json).await;
     wait_shard_numsub(&cluster, "$user:alice", 3).await;
     wait_shard_numsub(&cluster, "$user:bob", 1).await;
     wait_shard_numsub(&cluster, "news", 2).await;
@@ -110,48 +102,23 @@ async fn cluster_delivers_exactly_once_through_the_owning_master() {
     assert_channels_only_on_owners(&cluster).await;
 
     let p = sdk(&cluster);
-    let r = p
-        .to_user("alice")
-        .event("n")
-        .payload(&json!({"k": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.nodes, 3);
-    for c in &mut alice {
-        let m = c.message().await;
-        assert_eq!((m.channel.as_str(), m.event.as_str()), ("$user:alice", "n"));
-        assert_eq!(m.offset, Some(1), "personal channels keep history");
-    }
-    let r = p.to_channel("news").event("c").send().await.unwrap();
-    assert_eq!(r.nodes, 2);
-    for c in alice.iter_mut().take(2).chain(std::iter::once(&mut bob)) {
-        assert_eq!(c.message().await.channel, "news");
-    }
-    let r = p.broadcast().event("b").send().await.unwrap();
-    assert_eq!(r.nodes, 3);
-    for c in alice.iter_mut().chain(std::iter::once(&mut bob)) {
-        assert_eq!(c.message().await.channel, "$broadcast");
-    }
     // The HTTP API of any node publishes the same way (grouped per partition).
-    let (status, body) = gws[2]
-        .publish(json!({"users": ["alice", "bob"], "event": "api"}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["nodes"], 4);
-    for c in alice.iter_mut().chain(std::iter::once(&mut bob)) {
-        assert_eq!(c.message().await.event, "api");
-    }
+    aud.each_delivered_once(&p, &gws[2]).await;
     // A client publish goes through the cluster too.
     let mut carol = Client::connect(&gws[1], &token("carol", &["news"], &["news"], 60)).await;
     assert!(carol.subscribe("news").await.ok);
     // Carol's node already listens to news for alice: still one subscriber per node.
     wait_shard_numsub(&cluster, "news", 2).await;
     assert!(carol.publish("news", "say", json!("hi")).await.ok);
-    for c in alice.iter_mut().take(2).chain([&mut bob, &mut carol]) {
+    for c in aud
+        .alice
+        .iter_mut()
+        .take(2)
+        .chain([&mut aud.bob, &mut carol])
+    {
         assert_eq!(c.message().await.payload.json(), "\"hi\"");
     }
-    for c in alice.iter_mut().chain([&mut bob, &mut carol]) {
+    for c in aud.everyone().chain([&mut carol]) {
         c.no_message_within(Duration::from_millis(300)).await;
     }
 
@@ -194,53 +161,6 @@ async fn cluster_delivers_exactly_once_through_the_owning_master() {
     assert_eq!(total, 3 * PARTITIONS, "3 nodes x {PARTITIONS} partitions");
 }
 
-/// Publishes `n` numbered notifications to `user`, retrying each (same id) until the
-/// cluster takes it; holds off while `pause` is set.
-fn stream(
-    sdk: Publisher,
-    user: &'static str,
-    n: u64,
-    gap: Duration,
-    pause: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        for i in 0..n {
-            while pause.load(Ordering::Acquire) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            loop {
-                let sent = sdk
-                    .to_user(user)
-                    .event("n")
-                    .id(format!("n{i}"))
-                    .payload(&i)
-                    .send()
-                    .await;
-                if sent.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tokio::time::sleep(gap).await;
-        }
-    })
-}
-
-async fn collect(events: &mut client::Events, n: u64, within: Duration) -> Vec<u64> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + within;
-    while (got.len() as u64) < n {
-        match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(Event::Message {
-                channel, payload, ..
-            })) if channel.starts_with("$user:") => got.push(payload.parse::<u64>().unwrap()),
-            Ok(Some(other)) => eprintln!("EVENT {other:?}"),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    got
-}
-
 /// Waits until the node on `port` answers PING again, or fails.
 async fn reachable(node: &RedisServer) {
     node.cmd(&["PING"]).await;
@@ -262,14 +182,14 @@ async fn numbered_stream_survives_failover_and_resharding() {
     wait_shard_numsub(&cluster, channel, 1).await;
     const N: u64 = 400;
     let pause = Arc::new(AtomicBool::new(false));
-    let publisher = stream(
+    let publisher = support::numbered_stream(
         sdk(&cluster),
         user,
         N,
         Duration::from_millis(5),
-        pause.clone(),
+        Some(pause.clone()),
     );
-    let mut got = collect(&mut events, 60, Duration::from_secs(10)).await;
+    let mut got = support::collect_numbers(&mut events, 60, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 60);
 
     // Failover: the master of the stream's slot dies mid-stream. Replication is
@@ -284,7 +204,7 @@ async fn numbered_stream_survives_failover_and_resharding() {
     pause.store(false, Ordering::Release);
     let new = cluster.wait_new_owner(slot, old).await;
     eprintln!("failover {old} -> {new} in {:?}", t.elapsed());
-    got.extend(collect(&mut events, 60, Duration::from_secs(20)).await);
+    got.extend(support::collect_numbers(&mut events, 60, Duration::from_secs(20)).await);
     eprintln!("delivery resumed {:?} after the kill", t.elapsed());
     wait_shard_numsub(&cluster, channel, 1).await;
 
@@ -306,7 +226,7 @@ async fn numbered_stream_survives_failover_and_resharding() {
     );
 
     let left = N - got.len() as u64;
-    got.extend(collect(&mut events, left, Duration::from_secs(30)).await);
+    got.extend(support::collect_numbers(&mut events, left, Duration::from_secs(30)).await);
     publisher.await.unwrap();
     assert_eq!(
         got,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use client::{Client, Event};
 use publisher::Publisher;
-use support::{Gateway, RedisServer, eventually, token};
+use support::{Gateway, RedisServer, collect_numbers, eventually, token};
 use testkit::free_port;
 
 /// Publishes `n` numbered notifications to `user`, one every `gap`.
@@ -22,50 +22,7 @@ fn stream(
     gap: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let sdk = Publisher::builder(redis.url()).build().unwrap();
-    tokio::spawn(async move {
-        for i in 0..n {
-            // Retry until Redis takes it: the stream itself must have no holes. The
-            // id makes a retry of a publish that did land (reply lost) a no-op.
-            loop {
-                if sdk
-                    .to_user(user)
-                    .event("n")
-                    .id(format!("n{i}"))
-                    .payload(&i)
-                    .send()
-                    .await
-                    .is_ok()
-                {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tokio::time::sleep(gap).await;
-        }
-    })
-}
-
-/// Collects the personal-channel numbers until `n` arrived (or the deadline).
-async fn collect(events: &mut client::Events, n: u64, within: Duration) -> Vec<u64> {
-    let mut got = Vec::new();
-    let deadline = tokio::time::Instant::now() + within;
-    while (got.len() as u64) < n {
-        let ev = tokio::time::timeout_at(deadline, events.next()).await;
-        match ev {
-            Ok(Some(Event::Message {
-                channel, payload, ..
-            })) if channel.starts_with("$user:") => {
-                got.push(payload.parse::<u64>().unwrap());
-            }
-            Ok(Some(other)) => eprintln!("EVENT {other:?}"),
-            Ok(None) => {
-                eprintln!("EVENTS ENDED");
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-    got
+    support::numbered_stream(sdk, user, n, gap, None)
 }
 
 #[tokio::test]
@@ -87,12 +44,12 @@ async fn numbered_stream_survives_sigkill_of_the_node() {
     const N: u64 = 300;
     let publisher = stream(&redis, "stream-user", N, Duration::from_millis(5));
     // Let part of the stream arrive, then kill the client's node outright.
-    let first = collect(&mut events, 60, Duration::from_secs(10)).await;
+    let first = collect_numbers(&mut events, 60, Duration::from_secs(10)).await;
     assert_eq!(first.len(), 60);
     let mut a = a;
     a.signal("KILL");
     a.wait_exit(Duration::from_secs(5)).await;
-    let rest = collect(&mut events, N - 60, Duration::from_secs(30)).await;
+    let rest = collect_numbers(&mut events, N - 60, Duration::from_secs(30)).await;
     publisher.await.unwrap();
     let all: Vec<u64> = first.into_iter().chain(rest).collect();
     assert_eq!(
@@ -147,18 +104,18 @@ async fn numbered_stream_survives_a_rolling_restart() {
     support::welcomed(&mut events).await;
     const N: u64 = 400;
     let publisher = stream(&redis, "rolling-user", N, Duration::from_millis(5));
-    let mut got = collect(&mut events, 50, Duration::from_secs(10)).await;
+    let mut got = collect_numbers(&mut events, 50, Duration::from_secs(10)).await;
     // Roll: each node drains (1001 to its clients) and exits, then comes back on
     // its port before the next one goes.
     a.signal("TERM");
     assert!(a.wait_exit(Duration::from_secs(10)).await.success());
     a = node_on(&redis, "a", ports[0]).await;
-    got.extend(collect(&mut events, 50, Duration::from_secs(10)).await);
+    got.extend(collect_numbers(&mut events, 50, Duration::from_secs(10)).await);
     b.signal("TERM");
     assert!(b.wait_exit(Duration::from_secs(10)).await.success());
     b = node_on(&redis, "b", ports[1]).await;
     let left = N - got.len() as u64;
-    got.extend(collect(&mut events, left, Duration::from_secs(30)).await);
+    got.extend(collect_numbers(&mut events, left, Duration::from_secs(30)).await);
     publisher.await.unwrap();
     assert_exact(got, N);
     drop((client, a, b));
@@ -182,13 +139,13 @@ async fn numbered_stream_survives_a_redis_restart_with_aof() {
     support::welcomed(&mut events).await;
     const N: u64 = 300;
     let publisher = stream(&redis, "aof-user", N, Duration::from_millis(5));
-    let mut got = collect(&mut events, 60, Duration::from_secs(10)).await;
+    let mut got = collect_numbers(&mut events, 60, Duration::from_secs(10)).await;
     // Crash Redis mid-stream. The client stays connected to its node; what is
     // published while the node's subscription is re-established reaches it from the
     // history stream that AOF kept, before the live message that revealed the gap.
     redis.restart().await;
     let left = N - got.len() as u64;
-    got.extend(collect(&mut events, left, Duration::from_secs(30)).await);
+    got.extend(collect_numbers(&mut events, left, Duration::from_secs(30)).await);
     publisher.await.unwrap();
     assert_exact(got, N);
     drop(client);
@@ -209,7 +166,10 @@ async fn redis_restart_without_persistence_reports_not_recovered() {
     stream(&redis, "lossy-user", 10, Duration::ZERO)
         .await
         .unwrap();
-    assert_exact(collect(&mut events, 10, Duration::from_secs(10)).await, 10);
+    assert_exact(
+        collect_numbers(&mut events, 10, Duration::from_secs(10)).await,
+        10,
+    );
     // The client's node dies; what is published next exists only in Redis memory,
     // and Redis then restarts without persistence: that history is gone.
     a.signal("KILL");
@@ -253,7 +213,7 @@ async fn redis_restart_without_persistence_reports_not_recovered() {
             .await
             .unwrap();
     }
-    let after = collect(&mut events, 5, Duration::from_secs(10)).await;
+    let after = collect_numbers(&mut events, 5, Duration::from_secs(10)).await;
     assert_eq!(after, (20..25).collect::<Vec<_>>());
     drop((client, b));
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use protocol::{Encoding, ErrorCode};
 use publisher::{PublishError, Publisher};
 use serde_json::json;
-use support::{Client, Gateway, RedisServer, eventually, token};
+use support::{Audience, Client, Gateway, RedisServer, eventually, token};
 
 async fn nodes(redis: &RedisServer, n: usize) -> Vec<Gateway> {
     support::ready_nodes(n, |b, name| b.redis(redis, name)).await
@@ -26,62 +26,23 @@ fn sdk(redis: &RedisServer) -> Publisher {
 async fn three_nodes_deliver_exactly_once() {
     let redis = RedisServer::start().await;
     let gws = nodes(&redis, 3).await;
-    let t_alice = token("alice", &["news"], &[], 60);
-    let mut alice = Vec::new();
-    for (i, gw) in gws.iter().enumerate() {
-        let enc = if i % 2 == 0 {
+    // Alice's connections alternate JSON and MessagePack.
+    let mut aud = Audience::join(&gws, &["news"], |i| {
+        if i % 2 == 0 {
             Encoding::Json
         } else {
             Encoding::MsgPack
-        };
-        alice.push(Client::connect_encoding(gw, &t_alice, enc).await);
-    }
-    let mut bob = Client::connect(&gws[0], &token("bob", &["news"], &[], 60)).await;
-    assert!(alice[0].subscribe("news").await.ok);
-    assert!(alice[1].subscribe("news").await.ok);
-    assert!(bob.subscribe("news").await.ok);
+        }
+    })
+    .await;
     redis.wait_numsub("$user:alice", 3).await;
     redis.wait_numsub("$user:bob", 1).await;
     redis.wait_numsub("news", 2).await;
     redis.wait_numsub("$broadcast", 3).await;
-
-    let p = sdk(&redis);
-    // A user notification reaches every device of that user on every node, once.
-    let r = p
-        .to_user("alice")
-        .event("n")
-        .payload(&json!({"k": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.nodes, 3);
-    for c in &mut alice {
-        let m = c.message().await;
-        assert_eq!((m.channel.as_str(), m.event.as_str()), ("$user:alice", "n"));
-    }
-    // A channel message reaches all subscribers on all nodes, once.
-    let r = p.to_channel("news").event("c").send().await.unwrap();
-    assert_eq!(r.nodes, 2);
-    for c in alice.iter_mut().take(2).chain(std::iter::once(&mut bob)) {
-        assert_eq!(c.message().await.channel, "news");
-    }
-    // A broadcast reaches everyone.
-    let r = p.broadcast().event("b").send().await.unwrap();
-    assert_eq!(r.nodes, 3);
-    for c in alice.iter_mut().chain(std::iter::once(&mut bob)) {
-        assert_eq!(c.message().await.channel, "$broadcast");
-    }
-    // The HTTP API of any node goes through Redis too.
-    let (status, body) = gws[2]
-        .publish(json!({"users": ["alice", "bob"], "event": "api"}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["nodes"], 4);
-    for c in alice.iter_mut().chain(std::iter::once(&mut bob)) {
-        assert_eq!(c.message().await.event, "api");
-    }
+    // User, channel, broadcast and HTTP API publishes all go through Redis.
+    aud.each_delivered_once(&sdk(&redis), &gws[2]).await;
     // Nothing arrives twice.
-    for c in alice.iter_mut().chain(std::iter::once(&mut bob)) {
+    for c in aud.everyone() {
         c.no_message_within(Duration::from_millis(300)).await;
     }
 }

@@ -9,12 +9,12 @@ mod support;
 use std::time::Duration;
 
 use client::Event;
+use protocol::Encoding;
 use protocol::keys::KeySpace;
 use protocol::topology::shard_of;
 use publisher::Publisher;
 use redis::Value;
-use serde_json::json;
-use support::{Client, Gateway, RedisServer, token};
+use support::{Audience, Gateway, RedisServer, token};
 
 async fn nodes(shards: &[RedisServer], n: usize) -> Vec<Gateway> {
     support::ready_nodes(n, |b, name| b.redis_sharded(shards, name)).await
@@ -50,19 +50,11 @@ async fn calls(server: &RedisServer, cmd: &str) -> u64 {
 async fn sharded_instances_deliver_exactly_once_from_the_owner() {
     let shards = RedisServer::start_many(3).await;
     let gws = nodes(&shards, 3).await;
-    let t_alice = token("alice", &["news", "room:*"], &[], 60);
-    let mut alice = Vec::new();
-    for gw in &gws {
-        alice.push(Client::connect(gw, &t_alice).await);
-    }
-    let mut bob = Client::connect(&gws[0], &token("bob", &["news"], &[], 60)).await;
-    assert!(alice[0].subscribe("news").await.ok);
-    assert!(alice[1].subscribe("news").await.ok);
-    assert!(bob.subscribe("news").await.ok);
+    let mut aud = Audience::join(&gws, &["news", "room:*"], |_| Encoding::Json).await;
     // Enough rooms that every instance owns some.
     let rooms: Vec<String> = (0..12).map(|i| format!("room:{i}")).collect();
     for r in &rooms {
-        assert!(alice[2].subscribe(r).await.ok);
+        assert!(aud.alice[2].subscribe(r).await.ok);
     }
     wait_owner_numsub(&shards, "$user:alice", 3).await;
     wait_owner_numsub(&shards, "$user:bob", 1).await;
@@ -84,42 +76,19 @@ async fn sharded_instances_deliver_exactly_once_from_the_owner() {
     assert!(owned.iter().all(|&n| n > 0), "{owned:?}");
 
     let p = sdk(&shards);
-    let r = p.to_user("alice").event("n").send().await.unwrap();
-    assert_eq!(r.nodes, 3);
-    for c in &mut alice {
-        let m = c.message().await;
-        assert_eq!((m.channel.as_str(), m.offset), ("$user:alice", Some(1)));
-    }
-    let r = p.to_channel("news").send().await.unwrap();
-    assert_eq!(r.nodes, 2);
-    for c in alice.iter_mut().take(2).chain(std::iter::once(&mut bob)) {
-        assert_eq!(c.message().await.channel, "news");
-    }
-    let r = p.broadcast().send().await.unwrap();
-    assert_eq!(r.nodes, 3);
-    for c in alice.iter_mut().chain(std::iter::once(&mut bob)) {
-        assert_eq!(c.message().await.channel, "$broadcast");
-    }
+    aud.each_delivered_once(&p, &gws[1]).await;
     // One multi-channel publish spans all instances; each room arrives once.
     let r = p.to_channels(rooms.clone()).send().await.unwrap();
     assert_eq!(r.per_target, vec![1; rooms.len()]);
     let mut seen: Vec<String> = Vec::new();
     for _ in &rooms {
-        seen.push(alice[2].message().await.channel);
+        seen.push(aud.alice[2].message().await.channel);
     }
     seen.sort();
     let mut want = rooms.clone();
     want.sort();
     assert_eq!(seen, want);
-    let (status, body) = gws[1]
-        .publish(json!({"users": ["alice", "bob"], "event": "api"}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["nodes"], 4);
-    for c in alice.iter_mut().chain(std::iter::once(&mut bob)) {
-        assert_eq!(c.message().await.event, "api");
-    }
-    for c in alice.iter_mut().chain(std::iter::once(&mut bob)) {
+    for c in aud.everyone() {
         c.no_message_within(Duration::from_millis(300)).await;
     }
 
@@ -131,7 +100,7 @@ async fn sharded_instances_deliver_exactly_once_from_the_owner() {
     for i in 0..10 {
         p.to_user("alice").payload(&i).send().await.unwrap();
     }
-    for c in &mut alice {
+    for c in &mut aud.alice {
         for _ in 0..10 {
             c.message().await;
         }
@@ -168,7 +137,12 @@ async fn sharded_instances_deliver_exactly_once_from_the_owner() {
     let down = (0..3).find(|&i| i != shard_of("news", 3)).unwrap();
     shards[down].kill();
     assert!(p.to_channel("news").send().await.is_ok());
-    for c in alice.iter_mut().take(2).chain(std::iter::once(&mut bob)) {
+    for c in aud
+        .alice
+        .iter_mut()
+        .take(2)
+        .chain(std::iter::once(&mut aud.bob))
+    {
         assert_eq!(c.message().await.channel, "news");
     }
 }
@@ -185,23 +159,14 @@ async fn numbered_stream_over_shards_survives_sigkill_of_the_node() {
         .unwrap();
     let mut on = support::welcomed(&mut events).await;
     wait_owner_numsub(&shards, "$user:stream-user", 1).await;
-    let sdk = sdk(&shards);
     const N: u64 = 300;
-    let publisher = tokio::spawn(async move {
-        for i in 0..N {
-            while sdk
-                .to_user("stream-user")
-                .id(format!("n{i}"))
-                .payload(&i)
-                .send()
-                .await
-                .is_err()
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    let publisher = support::numbered_stream(
+        sdk(&shards),
+        "stream-user",
+        N,
+        Duration::from_millis(5),
+        None,
+    );
     let mut got = Vec::new();
     let mut gws: Vec<Option<Gateway>> = gws.into_iter().map(Some).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -571,6 +571,138 @@ impl Client {
 }
 
 /// Decodes a data frame; `None` for control frames.
+/// The cast of the broker-mode delivery tests: alice on every node (`alice[0]` and
+/// `alice[1]` also on `news`), bob on the first node, on `news`.
+pub struct Audience {
+    pub alice: Vec<Client>,
+    pub bob: Client,
+}
+
+impl Audience {
+    /// Connects and subscribes everyone. Alice's token allows `alice_subscribe`
+    /// (which must cover `news`); her i-th connection speaks `encoding(i)`.
+    pub async fn join(
+        gws: &[Gateway],
+        alice_subscribe: &[&str],
+        encoding: impl Fn(usize) -> Encoding,
+    ) -> Audience {
+        let t = token("alice", alice_subscribe, &[], 60);
+        let mut alice = Vec::new();
+        for (i, gw) in gws.iter().enumerate() {
+            alice.push(Client::connect_encoding(gw, &t, encoding(i)).await);
+        }
+        let mut bob = Client::connect(&gws[0], &token("bob", &["news"], &[], 60)).await;
+        assert!(alice[0].subscribe("news").await.ok);
+        assert!(alice[1].subscribe("news").await.ok);
+        assert!(bob.subscribe("news").await.ok);
+        Audience { alice, bob }
+    }
+
+    /// Every connection, bob last.
+    pub fn everyone(&mut self) -> impl Iterator<Item = &mut Client> {
+        self.alice.iter_mut().chain(std::iter::once(&mut self.bob))
+    }
+
+    /// Publishes to alice, to `news`, to everyone, and through `api`'s HTTP API to
+    /// alice and bob; each reaches every connection that should have it, once per
+    /// node. The Redis subscriptions must be in place.
+    pub async fn each_delivered_once(&mut self, p: &publisher::Publisher, api: &Gateway) {
+        let nodes = self.alice.len() as u64;
+        let r = p
+            .to_user("alice")
+            .event("n")
+            .payload(&serde_json::json!({"k": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.nodes, nodes);
+        for c in &mut self.alice {
+            let m = c.message().await;
+            assert_eq!((m.channel.as_str(), m.event.as_str()), ("$user:alice", "n"));
+            assert_eq!(m.offset, Some(1), "personal channels keep history");
+        }
+        let r = p.to_channel("news").event("c").send().await.unwrap();
+        assert_eq!(r.nodes, 2);
+        for c in self
+            .alice
+            .iter_mut()
+            .take(2)
+            .chain(std::iter::once(&mut self.bob))
+        {
+            assert_eq!(c.message().await.channel, "news");
+        }
+        let r = p.broadcast().event("b").send().await.unwrap();
+        assert_eq!(r.nodes, nodes);
+        for c in self.everyone() {
+            assert_eq!(c.message().await.channel, "$broadcast");
+        }
+        let (status, body) = api
+            .publish(serde_json::json!({"users": ["alice", "bob"], "event": "api"}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["nodes"], nodes + 1);
+        for c in self.everyone() {
+            assert_eq!(c.message().await.event, "api");
+        }
+    }
+}
+
+/// Publishes `n` numbered notifications (`n0`, `n1`, ... as message ids, the number
+/// as payload) to `user`, one every `gap`, retrying each until Redis takes it: the
+/// stream itself must have no holes, and the id makes a retry of a publish that did
+/// land (reply lost) a no-op. Holds off while `pause` is set.
+pub fn numbered_stream(
+    sdk: publisher::Publisher,
+    user: &'static str,
+    n: u64,
+    gap: Duration,
+    pause: Option<Arc<std::sync::atomic::AtomicBool>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        for i in 0..n {
+            while pause
+                .as_ref()
+                .is_some_and(|p| p.load(std::sync::atomic::Ordering::Acquire))
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            while sdk
+                .to_user(user)
+                .event("n")
+                .id(format!("n{i}"))
+                .payload(&i)
+                .send()
+                .await
+                .is_err()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::time::sleep(gap).await;
+        }
+    })
+}
+
+/// Collects the personal-channel numbers of a [`numbered_stream`] until `n` arrived
+/// (or the deadline); other events are logged.
+pub async fn collect_numbers(events: &mut client::Events, n: u64, within: Duration) -> Vec<u64> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while (got.len() as u64) < n {
+        match tokio::time::timeout_at(deadline, futures_util::StreamExt::next(events)).await {
+            Ok(Some(client::Event::Message {
+                channel, payload, ..
+            })) if channel.starts_with("$user:") => got.push(payload.parse::<u64>().unwrap()),
+            Ok(Some(other)) => eprintln!("EVENT {other:?}"),
+            Ok(None) => {
+                eprintln!("EVENTS ENDED");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    got
+}
+
 /// Waits for a [`client::Client`]'s first welcome; returns the node it connected to.
 /// A fresh connection's stream starts at its welcome (protocol.md, `welcome.offset`):
 /// a message published while the connection is still being set up, even after
