@@ -1,17 +1,19 @@
 //! Test harness shared by the Tidings crates: real `redis-server` processes on free
-//! ports (single servers, several independent ones, or a Redis Cluster) and a TCP proxy that can silently stop forwarding (to emulate connections
-//! that stay open but deliver nothing). Tests never use a server on 6379.
+//! ports (single servers, several independent ones, or a Redis Cluster) and TCP proxies that inject faults: connections that silently stop forwarding,
+//! added delay, freezes and cuts. Tests never use a server on 6379.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod cluster;
+mod fault;
 pub mod gateway;
 mod hold;
 mod proxy;
 
 pub use cluster::RedisCluster;
+pub use fault::FaultProxy;
 pub use hold::HoldProxy;
 pub use proxy::FreezeProxy;
 
