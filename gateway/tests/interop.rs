@@ -20,9 +20,25 @@ const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/client.
 /// Bound on each step of the script (passed to it) and on each line read here.
 const STEP: Duration = Duration::from_secs(10);
 
+/// The Python that runs the script: `TIDINGS_PYTHON` (scripts/test-all sets it to the
+/// project virtualenv that scripts/preflight prepares), else that virtualenv
+/// (`.venv/bin/python` in the repository) when it exists, else `python3` on PATH.
+fn python() -> String {
+    if let Ok(p) = std::env::var("TIDINGS_PYTHON")
+        && !p.is_empty()
+    {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
+    if std::path::Path::new(venv).exists() {
+        return venv.to_owned();
+    }
+    "python3".to_owned()
+}
+
 /// Fails the test (never skips it) when python3 or `websockets` is missing.
 async fn require_python() {
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .args([
             "-c",
             "import websockets, sys; print(websockets.__version__); sys.exit(0)",
@@ -32,15 +48,17 @@ async fn require_python() {
     let out = match tokio::time::timeout(STEP, out).await {
         Ok(Ok(out)) => out,
         Ok(Err(e)) => panic!(
-            "the interop test needs python3 on PATH, and running it failed: {e}. \
-             Install Python 3 and then `python3 -m pip install websockets`."
+            "the interop test needs Python ({}), and running it failed: {e}. \
+             Run scripts/preflight, which prepares the virtualenv .venv/.",
+            python()
         ),
         Err(_) => panic!("python3 did not answer within {STEP:?}"),
     };
     assert!(
         out.status.success(),
-        "the interop test needs the Python package `websockets`: run \
-         `python3 -m pip install websockets` (python3 said: {})",
+        "the interop test needs the Python package `websockets` in {}: run \
+         scripts/preflight (it installs scripts/requirements.txt into .venv/) ({})",
+        python(),
         String::from_utf8_lossy(&out.stderr).trim()
     );
 }
@@ -55,7 +73,7 @@ struct Script {
 impl Script {
     async fn start(url: &str, token: &str, args: &[&str]) -> Script {
         require_python().await;
-        let mut child = Command::new("python3")
+        let mut child = Command::new(python())
             .arg(SCRIPT)
             .arg(url)
             .arg(token)
@@ -66,7 +84,7 @@ impl Script {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run python3 {SCRIPT}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot run {} {SCRIPT}: {e}", python()));
         let stdout = child.stdout.take().unwrap();
         Script {
             child,
