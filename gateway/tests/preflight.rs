@@ -88,7 +88,10 @@ fn test_command_names_missing_prerequisites_before_compiling() {
     std::fs::create_dir_all(&venv_bin).unwrap();
     write_exe(
         &venv_bin.join("python"),
-        &format!("#!/bin/sh\nexec '{}' -S \"$@\"\n", which("python3").display()),
+        &format!(
+            "#!/bin/sh\nexec '{}' -S \"$@\"\n",
+            which("python3").display()
+        ),
     );
     let cargo_log = base.join("cargo.log");
     let path = scrubbed_path(&bin, &["redis-server", "redis-cli"], &cargo_log);
@@ -97,7 +100,10 @@ fn test_command_names_missing_prerequisites_before_compiling() {
     let out = Command::new(repo().join("scripts/test-all"))
         .env_clear()
         .env("PATH", &path)
-        .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+        .env(
+            "HOME",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
+        )
         .env("TIDINGS_PREFLIGHT", "check")
         .env("TIDINGS_PREFLIGHT_ROOT", &root)
         .output()
@@ -107,7 +113,10 @@ fn test_command_names_missing_prerequisites_before_compiling() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let all = format!("{stdout}\n{stderr}");
 
-    assert!(!out.status.success(), "test-all went on without redis-server:\n{all}");
+    assert!(
+        !out.status.success(),
+        "test-all went on without redis-server:\n{all}"
+    );
     assert!(
         took < Duration::from_secs(20),
         "the preflight took {took:?}; it must answer in its first seconds"
@@ -119,7 +128,10 @@ fn test_command_names_missing_prerequisites_before_compiling() {
         ".venv/bin/pip install -r scripts/requirements.txt",
         "nothing was compiled",
     ] {
-        assert!(all.contains(want), "the preflight did not say `{want}`:\n{all}");
+        assert!(
+            all.contains(want),
+            "the preflight did not say `{want}`:\n{all}"
+        );
     }
     let cargo_calls = std::fs::read_to_string(&cargo_log).unwrap_or_default();
     assert!(
