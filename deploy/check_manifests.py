@@ -13,7 +13,7 @@ import sys
 import yaml
 
 DEFAULT_DRAIN_S = 10.0  # gateway --drain-period default
-CLOSE_WAIT_S = 3.0  # the gateway waits up to 3s for close handshakes after the drain
+CLOSE_WAIT_S = 5.0  # the gateway waits up to 5s for close handshakes after the drain (gateway/src/lib.rs)
 
 
 def seconds(text):

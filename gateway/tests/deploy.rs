@@ -617,7 +617,7 @@ async fn manifests_use_settings_ports_and_probes_the_gateway_accepts() {
             assert!(ok, "Service targetPort {v} is not a container port");
         }
     }
-    let sm = yaml_scalars(&read("k8s/base/servicemonitor.yaml"));
+    let sm = yaml_scalars(&read("k8s/components/servicemonitor/servicemonitor.yaml"));
     assert_eq!(get(&sm, "spec.endpoints[0].port"), Some("admin"));
     assert_eq!(get(&sm, "spec.endpoints[0].path"), Some("/metrics"));
 
