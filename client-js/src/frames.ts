@@ -43,7 +43,7 @@ export interface MessageFrame {
   payload: JsonValue;
   msg_id?: string;
   offset?: number;
-  /** Not in docs/protocol.md, but sent by the gateway: the epoch `offset` belongs to. */
+  /** The history epoch `offset` belongs to (docs/protocol.md, section 6 `message`). */
   epoch?: string;
   ts: number;
 }
