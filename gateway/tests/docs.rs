@@ -698,3 +698,36 @@ fn table_reader_understands_escaped_pipes() {
     assert!(!default_matches("`2048`", Some("512"), &[]));
     assert!(default_matches("none", None, &["none"]));
 }
+
+#[test]
+fn integration_guide_shows_the_tested_examples_verbatim() {
+    let guide = read("docs/integrating.md");
+    let mut shown = BTreeSet::new();
+    let mut rest = guide.as_str();
+    while let Some(i) = rest.find("<!-- example: ") {
+        let after = &rest[i + 14..];
+        let path = after[..after.find(" -->").unwrap()].to_owned();
+        let block = &after[after.find("```").unwrap()..];
+        let body_start = block.find('\n').unwrap() + 1;
+        let body_end = block[body_start..].find("\n```").unwrap() + body_start;
+        let shown_text = &block[body_start..body_end];
+        let file = read(&path);
+        assert_eq!(
+            shown_text,
+            file.trim_end_matches('\n'),
+            "docs/integrating.md shows a different {path} than the file the tests run"
+        );
+        shown.insert(path);
+        rest = &block[body_end..];
+    }
+    for entry in std::fs::read_dir(repo().join("docs/examples")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".mjs") || name.ends_with(".py") {
+            let path = format!("docs/examples/{name}");
+            assert!(
+                shown.contains(&path),
+                "{path} is not shown in docs/integrating.md"
+            );
+        }
+    }
+}
