@@ -63,6 +63,14 @@ pub enum Scenario {
     ReconnectStorm(StormArgs),
     /// Clients disconnected during a stream and resuming; reports what the gap lost.
     Recovery(RecoveryArgs),
+    /// Mixed traffic over several gateways while a seeded controller kills,
+    /// terminates and restarts gateways and Redis, freezes and delays the
+    /// gateway<->Redis links and stalls clients; then checks every numbered stream.
+    #[command(long_about = CHAOS_ABOUT)]
+    Chaos(ChaosArgs),
+    /// Internal: a share of the chaos clients in a separate process.
+    #[command(hide = true)]
+    ChaosWorker,
     /// Internal: a share of the clients in a separate process (driven over stdin/stdout).
     #[command(hide = true)]
     Worker,
@@ -83,6 +91,8 @@ impl Scenario {
             Scenario::Chat(_) => "chat",
             Scenario::ReconnectStorm(_) => "reconnect-storm",
             Scenario::Recovery(_) => "recovery",
+            Scenario::Chaos(_) => "chaos",
+            Scenario::ChaosWorker => "chaos-worker",
             Scenario::Worker => "worker",
             Scenario::Floor(_) => "floor",
             Scenario::FloorServer(_) => "floor-server",
@@ -97,7 +107,11 @@ impl Scenario {
             Scenario::Chat(a) => Some(&a.common),
             Scenario::ReconnectStorm(a) => Some(&a.common),
             Scenario::Recovery(a) => Some(&a.common),
-            Scenario::Worker | Scenario::Floor(_) | Scenario::FloorServer(_) => None,
+            Scenario::Chaos(a) => Some(&a.common),
+            Scenario::Worker
+            | Scenario::ChaosWorker
+            | Scenario::Floor(_)
+            | Scenario::FloorServer(_) => None,
         }
     }
 }
@@ -124,9 +138,9 @@ pub struct Common {
     /// Start this gateway binary (on 127.0.0.1, free ports) instead of attaching.
     #[arg(long, value_name = "PATH")]
     pub spawn_gateway: Option<PathBuf>,
-    /// How many gateway processes to start with --spawn-gateway.
-    #[arg(long, default_value_t = 1)]
-    pub gateways: usize,
+    /// How many gateway processes to start with --spawn-gateway [default: 1; chaos: 3].
+    #[arg(long)]
+    pub gateways: Option<usize>,
     /// Extra argument for started gateways, repeatable (e.g. --gateway-arg=--heartbeat-interval=30s).
     #[arg(long = "gateway-arg", value_name = "ARG", allow_hyphen_values = true)]
     pub gateway_args: Vec<String>,
@@ -214,7 +228,7 @@ impl Common {
         if self.redis && self.spawn_gateway.is_none() {
             bail!("--redis starts a Redis for started gateways: use it with --spawn-gateway");
         }
-        if self.gateways == 0 || self.gateways > 16 {
+        if self.gateways.is_some_and(|g| g == 0 || g > 16) {
             bail!("--gateways must be 1..=16");
         }
         if self.concurrency == 0 || self.per_process == 0 || self.per_source_ip == 0 {
@@ -406,9 +420,186 @@ impl Scenario {
                 protocol::channel::validate(&a.channel)?;
                 Ok(())
             }
+            Scenario::Chaos(a) => a.validate(),
             Scenario::Floor(a) => a.validate(),
-            Scenario::Worker | Scenario::FloorServer(_) => Ok(()),
+            Scenario::Worker | Scenario::ChaosWorker | Scenario::FloorServer(_) => Ok(()),
         }
+    }
+}
+
+/// The long help of `loadtest chaos`.
+const CHAOS_ABOUT: &str = "\
+Mixed traffic across several gateways (3 by default) while a controller injects faults,
+then a check of every numbered stream at every client. Loopback only, bounded in time,
+everything it starts is stopped by pid when it ends.
+
+Setup: loadtest starts its own redis-server with AOF (--appendonly yes --appendfsync
+always) and the gateways (--spawn-gateway PATH) on fixed ports below the ephemeral range,
+each gateway talking to Redis through its own fault proxy. History: `$user:* 1000 1h`
+and `bench:h:* 5000 1h` (gateways and publisher alike).
+
+Traffic, for --duration, after every client is connected and subscribed:
+  personal  backend notifications to `$user:lt-<i>` (history), --personal-rate in total
+  room      backend messages to `bench:h:<i % rooms>` (history), --room-rate per room
+  plain     backend messages to `bench:p:<i % plain>` (no history), --plain-rate each
+  chat      each client publishes to `room:<i / size>` over the WebSocket, --chat-rate
+The backend publishes each channel strictly in order with a message id per sequence
+number and retries until Redis takes it (a retry that had gone through is dropped by
+Redis as a duplicate), so it knows exactly what it published, with every history offset.
+
+Faults (--faults, deterministic in --seed, about one per --fault-every, each kind at
+least once when time allows, never all gateways down at once, all over by the end):
+  gateway-kill  SIGKILL a gateway, restart it on the same ports after 0.3-2 s
+  gateway-term  SIGTERM a gateway (drains with 1001), restart it once it exited
+  redis-kill    SIGKILL Redis, restart it from its AOF on the same port after 0.3-2 s
+  redis-term    SIGTERM Redis, restart it likewise
+  freeze        stop all bytes between one gateway and Redis for 1-4 s
+  delay         add 20-200 ms each way between one gateway and Redis for 2-6 s
+  cut           close every connection between one gateway and Redis
+  stall         --stall-fraction of the clients stop reading for 2-6 s (half of the
+                stalls keep sending pongs blindly)
+
+Clients reconnect as docs/protocol.md recommends (full-jitter backoff up to
+--client-backoff-max, at once after 1001 and 4005, a dead-connection timer of two
+heartbeats, the next gateway on every attempt) and resume every channel with history
+from the last offset they processed. They never de-duplicate: what arrives twice counts.
+
+End: faults undone, publisher flushed, every gateway ready and every client connected
+again (--heal), then end markers on every channel until every client has one on each of
+its channels (--grace). Checks (any failure exits with status 2):
+  personal/room history  0 lost and 0 duplicated and 0 out of order, except losses a
+                         `recovered: false` (welcome or subscribe reply, e.g. after a
+                         4005) announced: those are counted separately
+  no stuck client        every client has every end marker, or is reconnecting with a
+                         known reason (at most --allow-reconnecting of them)
+  memory                 every gateway process's RSS (sampled from /proc every 200 ms)
+                         stays under --max-gateway-rss-mib
+  publisher              every publish acknowledged by Redis
+  connections            the gateways' tidings_connections equals the open clients
+  processes              every SIGTERM drained in time, no unplanned exit
+The report lists every fault with its time and outcome, and per kind of stream the
+messages published, expected, delivered, lost (with and without notice), duplicated,
+out of order, the resumes and their answers, and the disconnects by close code or
+error. Logs of every process start are kept in --log-dir.";
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct ChaosArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// How long traffic runs and faults are injected.
+    #[arg(long, default_value = "60s")]
+    pub duration: Dur,
+    /// Seed of the fault schedule (the same seed, the same schedule).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Mean time between two faults.
+    #[arg(long, default_value = "4s")]
+    pub fault_every: Dur,
+    /// The faults to inject, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "gateway-kill,gateway-term,redis-kill,redis-term,freeze,delay,cut,stall"
+    )]
+    pub faults: Vec<crate::scenario::chaos::plan::FaultKind>,
+    /// Inject no faults at all (a baseline run).
+    #[arg(long)]
+    pub no_faults: bool,
+    /// Share of the clients one stall affects.
+    #[arg(long, default_value_t = 0.02)]
+    pub stall_fraction: f64,
+    /// Messages per second to personal channels, all users together.
+    #[arg(long, default_value_t = 100.0)]
+    pub personal_rate: f64,
+    /// History rooms (`bench:h:<n>`) [default: one per 50 clients].
+    #[arg(long)]
+    pub rooms: Option<usize>,
+    /// Messages per second to each history room.
+    #[arg(long, default_value_t = 1.0)]
+    pub room_rate: f64,
+    /// Plain channels without history (`bench:p:<n>`) [default: one per 50 clients].
+    #[arg(long)]
+    pub plain_channels: Option<usize>,
+    /// Messages per second to each plain channel.
+    #[arg(long, default_value_t = 1.0)]
+    pub plain_rate: f64,
+    /// Clients per chat room.
+    #[arg(long, default_value_t = 10)]
+    pub chat_room_size: usize,
+    /// Chat messages per second each client publishes over its WebSocket (0: no chat).
+    #[arg(long, default_value_t = 0.1)]
+    pub chat_rate: f64,
+    /// Longest wait after the faults until every client is connected and subscribed.
+    #[arg(long, default_value = "30s")]
+    pub heal: Dur,
+    /// Longest wait for every client to have the end marker on every channel.
+    #[arg(long, default_value = "20s")]
+    pub grace: Dur,
+    /// Bound on each gateway process's resident memory, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub max_gateway_rss_mib: u64,
+    /// Clients that may still be reconnecting (with a known reason) at the end.
+    #[arg(long, default_value_t = 0)]
+    pub allow_reconnecting: u64,
+    /// Largest reconnect backoff of a client (full jitter below it).
+    #[arg(long, default_value = "2s")]
+    pub client_backoff_max: Dur,
+    /// Where the gateways' and Redis' logs go [default: a new directory in the temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+}
+
+impl ChaosArgs {
+    pub fn validate(&self) -> Result<()> {
+        let c = &self.common;
+        if c.spawn_gateway.is_none() || !c.url.is_empty() {
+            bail!("chaos starts and kills its own gateways: give --spawn-gateway PATH, not --url");
+        }
+        if c.redis_url.is_some() {
+            bail!("chaos starts and restarts its own Redis (with AOF): drop --redis-url");
+        }
+        if c.history.is_some() {
+            bail!("chaos sets its own history rules: drop --history");
+        }
+        if !c.gateway_pid.is_empty() {
+            bail!("chaos samples the gateways it starts: drop --gateway-pid");
+        }
+        if c.gateways.is_some_and(|g| g < 2) {
+            bail!("chaos needs at least 2 gateways (one must stay up while another restarts)");
+        }
+        if self.duration.0.is_zero() || self.fault_every.0.is_zero() {
+            bail!("--duration and --fault-every must be positive");
+        }
+        let total = self.duration.0 + self.heal.0 + self.grace.0 + Duration::from_secs(60);
+        if total > c.max_duration.0 {
+            bail!(
+                "--duration + --heal + --grace + 60 s of setup is longer than --max-duration ({})",
+                humantime::format_duration(c.max_duration.0)
+            );
+        }
+        if !(0.0..=1.0).contains(&self.stall_fraction) {
+            bail!("--stall-fraction must be in [0, 1]");
+        }
+        for (r, what) in [
+            (self.personal_rate, "--personal-rate"),
+            (self.room_rate, "--room-rate"),
+            (self.plain_rate, "--plain-rate"),
+        ] {
+            if !(0.0..=MAX_RATE).contains(&r) {
+                bail!("{what} must be in [0, {MAX_RATE}]");
+            }
+        }
+        if !(0.0..=20.0).contains(&self.chat_rate) {
+            bail!("--chat-rate must be in [0, 20] (the gateway's default inbound limit is 50/s)");
+        }
+        if self.chat_rate > 0.0 && !(1..=1000).contains(&self.chat_room_size) {
+            bail!("--chat-room-size must be 1..=1000");
+        }
+        if self.max_gateway_rss_mib == 0 {
+            bail!("--max-gateway-rss-mib must be positive");
+        }
+        Ok(())
     }
 }
 

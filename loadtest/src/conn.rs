@@ -101,7 +101,7 @@ pub fn source_ip(idx: usize, per_ip: usize) -> Ipv4Addr {
 
 /// The kernel's local port range (`net.ipv4.ip_local_port_range`), where it would
 /// pick client ports itself.
-fn port_range() -> (u16, u16) {
+pub fn port_range() -> (u16, u16) {
     static RANGE: OnceLock<(u16, u16)> = OnceLock::new();
     *RANGE.get_or_init(|| {
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

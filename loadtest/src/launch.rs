@@ -67,7 +67,7 @@ impl Env {
         }
         match &c.spawn_gateway {
             Some(path) => {
-                for i in 0..c.gateways {
+                for i in 0..c.gateways.unwrap_or(1) {
                     let (gw, addr) = spawn_gateway(path, i, c, &env).await?;
                     env.gateway_pids.push(gw.child.id());
                     env.targets.push(Target::parse(&format!("ws://{addr}/ws"))?);

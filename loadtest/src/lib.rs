@@ -29,6 +29,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
             worker::worker_main().await?;
             Ok(None)
         }
+        Scenario::ChaosWorker => {
+            scenario::chaos::client::worker_main().await?;
+            Ok(None)
+        }
         Scenario::Floor(a) => {
             floor::run(a).await?;
             Ok(None)

@@ -15,7 +15,7 @@ use loadtest::{Cli, Scenario};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let threads = match cli.scenario {
-        Scenario::Worker | Scenario::FloorServer(_) => 1,
+        Scenario::Worker | Scenario::ChaosWorker | Scenario::FloorServer(_) => 1,
         _ => 2,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

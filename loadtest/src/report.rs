@@ -32,6 +32,7 @@ pub struct Report {
     pub loadtest: Option<ProcessCost>,
     pub storm: Option<Storm>,
     pub recovery: Option<Recovery>,
+    pub chaos: Option<crate::scenario::chaos::ChaosReport>,
     pub unexpected_closes: u64,
     pub close_reasons: BTreeMap<String, u64>,
     pub pings_answered: u64,
@@ -340,6 +341,9 @@ impl Report {
             ));
             delivery_rows(&mut rows, "steady ", &r.steady);
             rows.push(("verdict".into(), r.verdict.clone()));
+        }
+        if let Some(c) = &self.chaos {
+            c.rows(&mut rows);
         }
         rows.push((
             "closes".into(),

@@ -3,6 +3,7 @@
 //! keeping up with the clients' progress, drain, sample the gateway's and Redis'
 //! cost, and assemble the report.
 
+pub mod chaos;
 pub mod chat;
 pub mod fanout;
 pub mod idle;
@@ -299,6 +300,7 @@ impl Run {
             loadtest: None,
             storm: None,
             recovery: None,
+            chaos: None,
             unexpected_closes: stats.unexpected_closes,
             close_reasons: stats.close_codes.clone(),
             pings_answered: stats.pings,
@@ -510,7 +512,10 @@ pub async fn run(scenario: &crate::cli::Scenario) -> Result<Report> {
         S::Chat(a) => chat::run(a).await?,
         S::ReconnectStorm(a) => storm::run(a).await?,
         S::Recovery(a) => recovery::run(a).await?,
-        S::Worker | S::FloorServer(_) => bail!("`{}` is run by loadtest itself", scenario.name()),
+        S::Chaos(a) => chaos::run(a).await?,
+        S::Worker | S::ChaosWorker | S::FloorServer(_) => {
+            bail!("`{}` is run by loadtest itself", scenario.name())
+        }
         S::Floor(_) => bail!("`floor` is a calibration without a scenario report"),
     };
     let Some(common) = scenario.common() else {
