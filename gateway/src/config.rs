@@ -223,6 +223,12 @@ pub struct Settings {
     /// Period over which connections are closed (1001) on shutdown. [default: 10s]
     #[arg(long, env = "TIDINGS_DRAIN_PERIOD")]
     pub drain_period: Option<HumanDuration>,
+    /// Kernel send buffer per client connection in bytes (SO_SNDBUF; Linux doubles it
+    /// for its own bookkeeping): what a client that stops reading can hold of the
+    /// node's memory in the kernel before its write stalls. 0 leaves the kernel's
+    /// autotuning (up to net.ipv4.tcp_wmem's maximum, often 4 MiB). [default: 65536]
+    #[arg(long, env = "TIDINGS_SOCKET_SEND_BUFFER")]
+    pub socket_send_buffer: Option<usize>,
     /// WebSocket read buffer per connection in bytes (grows for larger frames). [default: 512]
     #[arg(long, env = "TIDINGS_WS_READ_BUFFER")]
     pub ws_read_buffer: Option<usize>,
@@ -260,6 +266,15 @@ pub struct Settings {
     /// Longest wait between Redis reconnect attempts (exponential backoff with jitter). [default: 2s]
     #[arg(long, env = "TIDINGS_REDIS_RECONNECT_MAX")]
     pub redis_reconnect_max: Option<HumanDuration>,
+    /// How far behind a Redis subscriber connection may read (its liveness probe's
+    /// round trip) before the node reports itself not ready. [default: 2s]
+    #[arg(long, env = "TIDINGS_REDIS_MAX_LAG")]
+    pub redis_max_lag: Option<HumanDuration>,
+    /// Multiplexed command connections per Redis instance for publishing, and as many
+    /// for reads (history, positions, acks); the liveness probes have one more. Each
+    /// carries any number of requests at once. [default: 2]
+    #[arg(long, env = "TIDINGS_REDIS_CONNECTIONS")]
+    pub redis_connections: Option<usize>,
     /// History rules, comma-separated, first match wins: `<pattern> <max-len> <ttl>`
     /// or `<pattern> off`; `$user:*` covers personal channels. Publishers must use the
     /// same rules. [default: "$user:* 100 24h"]
@@ -272,6 +287,19 @@ pub struct Settings {
     /// client is told it was not fully recovered. [default: 1000]
     #[arg(long, env = "TIDINGS_RECOVERY_LIMIT")]
     pub recovery_limit: Option<usize>,
+    /// Bytes of history one connection holds at a time while replaying (a resume, a
+    /// subscribe with history, a gap fill): history is read in pages of at most this
+    /// size (one entry at least), each written to the client before the next is read. [default: 262144]
+    #[arg(long, env = "TIDINGS_REPLAY_PAGE_BYTES")]
+    pub replay_page_bytes: Option<usize>,
+    /// History reads a connection may start per second (subscribes with history,
+    /// resumes, gap fills), sustained; beyond it a subscribe is refused with
+    /// `rate_limited` and a gap fill waits. [default: 5]
+    #[arg(long, env = "TIDINGS_RESUME_RATE")]
+    pub resume_rate: Option<u32>,
+    /// History reads a connection may start at once above the sustained rate. [default: 20]
+    #[arg(long, env = "TIDINGS_RESUME_BURST")]
+    pub resume_burst: Option<u32>,
     /// Demo mode: serve the demo app at `/demo/` and mint tokens for demo users at
     /// `POST /demo/token` (needs --jwt-secret). Never in production. [default: false]
     #[arg(long, env = "TIDINGS_DEMO", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
@@ -326,6 +354,7 @@ impl Settings {
             rate_limit,
             rate_burst,
             drain_period,
+            socket_send_buffer,
             ws_read_buffer,
             redis_url,
             redis_mode,
@@ -335,9 +364,14 @@ impl Settings {
             redis_unsubscribe_delay,
             redis_probe_interval,
             redis_reconnect_max,
+            redis_max_lag,
+            redis_connections,
             history,
             idempotency_window,
             recovery_limit,
+            replay_page_bytes,
+            resume_rate,
+            resume_burst,
             demo,
         );
         Ok(self)
@@ -380,6 +414,8 @@ pub struct Config {
     pub rate_limit: u32,
     pub rate_burst: u32,
     pub drain_period: Duration,
+    /// SO_SNDBUF of client sockets (0: the kernel's autotuning).
+    pub socket_send_buffer: usize,
     pub ws_read_buffer: usize,
     /// Where Redis lives (`None`: in-memory broker, single node).
     pub redis: Option<publisher::Topology>,
@@ -389,11 +425,16 @@ pub struct Config {
     pub redis_unsubscribe_delay: Duration,
     pub redis_probe_interval: Duration,
     pub redis_reconnect_max: Duration,
+    pub redis_max_lag: Duration,
+    pub redis_connections: usize,
     pub history: HistoryRules,
     /// Serve the demo app and mint demo tokens.
     pub demo: bool,
     pub idempotency_window: Duration,
     pub recovery_limit: usize,
+    pub replay_page_bytes: usize,
+    pub resume_rate: u32,
+    pub resume_burst: u32,
 }
 
 fn config_err(setting: &'static str, message: impl Into<String>) -> GatewayError {
@@ -654,6 +695,7 @@ impl Config {
                 .drain_period
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(10)),
+            socket_send_buffer: s.socket_send_buffer.unwrap_or(64 * 1024),
             ws_read_buffer: s.ws_read_buffer.unwrap_or(512).max(64),
             redis,
             redis_mode,
@@ -675,6 +717,13 @@ impl Config {
                     .unwrap_or(Duration::from_secs(2)),
                 "redis-reconnect-max",
             )?,
+            redis_max_lag: positive(
+                s.redis_max_lag
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(2)),
+                "redis-max-lag",
+            )?,
+            redis_connections: positive(s.redis_connections.unwrap_or(2), "redis-connections")?,
             demo,
             history: match &s.history {
                 None if demo => HistoryRules::parse(crate::demo::DEFAULT_HISTORY.iter())
@@ -688,6 +737,12 @@ impl Config {
                 .map(|d| d.0)
                 .unwrap_or(Duration::from_secs(300)),
             recovery_limit: positive(s.recovery_limit.unwrap_or(1000), "recovery-limit")?,
+            replay_page_bytes: positive(
+                s.replay_page_bytes.unwrap_or(256 * 1024),
+                "replay-page-bytes",
+            )?,
+            resume_rate: positive(s.resume_rate.unwrap_or(5), "resume-rate")?,
+            resume_burst: positive(s.resume_burst.unwrap_or(20), "resume-burst")?,
         })
     }
 }

@@ -16,7 +16,7 @@ use publisher::HistoryPage;
 use slab::Slab;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::broker::{Broker, BrokerError, Receipt};
+use crate::broker::{Broker, BrokerError, Position, Receipt};
 use crate::metrics::{Drop, Metrics};
 use crate::outbox::{Frame, Item, Outbox, PushError};
 
@@ -112,7 +112,8 @@ impl Table {
     }
 
     /// Queues a publication to every local subscriber of its channel; returns how
-    /// many connections it reached.
+    /// many connections it was queued to. What cannot be queued is counted as
+    /// dropped; what is queued is counted as delivered once written.
     pub fn deliver(&self, p: &Publication) -> usize {
         let shard = read(self.shard(&p.channel));
         let Some(subs) = shard.get(p.channel.as_str()) else {
@@ -121,7 +122,7 @@ impl Table {
         let epoch = p.epoch.as_deref().map_or(0, epoch_tag);
         let mut json: Option<Option<Utf8Bytes>> = None;
         let mut msgpack: Option<Option<Bytes>> = None;
-        let (mut delivered, mut slow, mut closed, mut failed) = (0u64, 0u64, 0u64, 0u64);
+        let (mut queued, mut slow, mut closed, mut failed) = (0u64, 0u64, 0u64, 0u64);
         for (_, sub) in subs.iter() {
             let frame = match sub.encoding {
                 Encoding::Json => json
@@ -144,13 +145,14 @@ impl Table {
                 epoch,
                 sub: sub.sub,
             }) {
-                Ok(()) => delivered += 1,
-                Err(PushError::Full) => slow += 1,
+                Ok(()) => queued += 1,
+                // The queue's backlog went with it: lost as well.
+                Err(PushError::Full { discarded }) => slow += 1 + discarded as u64,
                 Err(PushError::Closed) => closed += 1,
             }
         }
         drop(shard);
-        self.metrics.delivered(delivered);
+        // Delivered is counted when the connection writes it.
         if slow > 0 {
             self.metrics.dropped(Drop::SlowConsumer, slow);
         }
@@ -161,7 +163,7 @@ impl Table {
             self.metrics.dropped(Drop::Encode, failed);
             tracing::error!(failed, "cannot encode a publication");
         }
-        delivered as usize
+        queued as usize
     }
 }
 
@@ -235,8 +237,9 @@ impl Hub {
         channel: &str,
         after: Option<u64>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<HistoryPage, BrokerError> {
-        self.broker.history(channel, after, limit).await
+        self.broker.history(channel, after, limit, max_bytes).await
     }
 
     pub async fn ack(&self, channel: &str, offset: u64) -> Result<Option<u64>, BrokerError> {
@@ -246,7 +249,7 @@ impl Hub {
     pub async fn position(
         &self,
         channel: &str,
-    ) -> Result<(HistoryPage, Option<(String, u64)>), BrokerError> {
+    ) -> Result<(HistoryPage, Option<Position>), BrokerError> {
         self.broker.position(channel).await
     }
 

@@ -54,7 +54,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let table = Arc::new(Table::new(metrics.clone()));
     let broker: Arc<dyn Broker> = match &config.redis {
         None => {
-            metrics.broker.up.set(1);
+            metrics.broker.set_up(true);
             Arc::new(MemoryBroker::new(
                 table.clone(),
                 config.history.clone(),
@@ -70,6 +70,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 unsubscribe_delay: config.redis_unsubscribe_delay,
                 probe_interval: config.redis_probe_interval,
                 reconnect_max: config.redis_reconnect_max,
+                max_lag: config.redis_max_lag,
+                connections: config.redis_connections,
                 max_payload: config.max_payload_size,
                 history: config.history.clone(),
                 idempotency_window: config.idempotency_window,
@@ -91,7 +93,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 message: e.to_string(),
             })?,
         );
-    let public = bind(listen, node.config.listen_backlog).map_err(|source| GatewayError::Bind {
+    let public = bind(
+        listen,
+        node.config.listen_backlog,
+        node.config.socket_send_buffer,
+    )
+    .map_err(|source| GatewayError::Bind {
         addr: listen,
         source,
     })?;
@@ -128,14 +135,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 }
 
 /// Binds a listener with an explicit backlog (tokio's default is 1024), so a burst
-/// of reconnects waits in the kernel instead of being refused.
-fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+/// of reconnects waits in the kernel instead of being refused. Accepted sockets
+/// inherit the listener's send buffer size (`send_buffer`, 0: autotuned), which
+/// bounds what a client that stops reading holds in the kernel, with no syscall
+/// per connection.
+fn bind(
+    addr: std::net::SocketAddr,
+    backlog: u32,
+    send_buffer: usize,
+) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(u32::try_from(send_buffer).unwrap_or(u32::MAX))?;
+    }
     socket.bind(addr)?;
     socket.listen(backlog)
 }

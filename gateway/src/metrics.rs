@@ -2,9 +2,11 @@
 //! are fixed sets (results, reasons, frame types, close codes), never user ids,
 //! tokens or channel names. Hot-path counters are resolved once at startup.
 
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Outcome of a connection attempt, the `result` label.
@@ -71,6 +73,8 @@ pub struct Metrics {
     closes: Vec<IntCounter>,
     closes_other: IntCounter,
     delivered: IntCounter,
+    replayed: IntCounter,
+    history_limited: IntCounter,
     dropped_slow: IntCounter,
     dropped_closed: IntCounter,
     dropped_encode: IntCounter,
@@ -85,21 +89,97 @@ pub struct Metrics {
     pub broker: BrokerMetrics,
 }
 
-/// Broker health, shared with the broker implementations.
+/// Why a message read from Redis was not delivered, the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerInvalid {
+    /// Not a Tidings envelope.
+    Undecodable,
+    /// The envelope names another channel than the Redis channel it came on.
+    ChannelMismatch,
+    /// Larger than any publication could be (the connection is replaced).
+    Oversized,
+}
+
+/// Broker health, behind methods the broker implementations call.
 pub struct BrokerMetrics {
-    pub up: IntGauge,
-    pub reconnects: IntCounter,
-    pub resubscribe_seconds: Histogram,
-    pub subscriptions: IntGauge,
-    pub received: IntCounter,
-    pub publish_errors: IntCounter,
+    up: IntGauge,
+    reconnects: IntCounter,
+    resubscribe_seconds: Histogram,
+    subscriptions: IntGauge,
+    received: IntCounter,
+    publish_errors: IntCounter,
+    invalid: IntCounterVec,
+    lag: Gauge,
     /// Per subscriber connection (`shard` label: its index; the partition in cluster
     /// mode, so bounded by the configuration): channels subscribed.
-    pub shard_subscriptions: IntGaugeVec,
+    shard_subscriptions: IntGaugeVec,
     /// Per subscriber connection: messages received.
-    pub shard_received: IntCounterVec,
+    shard_received: IntCounterVec,
     /// Per subscriber connection: 1 while connected and subscribed.
-    pub shard_up: IntGaugeVec,
+    shard_up: IntGaugeVec,
+    shard_lag: GaugeVec,
+}
+
+impl BrokerMetrics {
+    pub fn set_up(&self, up: bool) {
+        self.up.set(i64::from(up));
+    }
+
+    pub fn reconnected(&self) {
+        self.reconnects.inc();
+    }
+
+    pub fn resubscribed(&self, took: Duration) {
+        self.resubscribe_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn subscriptions(&self, delta: i64) {
+        self.subscriptions.add(delta);
+    }
+
+    /// The gauge of one subscriber connection's channels (resolved once per connection).
+    pub fn shard_subscriptions(&self, shard: usize) -> IntGauge {
+        self.shard_subscriptions
+            .with_label_values(&[&shard.to_string()])
+    }
+
+    pub fn received(&self, shard: usize) {
+        self.received.inc();
+        self.shard_received
+            .with_label_values(&[&shard.to_string()])
+            .inc();
+    }
+
+    pub fn publish_failed(&self) {
+        self.publish_errors.inc();
+    }
+
+    pub fn invalid(&self, why: BrokerInvalid) {
+        let reason = match why {
+            BrokerInvalid::Undecodable => "undecodable",
+            BrokerInvalid::ChannelMismatch => "channel_mismatch",
+            BrokerInvalid::Oversized => "oversized",
+        };
+        self.invalid.with_label_values(&[reason]).inc();
+    }
+
+    pub fn shard_up(&self, shard: usize, up: bool) {
+        self.shard_up
+            .with_label_values(&[&shard.to_string()])
+            .set(i64::from(up));
+    }
+
+    /// How far behind the read side of one subscriber connection is.
+    pub fn shard_lag(&self, shard: usize, lag: Duration) {
+        self.shard_lag
+            .with_label_values(&[&shard.to_string()])
+            .set(lag.as_secs_f64());
+    }
+
+    /// How far behind the furthest subscriber connection is.
+    pub fn lag(&self, lag: Duration) {
+        self.lag.set(lag.as_secs_f64());
+    }
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
@@ -123,6 +203,21 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     r.register(Box::new(g.clone()))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
     g
+}
+
+fn float_gauge(r: &Registry, name: &str, help: &str) -> Gauge {
+    let g = Gauge::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    g
+}
+
+fn float_gauge_vec(r: &Registry, name: &str, help: &str, label: &str) -> GaugeVec {
+    let v =
+        GaugeVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| panic!("{name}: {e}"));
+    r.register(Box::new(v.clone()))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    v
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -187,7 +282,17 @@ impl Metrics {
             delivered: counter(
                 &r,
                 "tidings_messages_delivered_total",
-                "Messages queued to client connections",
+                "Live messages written to client connections",
+            ),
+            replayed: counter(
+                &r,
+                "tidings_messages_replayed_total",
+                "Messages written to client connections from history (resumes, subscribes with history, gap fills)",
+            ),
+            history_limited: counter(
+                &r,
+                "tidings_history_reads_limited_total",
+                "History reads held back by the per-connection rate limit (subscribes refused, gap fills delayed)",
             ),
             dropped_slow: dropped.with_label_values(&["slow_consumer"]),
             dropped_closed: dropped.with_label_values(&["closed"]),
@@ -283,6 +388,23 @@ impl Metrics {
                     "1 while a subscriber connection is connected and subscribed",
                     "shard",
                 ),
+                invalid: counter_vec(
+                    &r,
+                    "tidings_redis_messages_invalid_total",
+                    "Messages from Redis not delivered, by reason (undecodable, channel_mismatch, oversized)",
+                    "reason",
+                ),
+                lag: float_gauge(
+                    &r,
+                    "tidings_broker_lag_seconds",
+                    "How far behind the furthest Redis subscriber connection reads (liveness probe round trip, or the age of the probe on its way)",
+                ),
+                shard_lag: float_gauge_vec(
+                    &r,
+                    "tidings_redis_shard_lag_seconds",
+                    "How far behind each Redis subscriber connection reads",
+                    "shard",
+                ),
             },
             registry: r,
         };
@@ -318,6 +440,14 @@ impl Metrics {
 
     pub fn delivered(&self, n: u64) {
         self.delivered.inc_by(n);
+    }
+
+    pub fn replayed(&self, n: u64) {
+        self.replayed.inc_by(n);
+    }
+
+    pub fn history_limited(&self) {
+        self.history_limited.inc();
     }
 
     pub fn dropped(&self, reason: Drop, n: u64) {
@@ -362,6 +492,9 @@ impl Metrics {
         }
         for outcome in ["filled", "resync"] {
             self.gaps.with_label_values(&[outcome]);
+        }
+        for reason in ["undecodable", "channel_mismatch", "oversized"] {
+            self.broker.invalid.with_label_values(&[reason]);
         }
     }
 

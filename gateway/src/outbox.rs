@@ -36,8 +36,9 @@ pub struct Item {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
-    /// The queue was full; the connection is now closing as a slow consumer.
-    Full,
+    /// The queue was full; the connection is now closing as a slow consumer, and
+    /// the `discarded` items it held will not be sent either.
+    Full { discarded: usize },
     /// The connection is already closing.
     Closed,
 }
@@ -78,10 +79,11 @@ impl Outbox {
         }
         if s.queue.len() >= self.capacity {
             s.close = Some(protocol::close::SLOW_CONSUMER);
-            s.queue.clear();
+            let discarded = s.queue.len();
+            s.queue = VecDeque::new();
             drop(s);
             self.waker.wake();
-            return Err(PushError::Full);
+            return Err(PushError::Full { discarded });
         }
         s.queue.push_back(item);
         drop(s);
@@ -111,6 +113,16 @@ impl Outbox {
 
     pub fn close_code(&self) -> Option<u16> {
         self.lock().close
+    }
+
+    /// Empties the queue of a connection that is ending; returns how many items it
+    /// held (they are lost, and counted so).
+    pub fn discard(&self) -> usize {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.close = Some(protocol::close::NORMAL);
+        }
+        std::mem::take(&mut s.queue).len()
     }
 
     /// Moves up to `max` queued items into `out` (which the caller emptied);
@@ -179,7 +191,7 @@ mod tests {
         let o = Outbox::new(2);
         o.push(item(1)).unwrap();
         o.push(item(2)).unwrap();
-        assert_eq!(o.push(item(3)), Err(PushError::Full));
+        assert_eq!(o.push(item(3)), Err(PushError::Full { discarded: 2 }));
         assert_eq!(o.push(item(4)), Err(PushError::Closed));
         let mut out = VecDeque::new();
         assert_eq!(

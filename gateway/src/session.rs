@@ -20,7 +20,7 @@ use crate::hub::Subscriber;
 use crate::node::{Node, Slot};
 use crate::outbox::{Item, Outbox};
 use crate::ratelimit::TokenBucket;
-use crate::recovery;
+use crate::recovery::{self, PAGE_ENTRIES, Replay, Step};
 
 /// Strikes (malformed or rate-limited frames) tolerated in a burst before closing
 /// with 1008; one strike is forgiven every 10 seconds.
@@ -31,8 +31,8 @@ const ABUSE_FORGIVE_PER_SEC: f32 = 0.1;
 #[derive(Debug)]
 pub enum Outcome {
     Reply(Reply),
-    /// A reply followed by replayed publications (a resumed subscription).
-    Replay(Reply, Vec<Publication>),
+    /// A reply followed by a replay from history (a resumed subscription).
+    Replay(Reply, Replay),
     Silent,
     End(SessionEnd),
 }
@@ -84,7 +84,18 @@ pub struct Session {
     node: Arc<Node>,
     rate: TokenBucket,
     abuse: TokenBucket,
+    /// History reads started (subscribes with history, resumes, gap fills).
+    resumes: TokenBucket,
     slot: Slot,
+}
+
+/// A subscription's position after reading its history: what the reply says and
+/// what to replay after it.
+struct Recovered {
+    epoch: String,
+    offset: u64,
+    recovered: Option<bool>,
+    replay: Option<Replay>,
 }
 
 fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Outcome {
@@ -115,6 +126,11 @@ impl Session {
                 now,
             ),
             abuse: TokenBucket::new(ABUSE_FORGIVE_PER_SEC, ABUSE_STRIKES, now),
+            resumes: TokenBucket::new(
+                node.config.resume_rate as f32,
+                node.config.resume_burst as f32,
+                now,
+            ),
             node,
             slot,
         };
@@ -152,27 +168,21 @@ impl Session {
         sub.channel
     }
 
-    /// Whether a queued item with a history offset should be sent: drops items of
-    /// subscriptions that are gone and duplicates by offset.
-    pub fn accept(&mut self, sub: u32, offset: u64, epoch: u32) -> bool {
-        self.position(sub, offset, epoch, false) == Position::Send
-    }
-
-    /// Classifies a queued item by its offset; with `gaps`, an item that skips
-    /// offsets of a known epoch is reported instead of accepted.
-    fn position(&mut self, sub: u32, offset: u64, epoch: u32, gaps: bool) -> Position {
+    /// Classifies a queued item by its offset: an item that skips offsets of a
+    /// known epoch is reported instead of accepted.
+    fn position(&mut self, sub: u32, offset: u64, epoch: u32) -> Position {
         match self.subs.iter_mut().find(|s| s.id == sub) {
             Some(s) if epoch != s.epoch => {
                 // A new epoch (history lost or expired): offsets start over, and a
                 // first offset above 1 means the new epoch's start was missed too.
-                if gaps && s.epoch != 0 && offset > 1 {
+                if s.epoch != 0 && offset > 1 {
                     return Position::Gap;
                 }
                 s.epoch = epoch;
                 s.last = offset;
                 Position::Send
             }
-            Some(s) if gaps && epoch != 0 && offset > s.last.saturating_add(1) => Position::Gap,
+            Some(s) if epoch != 0 && offset > s.last.saturating_add(1) => Position::Gap,
             Some(s) if offset > s.last => {
                 s.last = offset;
                 Position::Send
@@ -192,7 +202,7 @@ impl Session {
                 i += 1;
                 continue;
             }
-            match self.position(item.sub, item.offset, item.epoch, true) {
+            match self.position(item.sub, item.offset, item.epoch) {
                 Position::Send => i += 1,
                 Position::Duplicate => {
                     batch.remove(i);
@@ -203,55 +213,114 @@ impl Session {
         None
     }
 
-    /// The publications missing before the gap `sub` revealed, read from history and
-    /// accepted (so queued copies are dropped). Ends the session with
-    /// [`SessionEnd::Resync`] when history cannot cover the gap: the client then
-    /// resumes and is told what was lost, never a silent hole.
-    /// `epoch` is that of the item that revealed the gap: in a new epoch, everything
-    /// from its first offset is missing.
-    pub async fn fill(&mut self, sub: u32, epoch: u32) -> Result<Vec<Publication>, SessionEnd> {
+    /// One page of `channel`'s history after `after`, bounded by the replay page
+    /// size in bytes.
+    async fn read_page(
+        &self,
+        channel: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, crate::broker::BrokerError> {
+        self.node
+            .hub
+            .history(channel, after, limit, self.node.config.replay_page_bytes)
+            .await
+    }
+
+    /// How long a gap fill must wait for the history-read rate limit (zero: go on;
+    /// a token is taken).
+    pub fn fill_wait(&mut self, now: Instant) -> std::time::Duration {
+        let wait = self.resumes.take_or_wait(now);
+        if !wait.is_zero() {
+            self.node.metrics.history_limited();
+        }
+        wait
+    }
+
+    /// The replay of what is missing before the gap `sub` revealed (the item with
+    /// `offset` in the epoch tagged `epoch`), with its first page read. Ends the
+    /// session with [`SessionEnd::Resync`] when history cannot cover the gap (lost
+    /// from history, trimmed, a new epoch, more than the recovery limit, Redis
+    /// unreachable): the client then resumes and is told what was lost, never a
+    /// silent hole, and never a read repeated on the same gap.
+    pub async fn fill(
+        &mut self,
+        sub: u32,
+        epoch: u32,
+        offset: u64,
+    ) -> Result<Option<Replay>, SessionEnd> {
         let Some(s) = self.subs.iter().find(|s| s.id == sub) else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
         let channel = s.channel.clone();
         let from = if s.epoch == epoch { s.last } else { 0 };
-        let page = self
-            .node
-            .hub
-            .history(&channel, Some(from), self.node.config.recovery_limit)
-            .await;
-        let resume = match page {
-            Ok(page) if crate::hub::epoch_tag(&page.epoch) == epoch => {
-                let since = Since {
-                    offset: from,
-                    epoch: page.epoch.clone(),
-                };
-                recovery::assess(Some(&since), page)
+        let until = offset.saturating_sub(1);
+        let limit = self.node.config.recovery_limit;
+        let want = usize::try_from(until.saturating_sub(from))
+            .unwrap_or(usize::MAX)
+            .min(limit)
+            .min(PAGE_ENTRIES);
+        let page = self.read_page(&channel, Some(from), want).await;
+        let page = match page {
+            // History must still reach the gap's end in the same epoch and hold it
+            // from the first missing offset on.
+            Ok(page)
+                if crate::hub::epoch_tag(&page.epoch) == epoch
+                    && page.top >= until
+                    && until - from <= limit as u64
+                    && page.pubs.first().and_then(|p| p.offset) == Some(from + 1) =>
+            {
+                page
             }
             other => {
                 if let Err(e) = other {
                     tracing::warn!(error = %e, "cannot read history to fill a gap");
                 }
-                recovery::Resume {
-                    recovered: Some(false),
-                    replay: Vec::new(),
-                }
+                self.node.metrics.gap(false);
+                return Err(SessionEnd::Resync);
             }
         };
-        let filled = resume.recovered == Some(true);
-        self.node.metrics.gap(filled);
-        if !filled {
-            return Err(SessionEnd::Resync);
+        self.node.metrics.gap(true);
+        let Some(s) = self.subs.iter_mut().find(|s| s.id == sub) else {
+            return Ok(None);
+        };
+        s.epoch = epoch;
+        s.last = until;
+        let mut replay = Replay {
+            sub,
+            channel,
+            epoch: page.epoch.clone(),
+            at: from,
+            until,
+            left: limit,
+            promised: true,
+            broken: false,
+            page: Vec::new(),
+        };
+        replay.absorb(page);
+        Ok(Some(replay))
+    }
+
+    /// Reads the next page of `replay` into it. A promised replay that cannot go on
+    /// (a hole in history, Redis unreachable) is [`Step::Hole`]: what was read is
+    /// sent, then the session ends with a resync.
+    pub async fn next_page(&mut self, replay: &mut Replay) -> Step {
+        if replay.finished() {
+            return Step::Done;
         }
-        if let Some(s) = self.subs.iter_mut().find(|s| s.id == sub)
-            && s.epoch != epoch
-        {
-            s.epoch = epoch;
-            s.last = 0;
+        let want = replay.want();
+        match self.read_page(&replay.channel, Some(replay.at), want).await {
+            Ok(page) => replay.absorb(page),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the next page of a replay");
+                if replay.promised {
+                    replay.broken = true;
+                    Step::Hole
+                } else {
+                    Step::Done
+                }
+            }
         }
-        let mut replay = resume.replay;
-        replay.retain(|p| p.offset.is_some_and(|o| self.accept(sub, o, epoch)));
-        Ok(replay)
     }
 
     /// Reads a channel's history for a (re)subscription: the reply fields and what
@@ -261,7 +330,7 @@ impl Session {
         pos: usize,
         since: Option<&Since>,
         base: Option<HistoryPage>,
-    ) -> Result<(String, u64, recovery::Resume), crate::broker::BrokerError> {
+    ) -> Result<Recovered, crate::broker::BrokerError> {
         let channel = self.subs[pos].channel.clone();
         // Without a resume, the client's position is read *before* live delivery is
         // confirmed: a message published meanwhile can be in history when it is read
@@ -269,7 +338,7 @@ impl Session {
         let base = match (since, base) {
             (Some(_), _) => None,
             (None, Some(b)) => Some(b),
-            (None, None) => Some(self.node.hub.history(&channel, None, 0).await?),
+            (None, None) => Some(self.read_page(&channel, None, 0).await?),
         };
         // Live delivery must run before history is read, or a message published in
         // between would be in neither.
@@ -279,40 +348,75 @@ impl Session {
         // A base without an epoch is a channel without history yet: all of the
         // epoch that starts meanwhile is new.
         let from = match (since, &base) {
-            (Some(s), _) => Some(s.offset),
-            (None, Some(b)) if b.epoch.is_empty() => Some(0),
-            (None, Some(b)) => Some(b.top),
-            (None, None) => None,
+            (Some(s), _) => s.offset,
+            (None, Some(b)) if b.epoch.is_empty() => 0,
+            (None, Some(b)) => b.top,
+            (None, None) => 0,
         };
+        let limit = self.node.config.recovery_limit;
         let page = self
-            .node
-            .hub
-            .history(&channel, from, self.node.config.recovery_limit)
+            .read_page(&channel, Some(from), limit.min(PAGE_ENTRIES))
             .await?;
         let (epoch, top) = (page.epoch.clone(), page.top);
         let Some(s) = self.subs.get_mut(pos) else {
-            return Ok((epoch, top, recovery::assess(since, page)));
+            return Ok(Recovered {
+                epoch,
+                offset: top,
+                recovered: since.map(|_| false),
+                replay: None,
+            });
         };
         let tag = crate::hub::epoch_tag(&epoch);
         if s.epoch != tag {
             s.epoch = tag;
             s.last = 0;
         }
-        if since.is_some() {
+        let replay_from = |at: u64, promised: bool, page: HistoryPage| {
+            let mut r = Replay {
+                sub: s.id,
+                channel: channel.clone(),
+                epoch: epoch.clone(),
+                at,
+                until: top,
+                left: limit,
+                promised,
+                broken: false,
+                page: Vec::new(),
+            };
+            r.absorb(page);
+            r
+        };
+        if let Some(since) = since {
+            let recovered = recovery::assess(Some(since), &page, limit);
+            let same = since.epoch == epoch || (since.epoch.is_empty() && since.offset == 0);
+            // The replay covers everything up to the top: queued live copies of it
+            // are duplicates.
             s.last = s.last.max(top);
-            return Ok((epoch, top, recovery::assess(since, page)));
+            let replay = (same && since.offset < top)
+                .then(|| replay_from(since.offset, recovered == Some(true), page));
+            return Ok(Recovered {
+                epoch: epoch.clone(),
+                offset: top,
+                recovered,
+                replay,
+            });
         }
         // Live messages already queued in this epoch: everything from the first one
         // on follows live, in order.
         if let Some(first) = self.outbox.first_offset(s.id, tag) {
             let seen = top.min(first - 1);
             s.last = s.last.max(seen);
-            return Ok((epoch, seen, recovery::assess(None, page)));
+            return Ok(Recovered {
+                epoch: epoch.clone(),
+                offset: seen,
+                recovered: None,
+                replay: None,
+            });
         }
         // Nothing queued yet: the client stands at the base and what history holds
         // after it is sent after the reply; live copies of it are then duplicates.
         let base = base.filter(|b| b.epoch.is_empty() || b.epoch == epoch);
-        if let (Some(b), Some(from)) = (base, from) {
+        if let Some(b) = base {
             let at = Since {
                 offset: from,
                 epoch: if b.epoch.is_empty() {
@@ -321,69 +425,72 @@ impl Session {
                     b.epoch
                 },
             };
-            let resume = recovery::assess(Some(&at), page);
-            if resume.recovered == Some(true) {
+            if recovery::assess(Some(&at), &page, limit) == Some(true) {
                 s.last = s.last.max(top);
-                let replay = resume.replay;
-                return Ok((
-                    epoch,
-                    from,
-                    recovery::Resume {
-                        recovered: None,
-                        replay,
-                    },
-                ));
+                let replay = (from < top).then(|| replay_from(from, true, page));
+                return Ok(Recovered {
+                    epoch: epoch.clone(),
+                    offset: from,
+                    recovered: None,
+                    replay,
+                });
             }
         }
-        // The epoch changed while waiting, or more than a page landed: start at the
-        // top. A message whose live copy is still on the way is then dropped as seen;
-        // this needs an epoch change or `--recovery-limit` messages within the
-        // connection's setup.
+        // The epoch changed while waiting, or more than the recovery limit landed:
+        // start at the top. A message whose live copy is still on the way is then
+        // dropped as seen; this needs an epoch change or `--recovery-limit` messages
+        // within the connection's setup.
         s.last = s.last.max(top);
-        Ok((
-            epoch,
-            top,
-            recovery::Resume {
-                recovered: None,
-                replay: Vec::new(),
-            },
-        ))
+        Ok(Recovered {
+            epoch: epoch.clone(),
+            offset: top,
+            recovered: None,
+            replay: None,
+        })
     }
 
     /// Resumes the personal channel at connect, from where the client says it left
     /// off or else from the user's acknowledged position; returns what to replay
     /// after the welcome.
-    pub async fn resume_personal(&mut self, since: Option<Since>) -> Vec<Publication> {
+    pub async fn resume_personal(&mut self, since: Option<Since>) -> Option<Replay> {
         let personal = self.subs[0].channel.clone();
         if self.node.config.history.policy(&personal).is_none() {
             if since.is_some() {
                 self.personal.recovered = Some(false);
             }
-            return Vec::new();
+            return None;
         }
+        // The first history read of the connection: counted, always allowed.
+        let _ = self.resumes.take(Instant::now());
         // Without resume parameters: the acknowledged position, read together with
         // the channel's position (the base of a fresh start, see `recover`).
         let (since, base) = match since {
             Some(s) => (Some(s), None),
             None => match self.node.hub.position(&personal).await {
-                Ok((_, Some((epoch, offset)))) => (Some(Since { offset, epoch }), None),
+                Ok((_, Some(p))) => (
+                    Some(Since {
+                        offset: p.offset,
+                        epoch: p.epoch,
+                    }),
+                    None,
+                ),
                 Ok((page, None)) => (None, Some(page)),
                 Err(_) => (None, None),
             },
         };
         match self.recover(0, since.as_ref(), base).await {
-            Ok((epoch, top, resume)) => {
+            Ok(r) => {
                 self.personal = PersonalState {
-                    epoch: Some(epoch),
-                    offset: Some(top),
-                    recovered: resume.recovered,
+                    epoch: Some(r.epoch),
+                    offset: Some(r.offset),
+                    recovered: r.recovered,
                 };
-                resume.replay
+                r.replay
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read personal history");
                 self.personal.recovered = since.map(|_| false);
-                Vec::new()
+                None
             }
         }
     }
@@ -479,7 +586,7 @@ impl Session {
         match frame {
             ClientFrame::Pong => Outcome::Silent,
             ClientFrame::Subscribe { id, channel, since } => {
-                self.subscribe(id, channel, since).await
+                self.subscribe(id, channel, since, now).await
             }
             ClientFrame::Unsubscribe { id, channel } => self.unsubscribe(id, &channel),
             ClientFrame::Publish {
@@ -493,7 +600,13 @@ impl Session {
         }
     }
 
-    async fn subscribe(&mut self, id: u64, name: String, since: Option<Since>) -> Outcome {
+    async fn subscribe(
+        &mut self,
+        id: u64,
+        name: String,
+        since: Option<Since>,
+        now: Instant,
+    ) -> Outcome {
         if let Err(e) = channel::validate(&name) {
             return err(Some(id), ErrorCode::InvalidChannel, e.to_string());
         }
@@ -518,6 +631,17 @@ impl Session {
             );
         }
         let has_history = self.node.config.history.policy(&name).is_some();
+        if has_history && !self.resumes.take(now) {
+            self.node.metrics.history_limited();
+            return self.strike(
+                now,
+                err(
+                    Some(id),
+                    ErrorCode::RateLimited,
+                    "too many subscribes with history; slow down",
+                ),
+            );
+        }
         let pos = self.add(Arc::from(name.as_str()));
         if !has_history {
             // Without history nothing can be replayed: say so rather than pretend.
@@ -528,12 +652,15 @@ impl Session {
             return Outcome::Reply(Reply::ok(id, result));
         }
         match self.recover(pos, since.as_ref(), None).await {
-            Ok((epoch, top, resume)) => {
-                let mut result = json!({ "channel": name, "epoch": epoch, "offset": top });
-                if let Some(r) = resume.recovered {
-                    result["recovered"] = json!(r);
+            Ok(r) => {
+                let mut result = json!({ "channel": name, "epoch": r.epoch, "offset": r.offset });
+                if let Some(recovered) = r.recovered {
+                    result["recovered"] = json!(recovered);
                 }
-                Outcome::Replay(Reply::ok(id, result), resume.replay)
+                match r.replay {
+                    Some(replay) => Outcome::Replay(Reply::ok(id, result), replay),
+                    None => Outcome::Reply(Reply::ok(id, result)),
+                }
             }
             Err(e) => {
                 // The live subscription stands; only the history part failed.

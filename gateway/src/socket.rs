@@ -7,21 +7,27 @@
 //! consumer, drain) rather than hold its task and subscriptions forever.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use protocol::frame::{Reply, ServerFrame, Since, encode_message};
 use protocol::{Encoding, ErrorCode, Publication, close};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, Sleep, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::error::SessionEnd;
 use crate::heartbeat::{self, Heartbeat, Tick};
+use crate::metrics::Drop as Lost;
 use crate::outbox::{Frame, Item, Outbox};
+use crate::recovery::{Replay, Step};
 use crate::session::{Outcome, Session};
 
 /// Frames moved from the outbox per wakeup; bounds the time one socket write takes.
@@ -51,6 +57,9 @@ fn read_error(e: &WsError) -> SessionEnd {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => SessionEnd::MessageTooBig,
         WsError::Capacity(_) => SessionEnd::MessageTooBig,
         WsError::Utf8(_) => SessionEnd::InvalidUtf8,
+        // The TCP connection ended without a close frame: the peer vanished (a
+        // network drop, a killed app), not a protocol violation.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => SessionEnd::PeerGone,
         WsError::Protocol(_) => SessionEnd::ProtocolViolation,
         _ => SessionEnd::PeerGone,
     }
@@ -61,6 +70,22 @@ fn encode_replay(enc: Encoding, replay: &[Publication]) -> Vec<Message> {
         .iter()
         .filter_map(|p| encode_message(enc, p).ok().and_then(|b| to_message(enc, b)))
         .collect()
+}
+
+/// What a connection keeps watching while it waits on the broker: its heartbeat
+/// and token expiry (one timer), and the first client frame that arrived meanwhile.
+struct Watch<'a> {
+    hb: &'a mut Heartbeat,
+    timer: Pin<&'a mut Sleep>,
+    /// A data frame read while waiting, handled once the wait is over; until then
+    /// the socket is not read further (TCP holds the rest).
+    stash: Option<Message>,
+}
+
+impl Watch<'_> {
+    fn rearm(&mut self) {
+        self.timer.as_mut().reset(self.hb.deadline());
+    }
 }
 
 /// Runs a write unless the connection is asked to close or the write stalls.
@@ -104,8 +129,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         guarded(&self.outbox, self.stall, write).await
     }
 
-    /// The delivery path: writes the items taken from the outbox, in order.
-    async fn send_items(&mut self, items: &mut VecDeque<Item>) -> Result<(), SessionEnd> {
+    /// The delivery path: writes the items taken from the outbox, in order; counts
+    /// them as delivered once written, or as dropped if the write is given up.
+    async fn send_items(
+        &mut self,
+        items: &mut VecDeque<Item>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<(), SessionEnd> {
+        let n = items.len() as u64;
         let tx = &mut self.ws;
         let write = async {
             for item in items.drain(..) {
@@ -117,7 +148,88 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
             }
             tx.flush().await
         };
-        guarded(&self.outbox, self.stall, write).await
+        let r = guarded(&self.outbox, self.stall, write).await;
+        match r {
+            Ok(()) => metrics.delivered(n),
+            Err(SessionEnd::Requested(close::SLOW_CONSUMER)) => {
+                metrics.dropped(Lost::SlowConsumer, n);
+            }
+            Err(_) => metrics.dropped(Lost::Closed, n),
+        }
+        r
+    }
+
+    /// Awaits `step` (a call to the broker) while still serving the connection: the
+    /// client closing or vanishing, a close request (drain, slow consumer), token
+    /// expiry and a heartbeat timeout end the wait and the session. A ping that
+    /// falls due meanwhile is skipped (the next one follows an interval later;
+    /// clients allow two). Waits are bounded by the broker's own timeouts.
+    async fn attend<T>(
+        &mut self,
+        step: impl Future<Output = T>,
+        watch: &mut Watch<'_>,
+    ) -> Result<T, SessionEnd> {
+        let mut step = std::pin::pin!(step);
+        let Writer { ws, outbox, .. } = self;
+        loop {
+            let read = watch.stash.is_none();
+            let event = tokio::select! {
+                biased;
+                v = &mut step => return Ok(v),
+                code = outbox.closed() => return Err(SessionEnd::Requested(code)),
+                () = &mut watch.timer => None,
+                m = ws.next(), if read => Some(m),
+            };
+            let now = Instant::now();
+            match event {
+                None => match watch.hb.tick(now) {
+                    Tick::Expired => return Err(SessionEnd::TokenExpired),
+                    Tick::Timeout => return Err(SessionEnd::HeartbeatTimeout),
+                    Tick::Ping | Tick::Nothing => watch.rearm(),
+                },
+                Some(None) => return Err(SessionEnd::PeerGone),
+                Some(Some(Err(e))) => return Err(read_error(&e)),
+                Some(Some(Ok(m))) => {
+                    watch.hb.seen(now);
+                    match m {
+                        Message::Close(_) => return Err(SessionEnd::ClientClosed),
+                        Message::Text(_) | Message::Binary(_) => watch.stash = Some(m),
+                        Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a replay from history page by page: each page is written (through the
+    /// stall guard) before the next is read, so a connection holds one page at a
+    /// time. A replay that meets a hole it promised to cover ends the session with
+    /// a resync after what came before the hole.
+    async fn send_replay(
+        &mut self,
+        session: &mut Session,
+        mut replay: Replay,
+        watch: &mut Watch<'_>,
+    ) -> Result<(), SessionEnd> {
+        let enc = session.encoding();
+        loop {
+            let page = std::mem::take(&mut replay.page);
+            if !page.is_empty() {
+                session.node().metrics.replayed(page.len() as u64);
+                self.send(encode_replay(enc, &page)).await?;
+            }
+            drop(page);
+            if replay.broken {
+                return Err(SessionEnd::Resync);
+            }
+            if replay.finished() {
+                return Ok(());
+            }
+            let step = self.attend(session.next_page(&mut replay), watch).await?;
+            if step == Step::Done && replay.page.is_empty() {
+                return Ok(());
+            }
+        }
     }
 
     async fn reply(&mut self, enc: Encoding, r: Reply) -> Result<(), SessionEnd> {
@@ -125,20 +237,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
             Some(m) => self.send(vec![m]).await,
             None => Ok(()),
         }
-    }
-
-    /// A reply followed by replayed publications (resume), in that order.
-    async fn reply_then(
-        &mut self,
-        enc: Encoding,
-        r: Reply,
-        replay: Vec<Publication>,
-    ) -> Result<(), SessionEnd> {
-        let mut msgs: Vec<Message> = encode_frame(enc, &ServerFrame::Reply(r))
-            .into_iter()
-            .collect();
-        msgs.extend(encode_replay(enc, &replay));
-        self.send(msgs).await
     }
 }
 
@@ -195,12 +293,24 @@ where
             }
         };
 
+        // What was queued and not written is lost with the connection: counted.
+        let left = (batch.len() + w.outbox.discard()) as u64;
+        if left > 0 {
+            node.metrics.dropped(Lost::Closed, left);
+        }
         // Release subscriptions before the (bounded) close handshake.
         let user = session.user().clone();
         let id = session.id();
         drop(session);
+        // A slow consumer gets its close frame once it reads again, if it does so
+        // within a heartbeat interval; other ends within the close timeout.
+        let linger = if end == SessionEnd::Requested(close::SLOW_CONSUMER) {
+            interval.max(CLOSE_TIMEOUT)
+        } else {
+            CLOSE_TIMEOUT
+        };
         // Boxed: only a closing connection needs this state.
-        closing(w.ws, end).await;
+        closing(w.ws, end, linger).await;
         let code = end.metric_code();
         node.metrics.connection_closed(code);
         tracing::debug!(session = format_args!("{id:016x}"), user = %user, code, reason = close::name(code), "connection closed");
@@ -213,15 +323,21 @@ where
 fn closing<S>(
     ws: WebSocketStream<S>,
     end: SessionEnd,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    linger: Duration,
+) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    Box::pin(finish(ws, end))
+    Box::pin(finish(ws, end, linger))
 }
 
-/// Sends our close frame (or answers the client's) and waits, bounded, for the peer.
-async fn finish<S>(mut ws: WebSocketStream<S>, end: SessionEnd)
+/// Sends our close frame (or answers the client's), then lingers, bounded, until
+/// the peer has read it and answered: writing what is still buffered as the peer
+/// reads, and reading (discarding) what the peer sends. Reading matters: closing
+/// a socket with unread input makes the kernel send a reset, which destroys what
+/// the peer has not read yet, the close frame included. Then the write side is
+/// shut down (FIN after the last byte) before the socket is dropped.
+async fn finish<S>(mut ws: WebSocketStream<S>, end: SessionEnd, linger: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -231,17 +347,13 @@ where
                 code: code.into(),
                 reason: reason.into(),
             };
-            let sent = timeout(CLOSE_TIMEOUT, ws.send(Message::Close(Some(frame)))).await;
-            if matches!(sent, Ok(Ok(()))) {
-                // Wait for the peer's close so the client reads our code before TCP ends.
-                let _ = timeout(CLOSE_TIMEOUT, async {
-                    while let Some(Ok(m)) = ws.next().await {
-                        if m.is_close() {
-                            break;
-                        }
-                    }
-                })
-                .await;
+            // Queued behind whatever is still buffered and written as the peer reads;
+            // queued without waiting for room first, which a peer that does not read
+            // would never make.
+            if futures_util::Sink::start_send(Pin::new(&mut ws), Message::Close(Some(frame)))
+                .is_ok()
+            {
+                let _ = timeout(linger, flush_and_drain(&mut ws)).await;
             }
         }
         None => {
@@ -250,27 +362,64 @@ where
             }
         }
     }
+    let _ = timeout(CLOSE_TIMEOUT, ws.get_mut().shutdown()).await;
+}
+
+/// Writes what is buffered while reading what arrives, until both the buffer is
+/// written and the peer has answered our close (or the stream ended).
+async fn flush_and_drain<S>(ws: &mut WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut flushed = false;
+    std::future::poll_fn(|cx| {
+        if !flushed {
+            match futures_util::Sink::poll_flush(Pin::new(&mut *ws), cx) {
+                Poll::Ready(Ok(())) => flushed = true,
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => {}
+            }
+        }
+        loop {
+            match ws.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(m))) if m.is_close() && flushed => return Poll::Ready(()),
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await;
 }
 
 /// Sends `rest` (which starts with an item that skipped offsets) after filling each
-/// gap from history, so the client still sees every offset once, in order.
+/// gap from history, so the client still sees every offset once, in order. Every
+/// round either sends the item that revealed its gap or ends the session, so the
+/// rounds are bounded by the batch; each history read passes the rate limit.
 async fn fill_gaps<S>(
     session: &mut Session,
     w: &mut Writer<S>,
+    watch: &mut Watch<'_>,
     mut rest: VecDeque<Item>,
 ) -> Result<(), SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let enc = session.encoding();
     loop {
-        let Some((sub, epoch)) = rest.front().map(|i| (i.sub, i.epoch)) else {
+        let Some((sub, epoch, offset)) = rest.front().map(|i| (i.sub, i.epoch, i.offset)) else {
             return Ok(());
         };
-        let missing = session.fill(sub, epoch).await?;
-        w.send(encode_replay(enc, &missing)).await?;
+        let wait = session.fill_wait(Instant::now());
+        if !wait.is_zero() {
+            w.attend(tokio::time::sleep(wait), watch).await?;
+        }
+        let replay = w.attend(session.fill(sub, epoch, offset), watch).await??;
+        if let Some(replay) = replay {
+            w.send_replay(session, replay, watch).await?;
+        }
         let next = session.filter(&mut rest);
-        w.send_items(&mut rest).await?;
+        let metrics = session.node().metrics.clone();
+        w.send_items(&mut rest, &metrics).await?;
         match next {
             Some(r) => rest = r,
             None => return Ok(()),
@@ -297,25 +446,32 @@ enum Flow {
 async fn greet<S>(
     session: &mut Session,
     w: &mut Writer<S>,
+    watch: &mut Watch<'_>,
     resume: Option<Since>,
 ) -> Result<(), SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // A connection that finished its upgrade after draining began was not among
+    // those the drain closes: it is told to go elsewhere at once.
+    if session.node().is_draining() {
+        return Err(SessionEnd::Requested(close::GOING_AWAY));
+    }
     let enc = session.encoding();
-    let replay = session.resume_personal(resume).await;
-    let mut first: Vec<Message> = encode_frame(enc, &session.welcome()).into_iter().collect();
-    first.extend(encode_replay(enc, &replay));
-    drop(replay);
-    w.send(first).await
+    let replay = w.attend(session.resume_personal(resume), watch).await?;
+    let welcome: Vec<Message> = encode_frame(enc, &session.welcome()).into_iter().collect();
+    w.send(welcome).await?;
+    match replay {
+        Some(r) => w.send_replay(session, r, watch).await,
+        None => Ok(()),
+    }
 }
 
 /// Handles one frame from the client.
 async fn inbound<S>(
     session: &mut Session,
     w: &mut Writer<S>,
-    hb: &mut Heartbeat,
-    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    watch: &mut Watch<'_>,
     msg: Option<Result<Message, WsError>>,
 ) -> Result<Flow, SessionEnd>
 where
@@ -328,7 +484,7 @@ where
         Some(Err(e)) => return Err(read_error(&e)),
         Some(Ok(m)) => m,
     };
-    hb.seen(now);
+    watch.hb.seen(now);
     let data: &[u8] = match &msg {
         Message::Text(t) if enc == Encoding::Json => t.as_bytes(),
         Message::Binary(b) if enc == Encoding::MsgPack => b,
@@ -366,15 +522,39 @@ where
         Message::Close(_) => return Ok(Flow::Closed),
     };
     let before = session.expires_at();
-    match session.handle(data, now).await {
+    match w.attend(session.handle(data, now), watch).await? {
         Outcome::Silent => {}
         Outcome::Reply(r) => w.reply(enc, r).await?,
-        Outcome::Replay(r, replay) => w.reply_then(enc, r, replay).await?,
+        Outcome::Replay(r, replay) => {
+            w.reply(enc, r).await?;
+            w.send_replay(session, replay, watch).await?;
+        }
         Outcome::End(e) => return Err(e),
     }
     if session.expires_at() != before {
-        hb.set_expiry(wall_to_instant(session.expires_at()));
-        timer.as_mut().reset(hb.deadline());
+        watch.hb.set_expiry(wall_to_instant(session.expires_at()));
+        watch.rearm();
+    }
+    Ok(Flow::Continue)
+}
+
+/// Handles a client frame and then any frame that arrived while it waited on the
+/// broker.
+async fn inbound_all<S>(
+    session: &mut Session,
+    w: &mut Writer<S>,
+    watch: &mut Watch<'_>,
+    msg: Option<Option<Result<Message, WsError>>>,
+) -> Result<Flow, SessionEnd>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut next = msg.or_else(|| watch.stash.take().map(|m| Some(Ok(m))));
+    while let Some(msg) = next.take() {
+        if let Flow::Closed = inbound(session, w, watch, msg).await? {
+            return Ok(Flow::Closed);
+        }
+        next = watch.stash.take().map(|m| Some(Ok(m)));
     }
     Ok(Flow::Continue)
 }
@@ -389,22 +569,33 @@ async fn serve<S>(
     session: &mut Session,
     w: &mut Writer<S>,
     hb: &mut Heartbeat,
-    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    timer: Pin<&mut Sleep>,
     batch: &mut VecDeque<Item>,
     resume: Option<Since>,
 ) -> Result<(), SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let greeting = Box::pin(greet(session, w, resume));
+    let mut watch = Watch {
+        hb,
+        timer,
+        stash: None,
+    };
+    let greeting = Box::pin(greet(session, w, &mut watch, resume));
     greeting.await?;
+    if watch.stash.is_some() {
+        let handling = Box::pin(inbound_all(session, w, &mut watch, None));
+        if let Flow::Closed = handling.await? {
+            return Ok(());
+        }
+    }
     let outbox = w.outbox.clone();
     loop {
         let event = tokio::select! {
             biased;
             d = std::future::poll_fn(|cx| outbox.poll_drain(cx, batch, BATCH)) => Event::Drained(d),
             m = w.ws.next() => Event::Inbound(m),
-            () = &mut timer => Event::Timer,
+            () = &mut watch.timer => Event::Timer,
         };
         match event {
             Event::Drained(drained) => {
@@ -416,25 +607,31 @@ where
                     metrics.latency(now_ms, item.published_ms);
                 }
                 if !batch.is_empty() {
-                    let write = Box::pin(w.send_items(batch));
+                    let write = Box::pin(w.send_items(batch, metrics));
                     write.await?;
                 }
                 // The queue's buffer came along with the items; an idle connection
                 // keeps none.
                 *batch = VecDeque::new();
                 if let Some(rest) = gap {
-                    let filling = Box::pin(fill_gaps(session, w, rest));
+                    let filling = Box::pin(fill_gaps(session, w, &mut watch, rest));
                     filling.await?;
+                }
+                if watch.stash.is_some() {
+                    let handling = Box::pin(inbound_all(session, w, &mut watch, None));
+                    if let Flow::Closed = handling.await? {
+                        return Ok(());
+                    }
                 }
             }
             Event::Inbound(msg) => {
-                let handling = Box::pin(inbound(session, w, hb, timer.as_mut(), msg));
+                let handling = Box::pin(inbound_all(session, w, &mut watch, Some(msg)));
                 if let Flow::Closed = handling.await? {
                     return Ok(());
                 }
             }
             Event::Timer => {
-                match hb.tick(Instant::now()) {
+                match watch.hb.tick(Instant::now()) {
                     Tick::Expired => return Err(SessionEnd::TokenExpired),
                     Tick::Timeout => return Err(SessionEnd::HeartbeatTimeout),
                     Tick::Ping => {
@@ -455,8 +652,85 @@ where
                     }
                     Tick::Nothing => {}
                 }
-                timer.as_mut().reset(hb.deadline());
+                watch.rearm();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use clap::Parser;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::auth::{Claims, Verifier};
+    use crate::broker::MemoryBroker;
+    use crate::config::{Cli, Config};
+    use crate::hub::{Hub, Table};
+    use crate::metrics::Metrics;
+    use crate::node::Node;
+
+    /// A node of the in-memory broker, in this process.
+    fn node() -> Arc<Node> {
+        let cli = Cli::try_parse_from(["gateway", "--jwt-secret", "0123456789abcdef0123"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::from_settings(cli.settings).unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Arc::new(Metrics::new());
+        let table = Arc::new(Table::new(metrics.clone()));
+        let broker = Arc::new(MemoryBroker::new(
+            table.clone(),
+            config.history.clone(),
+            config.idempotency_window,
+        ));
+        let verifier = Verifier::new(&config.jwt).unwrap_or_else(|e| panic!("{e}"));
+        let hub = Hub::new(table, broker, metrics.clone());
+        Arc::new(Node::new(config, hub, metrics, verifier).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// A connection over an in-memory pipe: its task, and the client's end.
+    async fn connect(node: &Arc<Node>, user: &str) -> WebSocketStream<tokio::io::DuplexStream> {
+        let (server, client) = tokio::io::duplex(64 * 1024);
+        let claims = Claims {
+            sub: user.into(),
+            exp: protocol::now_millis() / 1000 + 600,
+            subscribe: Vec::new(),
+            publish: Vec::new(),
+        };
+        let slot = node.reserve(user).unwrap_or_else(|_| panic!("no slot"));
+        let session = Session::open(node.clone(), slot, claims, Encoding::Json);
+        let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        tokio::spawn(run(ws, session, None));
+        WebSocketStream::from_raw_socket(client, Role::Client, None).await
+    }
+
+    /// The first close frame the client reads within a second, skipping the rest.
+    async fn close_code(ws: &mut WebSocketStream<tokio::io::DuplexStream>) -> Option<u16> {
+        timeout(Duration::from_secs(1), async {
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Close(f) = m {
+                    return f.map(|f| u16::from(f.code));
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    /// A connection whose upgrade completes after draining began is not among those
+    /// the drain closes; it must be told to go at once, not cut off at exit.
+    #[tokio::test]
+    async fn a_connection_opened_while_draining_is_sent_away() {
+        let node = node();
+        let mut before = connect(&node, "early").await;
+        let first = timeout(Duration::from_secs(1), before.next()).await;
+        assert!(matches!(first, Ok(Some(Ok(Message::Text(_))))), "welcome");
+        node.start_draining();
+        let mut late = connect(&node, "late").await;
+        assert_eq!(close_code(&mut late).await, Some(close::GOING_AWAY));
     }
 }

@@ -322,7 +322,12 @@ async fn slow_consumer_is_cut_off_without_delaying_others() {
             .metric("tidings_messages_dropped_total{reason=\"slow_consumer\"}")
             .await;
         if dropped > 0.0 {
-            assert_eq!(dropped, 1.0, "one overflow, then the connection is closing");
+            // The overflowing message, the queue it found full (16) and the batch
+            // whose write was given up (at most 64) are lost to this connection.
+            assert!(
+                dropped <= 81.0,
+                "one overflow, then the connection is closing"
+            );
             break;
         }
     }

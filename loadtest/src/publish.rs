@@ -52,7 +52,7 @@ impl Sink {
         };
         let p = Publisher::builder(redis_url)
             .history(rules)
-            .pool_size(16)
+            .connections(4)
             .timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| anyhow!("publisher: {e}"))?;

@@ -5,7 +5,7 @@ use protocol::{Publication, channel};
 use redis::Value;
 use redis::streams::StreamRangeReply;
 
-use crate::script::{self, ACK};
+use crate::script::{self, ACK, HISTORY};
 use crate::{PublishError, Publisher, unavailable};
 
 /// A slice of a channel's history.
@@ -57,35 +57,67 @@ impl Publisher {
         after: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, PublishError> {
+        self.history_page(ch, after, limit, usize::MAX).await
+    }
+
+    /// Like [`history`](Self::history), but the page also stops before the entry
+    /// that would take its envelopes past `max_bytes` (its first entry always fits):
+    /// what a reader that holds pages in memory reads, page by page, so that a
+    /// long history of large payloads costs a bounded amount at a time.
+    pub async fn history_page(
+        &self,
+        ch: &str,
+        after: Option<u64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<HistoryPage, PublishError> {
         self.ttl_of(ch)?;
         let ch = ch.to_owned();
         self.with_conn(&ch.clone(), move |inner, conn| {
             Box::pin(async move {
                 let meta = inner.keys.history_meta(&ch);
-                // Reading never creates history (no key per idle user in Redis): an
-                // empty epoch means "none yet", and resuming from it replays all.
-                let mut pipe = meta_read(&meta);
-                if let Some(after) = after {
-                    pipe.cmd("XRANGE")
-                        .arg(inner.keys.history_stream(&ch))
-                        .arg(format!("{}-0", after.saturating_add(1)))
-                        .arg("+")
-                        .arg("COUNT")
-                        .arg(limit);
-                }
-                let (epoch, pubs) = if after.is_some() {
-                    let ((epoch, seq), range): ((Option<String>, Option<u64>), StreamRangeReply) =
-                        conn.transaction(&pipe, &meta).await?;
-                    ((epoch, seq), decode_entries(range))
-                } else {
+                let Some(after) = after else {
+                    // Reading never creates history (no key per idle user in Redis):
+                    // an empty epoch means "none yet", and resuming from it replays all.
                     let ((epoch, seq),): ((Option<String>, Option<u64>),) =
-                        conn.transaction(&pipe, &meta).await?;
-                    ((epoch, seq), Vec::new())
+                        conn.transaction(&meta_read(&meta), &meta).await?;
+                    return Ok(HistoryPage {
+                        epoch: epoch.unwrap_or_default(),
+                        top: seq.unwrap_or(0),
+                        pubs: Vec::new(),
+                    });
                 };
-                let (epoch, seq) = epoch;
+                let keys = [inner.keys.history_stream(&ch), meta];
+                let args = [
+                    format!("{}-0", after.saturating_add(1)),
+                    limit.max(1).to_string(),
+                    max_bytes.min(i64::MAX as usize).to_string(),
+                ];
+                let reply: Vec<Value> = script::eval(conn, &HISTORY, &keys, &args).await?;
+                let mut fields = reply.into_iter();
+                let epoch = match fields.next() {
+                    Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
+                    _ => String::new(),
+                };
+                let top = match fields.next() {
+                    Some(Value::BulkString(b)) => {
+                        std::str::from_utf8(&b).ok().and_then(|s| s.parse().ok())
+                    }
+                    _ => None,
+                };
+                let pubs = if limit == 0 {
+                    Vec::new()
+                } else {
+                    fields
+                        .filter_map(|v| match v {
+                            Value::BulkString(b) => Publication::decode(&b).ok(),
+                            _ => None,
+                        })
+                        .collect()
+                };
                 Ok(HistoryPage {
-                    epoch: epoch.unwrap_or_default(),
-                    top: seq.unwrap_or(0),
+                    epoch,
+                    top: top.unwrap_or(0),
                     pubs,
                 })
             })

@@ -113,7 +113,7 @@ pub struct PublisherBuilder {
     topology: Topology,
     namespace: String,
     max_payload: usize,
-    pool_size: usize,
+    connections: usize,
     timeout: Duration,
     history: HistoryRules,
     idempotency_window: Duration,
@@ -142,9 +142,11 @@ impl PublisherBuilder {
         self
     }
 
-    /// Connections kept in the pool.
-    pub fn pool_size(mut self, n: usize) -> Self {
-        self.pool_size = n.max(1);
+    /// Connections per Redis instance (default 2). Each is multiplexed: it carries
+    /// any number of requests at once, so a few are enough for any load; more only
+    /// spread the work over more sockets.
+    pub fn connections(mut self, n: usize) -> Self {
+        self.connections = n.max(1);
         self
     }
 
@@ -177,18 +179,21 @@ impl PublisherBuilder {
         }
         let (backend, keys) = match &self.topology {
             Topology::Standalone(url) => (
-                Backend::Pools(vec![backend::pool(url, self.pool_size, self.timeout)?]),
+                Backend::Instances(vec![backend::lanes(url, self.connections, self.timeout)?]),
                 KeySpace::new(self.namespace.clone()),
             ),
             Topology::Sharded(urls) => {
                 if urls.is_empty() {
                     return Err(PublishError::Config("no shard URL given".into()));
                 }
-                let pools = urls
+                let instances = urls
                     .iter()
-                    .map(|u| backend::pool(u, self.pool_size, self.timeout))
+                    .map(|u| backend::lanes(u, self.connections, self.timeout))
                     .collect::<Result<Vec<_>, _>>()?;
-                (Backend::Pools(pools), KeySpace::new(self.namespace.clone()))
+                (
+                    Backend::Instances(instances),
+                    KeySpace::new(self.namespace.clone()),
+                )
             }
             Topology::Cluster { seeds, partitions } => {
                 let parts = Partitions::new(*partitions)
@@ -278,7 +283,7 @@ impl Publisher {
             topology,
             namespace: keys::DEFAULT_NAMESPACE.to_owned(),
             max_payload: DEFAULT_MAX_PAYLOAD,
-            pool_size: 8,
+            connections: 2,
             timeout: Duration::from_secs(2),
             history: HistoryRules::default(),
             idempotency_window: Duration::from_secs(300),
@@ -336,22 +341,25 @@ impl Publisher {
     /// `shard` is the instance to publish on in sharded mode; in a cluster the
     /// channel's hash tag picks the node.
     pub async fn probe(&self, shard: usize, redis_channel: &str) -> Result<u64, PublishError> {
-        let inner = self.inner.clone();
-        let channel = redis_channel.to_owned();
-        let run = async move {
-            let mut conn = inner.backend.conn(shard).await?;
-            redis::cmd(inner.publish_command())
-                .arg(channel)
-                .arg("probe")
-                .query_async::<u64>(&mut conn)
-                .await
-                .map_err(|e| PublishError::Unavailable(e.to_string()))
-        };
-        tokio::time::timeout(self.inner.timeout, run)
-            .await
-            .map_err(|_| {
-                PublishError::Unavailable(format!("no answer within {:?}", self.inner.timeout))
-            })?
+        self.probe_with(shard, redis_channel, "probe").await
+    }
+
+    /// [`probe`](Self::probe) with a payload of the caller's (e.g. the time it was
+    /// sent, so the subscriber can tell how far behind it reads).
+    pub async fn probe_with(
+        &self,
+        shard: usize,
+        redis_channel: &str,
+        payload: &str,
+    ) -> Result<u64, PublishError> {
+        let inner = &self.inner;
+        let deadline = inner.deadline();
+        let mut conn = inner.conn_before(shard, deadline).await?;
+        let mut cmd = redis::cmd(inner.publish_command());
+        cmd.arg(redis_channel).arg(payload);
+        let sent = cmd.query_async::<u64>(&mut conn);
+        let r = tokio::time::timeout_at(deadline, sent).await;
+        inner.settle(&conn, r)?.map_err(unavailable)
     }
 
     /// Publishes ready-made publications (one per target channel) in as few round
@@ -375,44 +383,33 @@ impl Publisher {
         for (i, p) in pubs.iter().enumerate() {
             groups.entry(inner.route(&p.channel)).or_default().push(i);
         }
-        let run = async move {
-            if groups.len() == 1 {
-                // One owner (always so on a standalone Redis): one round trip.
-                let route = groups.keys().next().copied().unwrap_or(0);
-                let mut conn = inner.backend.conn(route).await?;
-                return script::publish(&inner, &mut conn, pubs).await;
-            }
-            let runs = groups.iter().map(|(&route, idx)| {
-                let inner = &inner;
-                let group: Vec<Publication> = idx.iter().map(|&i| pubs[i].clone()).collect();
-                async move {
-                    let mut conn = inner.backend.conn(route).await?;
-                    script::publish(inner, &mut conn, &group).await
-                }
-            });
-            let results = futures_util::future::join_all(runs).await;
-            let mut receipt = Receipt {
-                nodes: 0,
-                per_target: vec![0; pubs.len()],
-                offsets: vec![None; pubs.len()],
-                duplicates: 0,
-            };
-            for (idx, result) in groups.values().zip(results) {
-                let r = result?;
-                receipt.nodes += r.nodes;
-                receipt.duplicates += r.duplicates;
-                for (k, &i) in idx.iter().enumerate() {
-                    receipt.per_target[i] = r.per_target[k];
-                    receipt.offsets[i] = r.offsets[k];
-                }
-            }
-            Ok(receipt)
+        if groups.len() == 1 {
+            // One owner (always so on a standalone Redis): one round trip.
+            let route = groups.keys().next().copied().unwrap_or(0);
+            return inner.publish_on(route, pubs).await;
+        }
+        let runs = groups.iter().map(|(&route, idx)| {
+            let inner = &inner;
+            let group: Vec<Publication> = idx.iter().map(|&i| pubs[i].clone()).collect();
+            async move { inner.publish_on(route, &group).await }
+        });
+        let results = futures_util::future::join_all(runs).await;
+        let mut receipt = Receipt {
+            nodes: 0,
+            per_target: vec![0; pubs.len()],
+            offsets: vec![None; pubs.len()],
+            duplicates: 0,
         };
-        tokio::time::timeout(self.inner.timeout, run)
-            .await
-            .map_err(|_| {
-                PublishError::Unavailable(format!("no answer within {:?}", self.inner.timeout))
-            })?
+        for (idx, result) in groups.values().zip(results) {
+            let r = result?;
+            receipt.nodes += r.nodes;
+            receipt.duplicates += r.duplicates;
+            for (k, &i) in idx.iter().enumerate() {
+                receipt.per_target[i] = r.per_target[k];
+                receipt.offsets[i] = r.offsets[k];
+            }
+        }
+        Ok(receipt)
     }
 
     /// The namespace of Redis names.
@@ -451,24 +448,92 @@ impl Publisher {
             Box<dyn std::future::Future<Output = Result<T, PublishError>> + Send + 'c>,
         >,
     {
-        let inner = &self.inner;
-        let route = inner.route(channel);
-        let run = async move {
-            let mut conn = inner.backend.conn(route).await?;
-            f(inner, &mut conn).await
-        };
-        tokio::time::timeout(self.inner.timeout, run)
-            .await
-            .map_err(|_| {
-                PublishError::Unavailable(format!("no answer within {:?}", self.inner.timeout))
-            })?
+        on_conn(&self.inner, self.inner.route(channel), f).await
+    }
+}
+
+/// Runs `f` on a connection to Redis `route` (shard or partition), getting the
+/// connection and running `f` within the publisher's timeout together. A connection
+/// whose request got no answer in time is replaced.
+async fn on_conn<T, F>(inner: &Inner, route: usize, f: F) -> Result<T, PublishError>
+where
+    F: for<'c> FnOnce(
+        &'c Inner,
+        &'c mut Conn,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<T, PublishError>> + Send + 'c>,
+    >,
+{
+    let deadline = inner.deadline();
+    let mut conn = inner.conn_before(route, deadline).await?;
+    let r = tokio::time::timeout_at(deadline, f(inner, &mut conn)).await;
+    inner.settle(&conn, r)?
+}
+
+/// A Redis URL with its password (and user name) replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+        None => url.to_owned(),
     }
 }
 
 impl Inner {
+    /// When a request started now must have its answer.
+    fn deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.timeout
+    }
+
+    fn late(&self) -> PublishError {
+        PublishError::Unavailable(format!("no answer within {:?}", self.timeout))
+    }
+
+    /// A connection to Redis `route` (shard or partition), by `deadline`.
+    async fn conn_before(
+        &self,
+        route: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Conn, PublishError> {
+        tokio::time::timeout_at(deadline, self.backend.conn(route))
+            .await
+            .map_err(|_| self.late())?
+    }
+
+    /// The outcome of a request bounded by the deadline; a connection whose request
+    /// got no answer in time is replaced.
+    fn settle<T>(
+        &self,
+        conn: &Conn,
+        r: Result<T, tokio::time::error::Elapsed>,
+    ) -> Result<T, PublishError> {
+        r.map_err(|_| {
+            conn.timed_out();
+            self.late()
+        })
+    }
+
+    /// Publishes publications owned by one shard or partition in one round trip.
+    async fn publish_on(
+        &self,
+        route: usize,
+        pubs: &[Publication],
+    ) -> Result<Receipt, PublishError> {
+        let deadline = self.deadline();
+        let mut conn = self.conn_before(route, deadline).await?;
+        let r = tokio::time::timeout_at(deadline, script::publish(self, &mut conn, pubs)).await;
+        self.settle(&conn, r)?
+    }
+
     fn route(&self, channel: &str) -> usize {
         match &self.backend {
-            Backend::Pools(pools) => topology::shard_of(channel, pools.len()),
+            Backend::Instances(instances) => topology::shard_of(channel, instances.len()),
             Backend::Cluster(_) => self.keys.partition_of(channel),
         }
     }

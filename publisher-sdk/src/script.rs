@@ -27,6 +27,10 @@ pub(crate) static PUBLISH: Lua = Lua {
     src: include_str!("publish.lua"),
     script: LazyLock::new(|| redis::Script::new(include_str!("publish.lua"))),
 };
+pub(crate) static HISTORY: Lua = Lua {
+    src: include_str!("history.lua"),
+    script: LazyLock::new(|| redis::Script::new(include_str!("history.lua"))),
+};
 pub(crate) static ACK: Lua = Lua {
     src: include_str!("ack.lua"),
     script: LazyLock::new(|| redis::Script::new(include_str!("ack.lua"))),

@@ -145,6 +145,11 @@ impl RedisServer {
         self.child.is_some()
     }
 
+    /// The loopback address the server listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }

@@ -13,7 +13,7 @@ use protocol::history::{HistoryRules, Policy};
 use publisher::HistoryPage;
 use tokio::time::Instant;
 
-use super::{Broker, BrokerError, Receipt};
+use super::{Broker, BrokerError, Position, Receipt};
 use crate::hub::Table;
 
 struct Stream {
@@ -159,6 +159,7 @@ impl Broker for MemoryBroker {
         channel: &str,
         after: Option<u64>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<HistoryPage, BrokerError> {
         if self.rules.policy(channel).is_none() {
             return Err(BrokerError::Rejected(format!(
@@ -178,16 +179,24 @@ impl Broker for MemoryBroker {
                 pubs: Vec::new(),
             });
         };
-        let pubs = match after {
-            Some(after) => stream
+        let mut pubs = Vec::new();
+        if let Some(after) = after {
+            // The same page as Redis': the first entry always, then as many as fit
+            // in `max_bytes` (counted as the envelope size).
+            let mut used = 0usize;
+            for p in stream
                 .entries
                 .iter()
                 .filter(|p| p.offset.is_some_and(|o| o > after))
-                .take(limit)
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
+                .take(limit.max(1))
+            {
+                used = used.saturating_add(p.encode().len());
+                if !pubs.is_empty() && used > max_bytes {
+                    break;
+                }
+                pubs.push(p.clone());
+            }
+        }
         Ok(HistoryPage {
             epoch: stream.epoch.clone(),
             top: stream.seq,
@@ -200,7 +209,12 @@ impl Broker for MemoryBroker {
             BrokerError::Rejected(format!("channel `{channel}` keeps no history"))
         })?;
         let mut store = self.store();
-        let stream = store.stream(channel, policy, Instant::now());
+        let now = Instant::now();
+        // As with Redis: no history yet (or expired), nothing to acknowledge.
+        if store.streams.get(channel).is_none_or(|s| s.expires <= now) {
+            return Ok(None);
+        }
+        let stream = store.stream(channel, policy, now);
         let (epoch, top) = (stream.epoch.clone(), stream.seq);
         let want = offset.min(top);
         let stored = match store.acks.get(channel) {
@@ -216,9 +230,17 @@ impl Broker for MemoryBroker {
     async fn position(
         &self,
         channel: &str,
-    ) -> Result<(HistoryPage, Option<(String, u64)>), BrokerError> {
-        let page = self.history(channel, None, 0).await?;
-        Ok((page, self.store().acks.get(channel).cloned()))
+    ) -> Result<(HistoryPage, Option<Position>), BrokerError> {
+        let page = self.history(channel, None, 0, 0).await?;
+        let acked = self
+            .store()
+            .acks
+            .get(channel)
+            .map(|(epoch, offset)| Position {
+                epoch: epoch.clone(),
+                offset: *offset,
+            });
+        Ok((page, acked))
     }
 }
 
@@ -237,8 +259,10 @@ mod tests {
         );
         let mut p = Publication::new("room:1", "e", Payload::null());
         p.id = Some("k".into());
+        // Nothing to acknowledge before the first message, as with Redis.
+        assert_eq!(broker.ack("room:1", 1).await.unwrap(), None);
         broker.publish(vec![p]).await.unwrap();
-        broker.ack("room:1", 1).await.unwrap();
+        assert_eq!(broker.ack("room:1", 1).await.unwrap(), Some(1));
         tokio::time::advance(Duration::from_secs(2)).await;
         broker.store().sweep(Instant::now());
         let store = broker.store();

@@ -30,6 +30,13 @@ pub struct Receipt {
     pub duplicates: u64,
 }
 
+/// A stored position in a channel's history: an offset within an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -63,22 +70,22 @@ pub trait Broker: Send + Sync + 'static {
         true
     }
 
-    /// A channel's history after `after` (exclusive), at most `limit` entries; with
-    /// `after == None` only its epoch and latest offset.
+    /// A channel's history after `after` (exclusive), at most `limit` entries and,
+    /// beyond the first, at most `max_bytes` of envelopes; with `after == None`
+    /// only its epoch and latest offset.
     async fn history(
         &self,
         channel: &str,
         after: Option<u64>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<HistoryPage, BrokerError>;
 
     /// Moves a personal channel's acknowledged position forward; returns it.
     async fn ack(&self, channel: &str, offset: u64) -> Result<Option<u64>, BrokerError>;
 
     /// A channel's position (as `history` with `after == None`) and its
-    /// acknowledged position `(epoch, offset)`, if any, read together.
-    async fn position(
-        &self,
-        channel: &str,
-    ) -> Result<(HistoryPage, Option<(String, u64)>), BrokerError>;
+    /// acknowledged position, if any, read together.
+    async fn position(&self, channel: &str)
+    -> Result<(HistoryPage, Option<Position>), BrokerError>;
 }
