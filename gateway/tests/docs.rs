@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use protocol::ErrorCode;
-use support::{Gateway, eventually};
+use support::{Client, Gateway, eventually, token};
 use testkit::RedisServer;
 
 fn repo() -> PathBuf {
@@ -410,22 +410,28 @@ fn matchers(s: &str) -> Vec<(String, String)> {
 
 async fn exposition() -> Exposition {
     let mut e = Exposition::default();
-    // In-memory broker.
-    let gw = Gateway::start().await;
-    let (status, body) = gw
-        .publish(serde_json::json!({"user": "docs-check", "payload": {}}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    e.add(&gw.metrics().await);
-    // Redis: the broker's per-connection series exist only there.
+    // In-memory broker, then Redis (the broker's per-connection series exist only
+    // there). Each gateway delivers one message to a connected client, and the Redis
+    // one runs a few fast probe rounds, so that series created on first use show.
     let redis = RedisServer::start().await;
-    let gw = Gateway::builder().redis(&redis, "docs").start().await;
-    eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
-    let (status, body) = gw
-        .publish(serde_json::json!({"user": "docs-check", "payload": {}}))
-        .await;
-    assert_eq!(status, 200, "{body}");
-    e.add(&gw.metrics().await);
+    for with_redis in [false, true] {
+        let mut b = Gateway::builder();
+        if with_redis {
+            b = b
+                .redis(&redis, "docs")
+                .args(&["--redis-probe-interval", "100ms"]);
+        }
+        let gw = b.start().await;
+        eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
+        let mut c = Client::connect(&gw, &token("docs-check", &[], &[], 60)).await;
+        let (status, body) = gw
+            .publish(serde_json::json!({"user": "docs-check", "payload": {}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        c.message().await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        e.add(&gw.metrics().await);
+    }
     assert!(
         e.types.contains_key("tidings_connections"),
         "no metrics read"
