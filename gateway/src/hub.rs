@@ -167,6 +167,29 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Tells every local subscriber of `channel` that its history reaches `top` in
+    /// `epoch`: those that have not seen that far fill the gap from history. Sent
+    /// after a Redis subscription came back, when messages published meanwhile
+    /// would otherwise be missed until the channel's next message.
+    pub fn check(&self, channel: &str, epoch: &str, top: u64) {
+        let shard = read(self.shard(channel));
+        let Some(subs) = shard.get(channel) else {
+            return;
+        };
+        let epoch = epoch_tag(epoch);
+        for (_, sub) in subs.iter() {
+            let _ = sub.outbox.push(Item {
+                frame: Frame::Check,
+                published_ms: 0,
+                offset: top,
+                epoch,
+                sub: sub.sub,
+            });
+        }
+    }
+}
+
 /// A short fingerprint of a history epoch, so queued items can tell a new epoch
 /// (offsets restart) from a duplicate without carrying the epoch string.
 pub fn epoch_tag(epoch: &str) -> u32 {

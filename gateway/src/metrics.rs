@@ -143,11 +143,15 @@ impl BrokerMetrics {
             .with_label_values(&[&shard.to_string()])
     }
 
-    pub fn received(&self, shard: usize) {
+    /// The counter of one subscriber connection's messages (resolved once per
+    /// connection, so it shows from the start).
+    pub fn shard_received(&self, shard: usize) -> IntCounter {
+        self.shard_received.with_label_values(&[&shard.to_string()])
+    }
+
+    pub fn received(&self, shard: &IntCounter) {
         self.received.inc();
-        self.shard_received
-            .with_label_values(&[&shard.to_string()])
-            .inc();
+        shard.inc();
     }
 
     pub fn publish_failed(&self) {

@@ -19,6 +19,10 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 pub enum Frame {
     Text(Utf8Bytes),
     Binary(Bytes),
+    /// Not for the socket: the channel's history reaches the item's offset (after
+    /// the node's Redis subscription came back); the session fills what it missed,
+    /// if anything, and drops the item.
+    Check,
 }
 
 #[derive(Debug)]
@@ -32,6 +36,12 @@ pub struct Item {
     pub epoch: u32,
     /// Which subscription of the connection it belongs to.
     pub sub: u32,
+}
+
+impl Item {
+    pub fn is_check(&self) -> bool {
+        matches!(self.frame, Frame::Check)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +106,7 @@ impl Outbox {
         self.lock()
             .queue
             .iter()
-            .filter(|i| i.sub == sub && i.epoch == epoch && i.offset != 0)
+            .filter(|i| i.sub == sub && i.epoch == epoch && i.offset != 0 && !i.is_check())
             .map(|i| i.offset)
             .min()
     }

@@ -191,6 +191,19 @@ impl Session {
         }
     }
 
+    /// Whether subscription `sub` has not seen `top` of the history epoch tagged
+    /// `epoch` (a check item, see [`Frame::Check`](crate::outbox::Frame::Check)).
+    fn behind(&self, sub: u32, top: u64, epoch: u32) -> bool {
+        match self.subs.iter().find(|s| s.id == sub) {
+            // No position yet: nothing to compare with.
+            Some(s) if s.epoch == 0 => false,
+            Some(s) if s.epoch == epoch => top > s.last,
+            // A new epoch with entries: all of them are missing.
+            Some(_) => top > 0,
+            None => false,
+        }
+    }
+
     /// Keeps the items of `batch` to send, in order, dropping duplicates. Stops at the
     /// first item whose channel skipped offsets (a live message lost between Redis and
     /// this node, e.g. while its subscription reconnected) and returns it with
@@ -198,6 +211,13 @@ impl Session {
     pub fn filter(&mut self, batch: &mut VecDeque<Item>) -> Option<VecDeque<Item>> {
         let mut i = 0;
         while let Some(item) = batch.get(i) {
+            if item.is_check() {
+                if self.behind(item.sub, item.offset, item.epoch) {
+                    return Some(batch.split_off(i));
+                }
+                batch.remove(i);
+                continue;
+            }
             if item.offset == 0 {
                 i += 1;
                 continue;

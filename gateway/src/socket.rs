@@ -143,6 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                 tx.feed(match item.frame {
                     Frame::Text(t) => Message::Text(t),
                     Frame::Binary(b) => Message::Binary(b),
+                    Frame::Check => continue,
                 })
                 .await?;
             }
@@ -406,7 +407,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        let Some((sub, epoch, offset)) = rest.front().map(|i| (i.sub, i.epoch, i.offset)) else {
+        // A check item's gap ends at its offset; any other's just before it.
+        let front = rest
+            .front()
+            .map(|i| (i.sub, i.epoch, i.offset + u64::from(i.is_check())));
+        let Some((sub, epoch, offset)) = front else {
             return Ok(());
         };
         let wait = session.fill_wait(Instant::now());

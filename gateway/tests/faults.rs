@@ -620,3 +620,43 @@ async fn an_ack_before_any_message_is_refused_by_both_brokers() {
         assert_eq!(r.error.unwrap().code, ErrorCode::BadRequest, "{}", gw.addr);
     }
 }
+
+/// Messages published while the node's Redis subscription was down reached the
+/// client only when its channel's next message revealed the gap; when nothing more
+/// was published, never.
+#[tokio::test]
+async fn messages_missed_while_resubscribing_arrive_without_a_next_message() {
+    let redis = RedisServer::start().await;
+    let proxy = FaultProxy::start(redis.addr()).await;
+    let gw = redis_gateway(&proxy.url(), &[]).await;
+    let sdk = Publisher::builder(redis.url())
+        .history(protocol::history::HistoryRules::parse(ROOMS.split(',')).unwrap())
+        .build()
+        .unwrap();
+    let mut c = Client::connect(&gw, &token("quiet", &["room:*"], &[], 60)).await;
+    assert!(c.subscribe("room:quiet").await.ok);
+    redis.wait_numsub("room:quiet", 1).await;
+    sdk.to_channel("room:quiet")
+        .payload(&1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(c.message().await.offset, Some(1));
+    // The node hears nothing, then loses its connections, then reconnects.
+    proxy.freeze();
+    for n in 2..=4 {
+        sdk.to_channel("room:quiet")
+            .payload(&n)
+            .send()
+            .await
+            .unwrap();
+    }
+    proxy.cut();
+    proxy.thaw();
+    for offset in 2..=4 {
+        let m = tokio::time::timeout(Duration::from_secs(5), c.message())
+            .await
+            .unwrap_or_else(|_| panic!("offset {offset} never arrived"));
+        assert_eq!(m.offset, Some(offset));
+    }
+}

@@ -124,7 +124,7 @@ async fn connect(shared: &Shared, shard: &Shard) -> Result<(TcpStream, String), 
 }
 
 /// One connection's life: connect, subscribe, deliver until it fails; returns why.
-pub(super) async fn serve(shared: &Shared, shard: &Shard, first: bool) -> String {
+pub(super) async fn serve(shared: &Arc<Shared>, shard: &Shard, first: bool) -> String {
     let (stream, peer) = match connect(shared, shard).await {
         Ok(c) => c,
         Err(e) => return e,
@@ -152,6 +152,7 @@ pub(super) async fn serve(shared: &Shared, shard: &Shard, first: bool) -> String
         started: Instant::now(),
         first,
         peer,
+        received: shared.metrics.broker.shard_received(shard.index),
     };
     let why = tokio::select! {
         why = reader.run(rd) => why,
@@ -163,13 +164,14 @@ pub(super) async fn serve(shared: &Shared, shard: &Shard, first: bool) -> String
 
 /// The read side: replies and messages, in order.
 struct Reader<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     shard: &'a Shard,
     link: &'a Link,
     probe: &'a str,
     started: Instant,
     first: bool,
     peer: String,
+    received: prometheus::IntCounter,
 }
 
 impl Reader<'_> {
@@ -263,7 +265,7 @@ impl Reader<'_> {
 
     fn deliver(&self, name: &str, payload: &[u8]) {
         let metrics = &self.shared.metrics.broker;
-        metrics.received(self.shard.index);
+        metrics.received(&self.received);
         match Publication::decode(payload) {
             Ok(p) if self.shared.keys.channel_of(name) == Some(p.channel.as_str()) => {
                 self.shared.table.deliver(&p);
@@ -294,6 +296,40 @@ impl Reader<'_> {
             "redis subscriber connected"
         );
         set_up(self.shared, self.shard, true);
+        if !self.first {
+            tokio::spawn(recheck(self.shared.clone(), self.shard.index));
+        }
+    }
+}
+
+/// After a reconnect: messages published while this connection was down never
+/// reached the node. A session notices a gap at its channel's next message; this
+/// tells the sessions of every history channel of the shard where its history
+/// stands now, so the ones behind fill the gap at once, even if nothing more is
+/// published. One position read per channel, a few at a time.
+async fn recheck(shared: Arc<Shared>, shard: usize) {
+    let channels: Vec<Arc<str>> = shared
+        .table
+        .interests()
+        .into_iter()
+        .filter(|c| shard_of(&shared, c) == shard && shared.settings.history.policy(c).is_some())
+        .collect();
+    for chunk in channels.chunks(32) {
+        let reads = chunk.iter().map(|ch| {
+            let shared = &shared;
+            async move {
+                match shared.reader.history(ch, None, 0).await {
+                    Ok(page) if !page.epoch.is_empty() && page.top > 0 => {
+                        shared.table.check(ch, &page.epoch, page.top);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot read a position after resubscribing")
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(reads).await;
     }
 }
 
