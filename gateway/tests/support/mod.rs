@@ -51,7 +51,11 @@ impl GatewayBuilder {
     }
 
     pub async fn start(self) -> Gateway {
-        let mut cmd = testkit::gateway::command(env!("CARGO_BIN_EXE_gateway"));
+        // TIDINGS_GATEWAY_BIN runs the tests against another build (e.g. a release
+        // binary, or an older one to see a test fail before its fix).
+        let bin = std::env::var("TIDINGS_GATEWAY_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_gateway").to_owned());
+        let mut cmd = testkit::gateway::command(bin);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let testkit::gateway::Spawned {
