@@ -1,12 +1,15 @@
 //! A small `loadtest chaos` run in the suite: 300 clients over 3 real gateway
 //! processes and a real redis-server with AOF, every fault kind injected at least
-//! once in 15 s of mixed traffic (gateways SIGKILLed and SIGTERMed and restarted on
+//! once in 20 s of mixed traffic (gateways SIGKILLed and SIGTERMed and restarted on
 //! their ports, Redis killed and terminated and restarted from its AOF, the
 //! gateway<->Redis links frozen, delayed and cut, clients stalled), the clients split
 //! over two worker processes. Checks the scenario's invariants: nothing lost,
 //! duplicated or reordered on channels with history except what a
 //! `recovered: false` announced, no client stuck, gateway memory bounded, every
-//! publish acknowledged, and the fault schedule fixed by the seed.
+//! publish acknowledged, the gateways counting as many connections as the clients
+//! hold, stalled clients getting their close frame, and the fault schedule fixed
+//! by the seed. Seed 13 puts a silent stall (longer than two heartbeats, so the
+//! gateway closes those connections) where no gateway restarts meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use clap::Parser;
@@ -48,9 +51,9 @@ async fn chaos_keeps_every_stream_with_history_whole() {
         "--per-process",
         "150",
         "--seed",
-        "7",
+        "13",
         "--duration",
-        "15s",
+        "20s",
         "--fault-every",
         "1200ms",
         "--stall-fraction",
@@ -81,8 +84,8 @@ async fn chaos_keeps_every_stream_with_history_whole() {
     let c = r.chaos.as_ref().expect("chaos figures");
     // The schedule is the seed's, and every kind of fault happened.
     let planned = plan::schedule(&ScheduleSpec {
-        seed: 7,
-        duration_ms: 15_000,
+        seed: 13,
+        duration_ms: 20_000,
         every_ms: 1_200,
         kinds: FaultKind::ALL.to_vec(),
         gateways: 3,
@@ -98,6 +101,13 @@ async fn chaos_keeps_every_stream_with_history_whole() {
         );
     }
     assert_eq!(r.connections.processes, 2, "{table}");
+    // The stall was exercised: its clients report how their connections went on.
+    let stall = c
+        .faults
+        .iter()
+        .find(|f| f.kind == "stall")
+        .expect("a stall");
+    assert!(stall.outcomes.values().sum::<u64>() > 0, "{table}");
     // Every kind of stream carried traffic.
     for k in ["personal", "room", "plain", "chat"] {
         let f = &c.streams[k];

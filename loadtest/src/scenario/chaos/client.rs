@@ -167,6 +167,19 @@ pub struct ClientSummary {
     pub markers_ms: Option<u64>,
 }
 
+/// How the connections of one stall on one gateway went on, and how many.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StallOutcome {
+    /// 1 for the first `Stall` command, 2 for the next, ...
+    pub stall: u64,
+    /// The gateway (index) the stalled connection was on.
+    pub gateway: usize,
+    /// How the connection ended within a few seconds of the stall (close code or
+    /// error), or "kept the connection".
+    pub outcome: String,
+    pub count: u64,
+}
+
 /// A group's final report.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct GroupFinal {
@@ -179,9 +192,8 @@ pub struct GroupFinal {
     pub pings: u64,
     pub bad_frames: u64,
     pub stalls: u64,
-    /// What the stalled connections did next: how they ended within a few seconds
-    /// of the stall (close code or error), or "kept the connection".
-    pub stall_outcomes: BTreeMap<String, u64>,
+    /// What the stalled connections did next.
+    pub stall_outcomes: Vec<StallOutcome>,
     /// Client tasks that did not end on `Stop` (their summaries are missing).
     pub lost_tasks: u64,
 }
@@ -212,7 +224,7 @@ struct Live {
     pings: u64,
     bad_frames: u64,
     stalls: u64,
-    stall_outcomes: BTreeMap<String, u64>,
+    stall_outcomes: BTreeMap<(u64, usize, String), u64>,
 }
 
 struct Shared {
@@ -411,6 +423,8 @@ struct Client {
     last_reason: Option<String>,
     connects: u64,
     attempts: u64,
+    /// The gateway (index) of the current or last connection.
+    gateway: usize,
     sh: Arc<Shared>,
 }
 
@@ -487,6 +501,7 @@ impl Client {
             last_reason: None,
             connects: 0,
             attempts: 0,
+            gateway: 0,
             sh,
         }
     }
@@ -535,7 +550,8 @@ impl Client {
     /// the welcome; returns the socket and the heartbeat interval.
     async fn open(&mut self) -> Result<(Ws, Duration), End> {
         let spec = &self.sh.spec;
-        let base = &spec.targets[(self.idx + self.attempts as usize) % spec.targets.len()];
+        self.gateway = (self.idx + self.attempts as usize) % spec.targets.len();
+        let base = &spec.targets[self.gateway];
         self.attempts += 1;
         let mut target = base.clone();
         let personal_resume = self.chans[0].pos.clone();
@@ -565,8 +581,11 @@ impl Client {
         let text = match first {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Close(f))) => {
-                let code = f.map_or_else(|| "close".to_owned(), |f| u16::from(f.code).to_string());
-                return Err(End::Closed(format!("{code} before welcome"), code));
+                let (code, why) = f.map_or_else(
+                    || ("close".to_owned(), String::new()),
+                    |f| (u16::from(f.code).to_string(), f.reason.to_string()),
+                );
+                return Err(End::Closed(format!("{code} before welcome"), why));
             }
             Some(Ok(other)) => {
                 return Err(End::Closed(
@@ -740,7 +759,10 @@ impl Client {
         let mut chat: Option<(tokio::time::Interval, Instant)> = None;
         let mut chat_seen: Option<Instant> = None;
         // When the last stall of this connection ended.
-        let mut stalled_until: Option<Instant> = None;
+        let mut stalled_until: Option<(Instant, u64)> = None;
+        // A failed send (the peer closed): keep reading what is buffered (messages
+        // and the close frame, whose code is the real reason) for a moment.
+        let mut send_failed: Option<(Instant, String, String)> = None;
         let end = loop {
             // Start chatting when asked (with a random phase per client).
             let plan = ctl.borrow().chat;
@@ -772,7 +794,7 @@ impl Client {
                                 break End::Stop;
                             }
                             last_rx = Instant::now();
-                            stalled_until = Some(last_rx);
+                            stalled_until = Some((last_rx, c.stall_gen));
                         }
                     }
                 }
@@ -797,8 +819,10 @@ impl Client {
                         "message" => self.on_message(&f),
                         "ping" => {
                             self.sh.live().pings += 1;
-                            if let Err(e) = ws.send(Message::Text(PONG.into())).await {
-                                break End::Closed(format!("send: {}", ws_reason(&e)), e.to_string());
+                            if send_failed.is_none()
+                                && let Err(e) = ws.send(Message::Text(PONG.into())).await
+                            {
+                                send_failed = Some((Instant::now(), format!("send: {}", ws_reason(&e)), e.to_string()));
                             }
                         }
                         "reply" => {
@@ -837,7 +861,7 @@ impl Client {
                         _ => {}
                     }
                 }
-                _ = chat_tick(&mut chat), if chat.is_some() && self.ready => {
+                _ = chat_tick(&mut chat), if chat.is_some() && self.ready && send_failed.is_none() => {
                     let until = chat.as_ref().map_or_else(Instant::now, |(_, u)| *u);
                     if Instant::now() >= until {
                         chat = None;
@@ -846,13 +870,20 @@ impl Client {
                     next_id += 1;
                     if let Some((frame, seq)) = self.chat_frame(next_id) {
                         if let Err(e) = ws.send(Message::Text(frame.into())).await {
-                            break End::Closed(format!("send: {}", ws_reason(&e)), e.to_string());
+                            send_failed = Some((Instant::now(), format!("send: {}", ws_reason(&e)), e.to_string()));
+                            continue;
                         }
                         pending_chat.insert(next_id, seq);
                         if let Some(c) = self.chat.as_mut() {
                             c.sent += 1;
                         }
                     }
+                }
+                () = tokio::time::sleep_until(send_failed.as_ref().map_or(last_rx, |s| s.0) + Duration::from_secs(2)), if send_failed.is_some() => {
+                    let Some((_, why, detail)) = send_failed.take() else {
+                        continue;
+                    };
+                    break End::Closed(why, detail);
                 }
                 () = tokio::time::sleep_until(last_rx + dead_after) => {
                     break End::Closed("client: silent connection".into(), format!("nothing received for {dead_after:?}"));
@@ -865,12 +896,17 @@ impl Client {
         if let Some(c) = self.chat.as_mut() {
             c.unknown += pending_chat.len() as u64;
         }
-        if let Some(t) = stalled_until {
+        if let Some((t, stall)) = stalled_until {
             let outcome = match &end {
                 End::Closed(why, _) if t.elapsed() < STALL_EFFECT => why.clone(),
                 _ => "kept the connection".to_owned(),
             };
-            *self.sh.live().stall_outcomes.entry(outcome).or_default() += 1;
+            *self
+                .sh
+                .live()
+                .stall_outcomes
+                .entry((stall, self.gateway, outcome))
+                .or_default() += 1;
         }
         if matches!(end, End::Stop) {
             let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
@@ -1153,7 +1189,16 @@ pub async fn run_group(
         pings: l.pings,
         bad_frames: l.bad_frames,
         stalls: l.stalls,
-        stall_outcomes: l.stall_outcomes.clone(),
+        stall_outcomes: l
+            .stall_outcomes
+            .iter()
+            .map(|((stall, gateway, outcome), count)| StallOutcome {
+                stall: *stall,
+                gateway: *gateway,
+                outcome: outcome.clone(),
+                count: *count,
+            })
+            .collect(),
         lost_tasks,
     };
     drop(l);

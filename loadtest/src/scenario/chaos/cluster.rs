@@ -471,6 +471,12 @@ pub struct Sampler {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl Sampler {
     pub fn start(
         gateways: Vec<Arc<AtomicU32>>,

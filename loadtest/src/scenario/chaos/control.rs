@@ -5,6 +5,7 @@
 //! started again. Every fault undoes itself (restart, thaw, no delay) before its
 //! task ends, which is by the end of the traffic.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ use super::pool::Commander;
 pub struct FaultRecord {
     pub kind: String,
     pub target: String,
+    /// The gateway (index) for gateway and proxy faults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<usize>,
     /// Planned start, ms from the start of the traffic.
     pub planned_ms: u64,
     /// Actual start.
@@ -33,8 +37,13 @@ pub struct FaultRecord {
     pub back_ms: u64,
     pub detail: String,
     /// False when something did not go as a healthy system would: a gateway that did
-    /// not exit within the drain bound after SIGTERM, an unplanned exit (crash).
+    /// not exit within the drain bound after SIGTERM, an unplanned exit (crash), a
+    /// stalled client whose connection ended without the close frame reaching it.
     pub ok: bool,
+    /// Stalls: how the stalled connections ended within a few seconds after the
+    /// stall (close code or error), or "kept the connection".
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub outcomes: BTreeMap<String, u64>,
 }
 
 fn ms(t0: Instant) -> u64 {
@@ -80,6 +89,7 @@ pub async fn gateway(
             out.push(FaultRecord {
                 kind: "crash (unplanned exit)".into(),
                 target: target.clone(),
+                gateway: Some(gw.idx),
                 planned_ms: at_ms,
                 at_ms,
                 hold_ms: 0,
@@ -91,6 +101,7 @@ pub async fn gateway(
                     tail(&log, 10)
                 ),
                 ok: false,
+                outcomes: BTreeMap::new(),
             });
         }
         let Some(f) = next else { break };
@@ -99,12 +110,14 @@ pub async fn gateway(
         let mut rec = FaultRecord {
             kind: f.kind.name().into(),
             target: target.clone(),
+            gateway: Some(gw.idx),
             planned_ms: f.at_ms,
             at_ms,
             hold_ms: f.hold_ms,
             back_ms: at_ms,
             detail: String::new(),
             ok: true,
+            outcomes: BTreeMap::new(),
         };
         match f.kind {
             FaultKind::GatewayKill => {
@@ -184,6 +197,7 @@ pub async fn redis(
             out.push(FaultRecord {
                 kind: "crash (unplanned exit)".into(),
                 target: "redis".into(),
+                gateway: None,
                 planned_ms: at_ms,
                 at_ms,
                 hold_ms: 0,
@@ -194,6 +208,7 @@ pub async fn redis(
                     tail(&redis.log, 5)
                 ),
                 ok: false,
+                outcomes: BTreeMap::new(),
             });
         }
         let Some(f) = next else { break };
@@ -228,12 +243,14 @@ pub async fn redis(
         out.push(FaultRecord {
             kind: f.kind.name().into(),
             target: "redis".into(),
+            gateway: None,
             planned_ms: f.at_ms,
             at_ms,
             hold_ms: f.hold_ms,
             back_ms: ms(t0),
             detail,
             ok: true,
+            outcomes: BTreeMap::new(),
         });
     }
     Ok((redis, out))
@@ -254,6 +271,7 @@ pub async fn stalls(cmd: Commander, faults: Vec<Fault>, t0: Instant) -> Result<V
         out.push(FaultRecord {
             kind: f.kind.name().into(),
             target: format!("{} clients", f.clients.len()),
+            gateway: None,
             planned_ms: f.at_ms,
             at_ms,
             hold_ms: f.hold_ms,
@@ -271,6 +289,7 @@ pub async fn stalls(cmd: Commander, faults: Vec<Fault>, t0: Instant) -> Result<V
                 if f.clients.len() > 8 { ",..." } else { "" }
             ),
             ok: true,
+            outcomes: BTreeMap::new(),
         });
     }
     Ok(out)

@@ -291,6 +291,37 @@ impl ChaosReport {
     }
 }
 
+/// A spawned task that is aborted when dropped, so an error anywhere in the run
+/// never leaves a controller restarting processes (its processes are killed when
+/// the aborted task drops them).
+struct Guard<T>(Option<tokio::task::JoinHandle<T>>);
+
+impl<T> Guard<T> {
+    fn spawn(f: impl std::future::Future<Output = T> + Send + 'static) -> Guard<T>
+    where
+        T: Send + 'static,
+    {
+        Guard(Some(tokio::spawn(f)))
+    }
+
+    /// Waits for the task's result (the guard still aborts it if this wait is
+    /// given up).
+    async fn join(&mut self) -> Result<T> {
+        match self.0.as_mut() {
+            Some(h) => h.await.map_err(|e| anyhow!("task failed: {e}")),
+            None => bail!("task already joined"),
+        }
+    }
+}
+
+impl<T> Drop for Guard<T> {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
 /// Default history rooms and plain channels: one per 50 clients, at least one.
 fn per_fifty(n: usize) -> usize {
     n.div_ceil(50).max(1)
@@ -490,8 +521,8 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
         .unwrap_or(deadline)
         .max(traffic_end);
     let stop_dispatch = Arc::new(Notify::new());
-    let dispatch = tokio::spawn(lanes.clone().dispatch(stop_dispatch.clone(), give_up));
-    let feed = tokio::spawn(lanes::feed(
+    let mut dispatch = Guard::spawn(lanes.clone().dispatch(stop_dispatch.clone(), give_up));
+    let mut feed = Guard::spawn(lanes::feed(
         lanes.clone(),
         Rates {
             personal: a.personal_rate,
@@ -514,7 +545,7 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
             .filter(|f| f.gateway == Some(i))
             .cloned()
             .collect();
-        gw_tasks.push(tokio::spawn(control::gateway(
+        gw_tasks.push(Guard::spawn(control::gateway(
             g,
             p.clone(),
             mine,
@@ -528,39 +559,39 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
         .filter(|f| matches!(f.kind, FaultKind::RedisKill | FaultKind::RedisTerm))
         .cloned()
         .collect();
-    let redis_task = tokio::spawn(control::redis(redis, redis_faults, t0, traffic_end));
+    let mut redis_task = Guard::spawn(control::redis(redis, redis_faults, t0, traffic_end));
     let stall_faults: Vec<_> = schedule
         .iter()
         .filter(|f| f.kind == FaultKind::Stall)
         .cloned()
         .collect();
-    let stall_task = tokio::spawn(control::stalls(groups.commander(), stall_faults, t0));
+    let mut stall_task = Guard::spawn(control::stalls(groups.commander(), stall_faults, t0));
     groups.pump(a.duration.0).await?;
 
     // Undo: every target's task ends once its faults are over.
     let mut records: Vec<FaultRecord> = Vec::new();
     let mut gws = Vec::new();
-    for t in gw_tasks {
+    for mut t in gw_tasks {
         let (g, r) = groups
-            .drive(t)
+            .drive(t.join())
             .await?
-            .map_err(|e| anyhow!("fault controller: {e}"))??;
+            .context("fault controller")??;
         gws.push(g);
         records.extend(r);
     }
     let (redis, r) = groups
-        .drive(redis_task)
+        .drive(redis_task.join())
         .await?
-        .map_err(|e| anyhow!("fault controller: {e}"))??;
+        .context("fault controller")??;
     records.extend(r);
     records.extend(
         groups
-            .drive(stall_task)
+            .drive(stall_task.join())
             .await?
-            .map_err(|e| anyhow!("fault controller: {e}"))??,
+            .context("fault controller")??,
     );
     records.sort_by_key(|r| r.at_ms);
-    let _ = groups.drive(feed).await?;
+    groups.drive(feed.join()).await??;
     for p in &proxies {
         p.thaw();
         p.delay(Duration::ZERO);
@@ -667,7 +698,7 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
 
     // Stop: publisher, clients, sampler.
     stop_dispatch.notify_one();
-    groups.drive(dispatch).await?.ok();
+    groups.drive(dispatch.join()).await??;
     let worker_pids = groups.worker_pids.clone();
     let (finals, timeline) = groups
         .finish(
@@ -690,9 +721,11 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
     let mut latency = crate::stats::Hist::new();
     let (mut pings, mut bad_frames, mut stalls, mut lost_tasks) = (0, 0, 0, 0);
     let mut stall_outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut per_stall: Vec<client::StallOutcome> = Vec::new();
     for f in finals {
-        for (k, v) in f.stall_outcomes {
-            *stall_outcomes.entry(k).or_default() += v;
+        for o in f.stall_outcomes {
+            *stall_outcomes.entry(o.outcome.clone()).or_default() += o.count;
+            per_stall.push(o);
         }
         for (k, v) in f.reasons {
             *reconnects.entry(k).or_default() += v;
@@ -759,6 +792,7 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
     }
     end.markers_ms_p99 = marker_hist.summary().p99;
     let reconnected: u64 = clients.iter().map(|c| c.connects.saturating_sub(1)).sum();
+    let untold = judge_stalls(&mut records, per_stall);
     let mut fault_counts: BTreeMap<String, u64> = BTreeMap::new();
     for r in &records {
         *fault_counts.entry(r.kind.clone()).or_default() += 1;
@@ -829,9 +863,16 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
             server.clients_open
         ),
     );
+    check(
+        "stalled clients told",
+        untold == 0,
+        format!(
+            "{untold} stalled connection(s) ended without their close frame reaching the client (stalls that overlapped no gateway kill or restart)"
+        ),
+    );
     let bad_faults: Vec<String> = records
         .iter()
-        .filter(|r| !r.ok)
+        .filter(|r| !r.ok && r.kind != FaultKind::Stall.name())
         .map(|r| format!("{} {} at {} ms", r.kind, r.target, r.at_ms))
         .collect();
     check(
@@ -921,6 +962,75 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
         correct,
     };
     Ok(report)
+}
+
+/// How long after a stall a connection's end is attributed to it (the clients' rule).
+const STALL_EFFECT_MS: u64 = 6_000;
+
+/// Whether a stalled connection ended without reading a close frame: end of stream
+/// or reset (1006), or a write that failed because the gateway had already closed
+/// its socket (the client answers the pings it reads; a gateway that closes the TCP
+/// connection right after its close frame makes that write fail, and the kernel
+/// then discards the close frame still unread).
+fn untold_outcome(o: &str) -> bool {
+    o.starts_with("1006") || o.starts_with("send:") || o.starts_with("io:") || o == "broken pipe"
+}
+
+/// Fills each stall record with what its clients saw next, and marks it not ok when
+/// a stalled connection ended without a close frame reaching the client (it read
+/// to the end of the stream, or the connection was reset), unless its gateway was
+/// killed, terminated or restarted meanwhile. Returns how many connections that was.
+fn judge_stalls(records: &mut [FaultRecord], per_stall: Vec<client::StallOutcome>) -> u64 {
+    let restarts: Vec<(usize, u64, u64)> = records
+        .iter()
+        .filter(|r| {
+            r.kind == FaultKind::GatewayKill.name()
+                || r.kind == FaultKind::GatewayTerm.name()
+                || r.kind.starts_with("crash")
+        })
+        .filter_map(|r| r.gateway.map(|g| (g, r.at_ms, r.back_ms)))
+        .collect();
+    let mut untold = 0;
+    // Stall commands are numbered from 1 in the order they were sent.
+    for (r, stall) in records
+        .iter_mut()
+        .filter(|r| r.kind == FaultKind::Stall.name())
+        .zip(1u64..)
+    {
+        let (lo, hi) = (r.at_ms, r.at_ms + r.hold_ms + STALL_EFFECT_MS);
+        let mut excused = 0;
+        for o in per_stall.iter().filter(|o| o.stall == stall) {
+            *r.outcomes.entry(o.outcome.clone()).or_default() += o.count;
+            let untold_here = untold_outcome(&o.outcome);
+            if !untold_here {
+                continue;
+            }
+            if restarts
+                .iter()
+                .any(|&(g, a, b)| g == o.gateway && a < hi && lo < b)
+            {
+                excused += o.count;
+            } else {
+                untold += o.count;
+                r.ok = false;
+            }
+        }
+        let o: Vec<String> = r
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k} x{v}"))
+            .collect();
+        if !o.is_empty() {
+            r.detail.push_str("; then ");
+            r.detail.push_str(&o.join(", "));
+        }
+        if excused > 0 {
+            r.detail.push_str(&format!(
+                " ({excused} of them on a gateway that was killed or restarted meanwhile)"
+            ));
+        }
+    }
+    untold
 }
 
 /// Every sample of a metric, keyed by its label text.

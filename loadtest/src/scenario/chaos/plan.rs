@@ -265,7 +265,9 @@ pub struct Fault {
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub clients: Vec<usize>,
     /// For `stall`: the clients keep answering heartbeats blindly (pong without
-    /// reading), so only the gateway's outbound path notices them.
+    /// reading), so only the gateway's outbound path notices them. Stalls alternate:
+    /// the first is silent (long enough for the gateway's heartbeat timeout with
+    /// the chaos default of 2 s), the next blind, and so on.
     pub blind: bool,
 }
 
@@ -307,6 +309,7 @@ pub fn schedule(spec: &ScheduleSpec) -> Vec<Fault> {
     let mut redis_busy = 0u64;
     let mut stall_busy = 0u64;
     let mut last_down: Option<usize> = None;
+    let mut stalls = 0u64;
     let mut t = spec.every_ms / 2;
     let mut round = 0usize;
     // A kind that did not fit is tried again at the next slots (not replaced by
@@ -371,6 +374,16 @@ pub fn schedule(spec: &ScheduleSpec) -> Vec<Fault> {
                     });
                 }
             } else if stall_busy <= t && spec.clients > 0 {
+                let blind = stalls % 2 == 1;
+                // A silent stall outlasts two heartbeats (2 s each by default).
+                let hold = if blind { hold } else { hold.max(4_500) };
+                if t + hold > spec.duration_ms {
+                    carried = (tries < 3).then_some((kind, tries + 1));
+                    let step = (spec.every_ms as f64 * (0.5 + rng.unit())) as u64;
+                    t += step.max(1);
+                    continue;
+                }
+                stalls += 1;
                 stall_busy = t + hold;
                 let n = ((spec.clients as f64 * spec.stall_fraction).ceil() as usize)
                     .clamp(1, spec.clients);
@@ -390,7 +403,7 @@ pub fn schedule(spec: &ScheduleSpec) -> Vec<Fault> {
                     gateway: None,
                     delay_ms: None,
                     clients: chosen,
-                    blind: rng.below(2) == 1,
+                    blind,
                 });
             }
         }
