@@ -83,7 +83,14 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Stri
     name = "gateway",
     version,
     about = "Tidings WebSocket notification gateway",
-    args_override_self = true
+    args_override_self = true,
+    after_help = "Every setting can also come from its TIDINGS_* environment variable or from \
+the TOML file named by --config (keys as the long flag names); flags win over the \
+environment, which wins over the file.\n\n\
+Example (one node on loopback, in-memory broker, demo app at http://127.0.0.1:8080/):\n  \
+gateway --jwt-secret dev-secret-change-me --api-keys dev-api-key-change-me \\\n    \
+--listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --demo\n\n\
+Docs: docs/configuration.md (every setting), docs/protocol.md, docs/operations.md."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -123,114 +130,229 @@ pub struct MintToken {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Settings {
     /// TOML file with any of these settings (keys as the long flag names).
-    #[arg(long, env = "TIDINGS_CONFIG")]
+    #[arg(long, env = "TIDINGS_CONFIG", help_heading = "Listeners and runtime")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
+    /// Demo mode: serve the demo app at `/demo/` and mint tokens for demo users at
+    /// `POST /demo/token` (needs --jwt-secret). Never in production. [default: false]
+    #[arg(long, env = "TIDINGS_DEMO", num_args = 0..=1, default_missing_value = "true", require_equals = true, help_heading = "Demo")]
+    pub demo: Option<bool>,
     /// WebSocket and publish API listener. [default: 0.0.0.0:8080]
-    #[arg(long, env = "TIDINGS_LISTEN")]
+    #[arg(long, env = "TIDINGS_LISTEN", help_heading = "Listeners and runtime")]
     pub listen: Option<SocketAddr>,
     /// Accept backlog of the public listener (the kernel caps it at net.core.somaxconn). [default: 4096]
-    #[arg(long, env = "TIDINGS_LISTEN_BACKLOG")]
+    #[arg(
+        long,
+        env = "TIDINGS_LISTEN_BACKLOG",
+        help_heading = "Listeners and runtime"
+    )]
     pub listen_backlog: Option<u32>,
     /// Threads of the async runtime. [default: the number of CPUs available]
-    #[arg(long, env = "TIDINGS_WORKER_THREADS")]
+    #[arg(
+        long,
+        env = "TIDINGS_WORKER_THREADS",
+        help_heading = "Listeners and runtime"
+    )]
     pub worker_threads: Option<usize>,
     /// Admin listener (/healthz, /readyz, /metrics). [default: 0.0.0.0:9090]
-    #[arg(long, env = "TIDINGS_ADMIN_LISTEN")]
+    #[arg(
+        long,
+        env = "TIDINGS_ADMIN_LISTEN",
+        help_heading = "Listeners and runtime"
+    )]
     pub admin_listen: Option<SocketAddr>,
     /// Node id shown to clients and in logs. [default: hostname plus a random suffix]
-    #[arg(long, env = "TIDINGS_NODE_ID")]
+    #[arg(long, env = "TIDINGS_NODE_ID", help_heading = "Listeners and runtime")]
     pub node_id: Option<String>,
     /// Log format: human or json. [default: human]
-    #[arg(long, env = "TIDINGS_LOG_FORMAT")]
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", help_heading = "Logging")]
     pub log_format: Option<LogFormat>,
     /// Log filter in tracing's EnvFilter syntax. [default: info]
-    #[arg(long, env = "TIDINGS_LOG")]
+    #[arg(long, env = "TIDINGS_LOG", help_heading = "Logging")]
     pub log: Option<String>,
 
-    /// HS256 secret for verifying client JWTs. [default: none]
-    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    /// Shared secret (HMAC) for verifying client JWTs: HS256, or HS384/HS512 when
+    /// --jwt-algorithms lists them. [default: none]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_SECRET",
+        hide_env_values = true,
+        help_heading = "Client authentication (JWT)"
+    )]
     pub jwt_secret: Option<String>,
-    /// File holding the HS256 secret (trailing newline ignored). [default: none]
-    #[arg(long, env = "TIDINGS_JWT_SECRET_FILE")]
+    /// File holding the shared secret of --jwt-secret (trailing newline ignored). [default: none]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_SECRET_FILE",
+        help_heading = "Client authentication (JWT)"
+    )]
     pub jwt_secret_file: Option<PathBuf>,
     /// PEM public key files (RSA, EC P-256/P-384 or Ed25519), comma-separated. [default: none]
-    #[arg(long, env = "TIDINGS_JWT_PUBLIC_KEYS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_PUBLIC_KEYS",
+        value_delimiter = ',',
+        help_heading = "Client authentication (JWT)"
+    )]
     pub jwt_public_keys: Option<Vec<PathBuf>>,
     /// JWKS file; tokens select a key by `kid`. [default: none]
-    #[arg(long, env = "TIDINGS_JWT_JWKS_FILE")]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_JWKS_FILE",
+        help_heading = "Client authentication (JWT)"
+    )]
     pub jwt_jwks_file: Option<PathBuf>,
     /// Accepted JWT algorithms, comma-separated (HS256, HS384, HS512, RS256, RS384, RS512,
     /// PS256, PS384, PS512, ES256, ES384, EdDSA). [default: inferred from the configured keys]
-    #[arg(long, env = "TIDINGS_JWT_ALGORITHMS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_ALGORITHMS",
+        value_delimiter = ',',
+        help_heading = "Client authentication (JWT)"
+    )]
     pub jwt_algorithms: Option<Vec<String>>,
     /// Required `iss` values, comma-separated. [default: not checked]
-    #[arg(long, env = "TIDINGS_JWT_ISSUER", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_ISSUER",
+        value_delimiter = ',',
+        help_heading = "Client authentication (JWT)"
+    )]
     pub jwt_issuer: Option<Vec<String>>,
     /// Required `aud` values, comma-separated. [default: not checked]
-    #[arg(long, env = "TIDINGS_JWT_AUDIENCE", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_AUDIENCE",
+        value_delimiter = ',',
+        help_heading = "Client authentication (JWT)"
+    )]
     pub jwt_audience: Option<Vec<String>>,
     /// Clock-skew leeway for `exp` and `nbf`. [default: 5s]
-    #[arg(long, env = "TIDINGS_JWT_LEEWAY")]
+    #[arg(
+        long,
+        env = "TIDINGS_JWT_LEEWAY",
+        help_heading = "Client authentication (JWT)"
+    )]
     pub jwt_leeway: Option<HumanDuration>,
 
     /// Allowed `Origin` values for browser upgrades, comma-separated; `*` as the first
     /// label of a host matches subdomains (https://*.example.com). [default: any origin]
-    #[arg(long, env = "TIDINGS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TIDINGS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        help_heading = "Client authentication (JWT)"
+    )]
     pub allowed_origins: Option<Vec<String>>,
     /// API keys for the HTTP publish API, comma-separated. [default: API disabled]
     #[arg(
         long,
         env = "TIDINGS_API_KEYS",
         value_delimiter = ',',
-        hide_env_values = true
+        hide_env_values = true,
+        help_heading = "Publish API"
     )]
     pub api_keys: Option<Vec<String>>,
     /// File with one API key per line. [default: none]
-    #[arg(long, env = "TIDINGS_API_KEY_FILE")]
+    #[arg(long, env = "TIDINGS_API_KEY_FILE", help_heading = "Publish API")]
     pub api_key_file: Option<PathBuf>,
 
     /// Maximum open WebSocket connections on this node. [default: 100000]
-    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS")]
+    #[arg(
+        long,
+        env = "TIDINGS_MAX_CONNECTIONS",
+        help_heading = "Connections and limits"
+    )]
     pub max_connections: Option<usize>,
     /// Maximum connections of one user on this node. [default: 32]
-    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_USER")]
+    #[arg(
+        long,
+        env = "TIDINGS_MAX_CONNECTIONS_PER_USER",
+        help_heading = "Connections and limits"
+    )]
     pub max_connections_per_user: Option<u32>,
-    /// Channels one connection may subscribe to besides its personal one. [default: 128]
-    #[arg(long, env = "TIDINGS_MAX_CHANNELS")]
+    /// Channels one connection may subscribe to besides its personal and the broadcast
+    /// channel (0: none). [default: 128]
+    #[arg(
+        long,
+        env = "TIDINGS_MAX_CHANNELS",
+        help_heading = "Connections and limits"
+    )]
     pub max_channels: Option<u32>,
     /// Largest inbound WebSocket message in bytes; larger closes with 1009. [default: 65536]
-    #[arg(long, env = "TIDINGS_MAX_MESSAGE_SIZE")]
+    #[arg(
+        long,
+        env = "TIDINGS_MAX_MESSAGE_SIZE",
+        help_heading = "Connections and limits"
+    )]
     pub max_message_size: Option<usize>,
     /// Largest publish payload (JSON text) in bytes. [default: 65536]
-    #[arg(long, env = "TIDINGS_MAX_PAYLOAD_SIZE")]
+    #[arg(
+        long,
+        env = "TIDINGS_MAX_PAYLOAD_SIZE",
+        help_heading = "Connections and limits"
+    )]
     pub max_payload_size: Option<usize>,
     /// Outbound frames queued per connection before it is closed as a slow consumer. [default: 256]
-    #[arg(long, env = "TIDINGS_OUTBOUND_QUEUE")]
+    #[arg(
+        long,
+        env = "TIDINGS_OUTBOUND_QUEUE",
+        help_heading = "Connections and limits"
+    )]
     pub outbound_queue: Option<usize>,
     /// Interval of server pings; a peer silent for two intervals is closed. [default: 30s]
-    #[arg(long, env = "TIDINGS_HEARTBEAT_INTERVAL")]
+    #[arg(
+        long,
+        env = "TIDINGS_HEARTBEAT_INTERVAL",
+        help_heading = "Connections and limits"
+    )]
     pub heartbeat_interval: Option<HumanDuration>,
-    /// Time allowed for the HTTP request and upgrade. [default: 10s]
-    #[arg(long, env = "TIDINGS_HANDSHAKE_TIMEOUT")]
+    /// Time allowed for the HTTP request and upgrade, and how long an idle keep-alive
+    /// connection of the publish API stays open. [default: 10s]
+    #[arg(
+        long,
+        env = "TIDINGS_HANDSHAKE_TIMEOUT",
+        help_heading = "Connections and limits"
+    )]
     pub handshake_timeout: Option<HumanDuration>,
     /// Sustained inbound frames per second per connection. [default: 50]
-    #[arg(long, env = "TIDINGS_RATE_LIMIT")]
+    #[arg(
+        long,
+        env = "TIDINGS_RATE_LIMIT",
+        help_heading = "Connections and limits"
+    )]
     pub rate_limit: Option<u32>,
-    /// Inbound burst above the sustained rate. [default: 100]
-    #[arg(long, env = "TIDINGS_RATE_BURST")]
+    /// Inbound frames that may arrive back to back (the size of the rate limit's token
+    /// bucket). [default: 100]
+    #[arg(
+        long,
+        env = "TIDINGS_RATE_BURST",
+        help_heading = "Connections and limits"
+    )]
     pub rate_burst: Option<u32>,
     /// Period over which connections are closed (1001) on shutdown. [default: 10s]
-    #[arg(long, env = "TIDINGS_DRAIN_PERIOD")]
+    #[arg(
+        long,
+        env = "TIDINGS_DRAIN_PERIOD",
+        help_heading = "Connections and limits"
+    )]
     pub drain_period: Option<HumanDuration>,
     /// Kernel send buffer per client connection in bytes (SO_SNDBUF; Linux doubles it
     /// for its own bookkeeping): what a client that stops reading can hold of the
     /// node's memory in the kernel before its write stalls. 0 leaves the kernel's
     /// autotuning (up to net.ipv4.tcp_wmem's maximum, often 4 MiB). [default: 65536]
-    #[arg(long, env = "TIDINGS_SOCKET_SEND_BUFFER")]
+    #[arg(
+        long,
+        env = "TIDINGS_SOCKET_SEND_BUFFER",
+        help_heading = "Listeners and runtime"
+    )]
     pub socket_send_buffer: Option<usize>,
     /// WebSocket read buffer per connection in bytes (grows for larger frames). [default: 512]
-    #[arg(long, env = "TIDINGS_WS_READ_BUFFER")]
+    #[arg(
+        long,
+        env = "TIDINGS_WS_READ_BUFFER",
+        help_heading = "Listeners and runtime"
+    )]
     pub ws_read_buffer: Option<usize>,
     /// Redis URL (redis://host:port/db); comma-separated for the instances of sharded mode or
     /// the seed nodes of a cluster. Without it the node runs alone on the in-memory broker. [default: none]
@@ -238,72 +360,94 @@ pub struct Settings {
         long,
         env = "TIDINGS_REDIS_URL",
         hide_env_values = true,
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = "Redis"
     )]
     #[serde(default, deserialize_with = "one_or_many")]
     pub redis_url: Option<Vec<String>>,
     /// How Redis is laid out: standalone (one instance), sharded (several independent
     /// instances, each channel owned by one) or cluster (Redis Cluster, sharded pub/sub). [default: standalone]
-    #[arg(long, env = "TIDINGS_REDIS_MODE")]
+    #[arg(long, env = "TIDINGS_REDIS_MODE", help_heading = "Redis")]
     pub redis_mode: Option<RedisMode>,
     /// Partitions of the channels in cluster mode (one pub/sub connection per node each);
     /// the same on every gateway and publisher of a deployment. [default: 16]
-    #[arg(long, env = "TIDINGS_REDIS_CLUSTER_PARTITIONS")]
+    #[arg(long, env = "TIDINGS_REDIS_CLUSTER_PARTITIONS", help_heading = "Redis")]
     pub redis_cluster_partitions: Option<usize>,
     /// Namespace prefixed to every Redis key and channel. [default: tidings]
-    #[arg(long, env = "TIDINGS_REDIS_NAMESPACE")]
+    #[arg(long, env = "TIDINGS_REDIS_NAMESPACE", help_heading = "Redis")]
     pub redis_namespace: Option<String>,
     /// Redis pub/sub connections per node; channels are hashed across them. [default: 2]
-    #[arg(long, env = "TIDINGS_REDIS_SUBSCRIBERS")]
+    #[arg(long, env = "TIDINGS_REDIS_SUBSCRIBERS", help_heading = "Redis")]
     pub redis_subscribers: Option<usize>,
     /// How long a channel stays subscribed in Redis after its last local subscriber left. [default: 5s]
-    #[arg(long, env = "TIDINGS_REDIS_UNSUBSCRIBE_DELAY")]
+    #[arg(long, env = "TIDINGS_REDIS_UNSUBSCRIBE_DELAY", help_heading = "Redis")]
     pub redis_unsubscribe_delay: Option<HumanDuration>,
     /// Interval of the liveness probe on each subscriber connection; a probe not back
     /// within one interval replaces the connection. [default: 5s]
-    #[arg(long, env = "TIDINGS_REDIS_PROBE_INTERVAL")]
+    #[arg(long, env = "TIDINGS_REDIS_PROBE_INTERVAL", help_heading = "Redis")]
     pub redis_probe_interval: Option<HumanDuration>,
     /// Longest wait between Redis reconnect attempts (exponential backoff with jitter). [default: 2s]
-    #[arg(long, env = "TIDINGS_REDIS_RECONNECT_MAX")]
+    #[arg(long, env = "TIDINGS_REDIS_RECONNECT_MAX", help_heading = "Redis")]
     pub redis_reconnect_max: Option<HumanDuration>,
     /// How far behind a Redis subscriber connection may read (its liveness probe's
     /// round trip) before the node reports itself not ready. [default: 2s]
-    #[arg(long, env = "TIDINGS_REDIS_MAX_LAG")]
+    #[arg(long, env = "TIDINGS_REDIS_MAX_LAG", help_heading = "Redis")]
     pub redis_max_lag: Option<HumanDuration>,
     /// Multiplexed command connections per Redis instance for publishing, and as many
     /// for reads (history, positions, acks); the liveness probes have one more. Each
     /// carries any number of requests at once. [default: 2]
-    #[arg(long, env = "TIDINGS_REDIS_CONNECTIONS")]
+    #[arg(long, env = "TIDINGS_REDIS_CONNECTIONS", help_heading = "Redis")]
     pub redis_connections: Option<usize>,
     /// History rules, comma-separated, first match wins: `<pattern> <max-len> <ttl>`
     /// or `<pattern> off`; `$user:*` covers personal channels. Publishers must use the
     /// same rules. [default: "$user:* 100 24h"]
-    #[arg(long, env = "TIDINGS_HISTORY", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "TIDINGS_HISTORY",
+        value_delimiter = ',',
+        help_heading = "History and recovery"
+    )]
     pub history: Option<Vec<String>>,
     /// How long a message id is remembered to drop retried publishes. [default: 5m]
-    #[arg(long, env = "TIDINGS_IDEMPOTENCY_WINDOW")]
+    #[arg(
+        long,
+        env = "TIDINGS_IDEMPOTENCY_WINDOW",
+        help_heading = "History and recovery"
+    )]
     pub idempotency_window: Option<HumanDuration>,
     /// Most messages replayed when a client resumes one channel; beyond that the
     /// client is told it was not fully recovered. [default: 1000]
-    #[arg(long, env = "TIDINGS_RECOVERY_LIMIT")]
+    #[arg(
+        long,
+        env = "TIDINGS_RECOVERY_LIMIT",
+        help_heading = "History and recovery"
+    )]
     pub recovery_limit: Option<usize>,
     /// Bytes of history one connection holds at a time while replaying (a resume, a
     /// subscribe with history, a gap fill): history is read in pages of at most this
     /// size (one entry at least), each written to the client before the next is read. [default: 262144]
-    #[arg(long, env = "TIDINGS_REPLAY_PAGE_BYTES")]
+    #[arg(
+        long,
+        env = "TIDINGS_REPLAY_PAGE_BYTES",
+        help_heading = "History and recovery"
+    )]
     pub replay_page_bytes: Option<usize>,
     /// History reads a connection may start per second (subscribes with history,
     /// resumes, gap fills), sustained; beyond it a subscribe is refused with
     /// `rate_limited` and a gap fill waits. [default: 5]
-    #[arg(long, env = "TIDINGS_RESUME_RATE")]
+    #[arg(
+        long,
+        env = "TIDINGS_RESUME_RATE",
+        help_heading = "History and recovery"
+    )]
     pub resume_rate: Option<u32>,
     /// History reads a connection may start at once above the sustained rate. [default: 20]
-    #[arg(long, env = "TIDINGS_RESUME_BURST")]
+    #[arg(
+        long,
+        env = "TIDINGS_RESUME_BURST",
+        help_heading = "History and recovery"
+    )]
     pub resume_burst: Option<u32>,
-    /// Demo mode: serve the demo app at `/demo/` and mint tokens for demo users at
-    /// `POST /demo/token` (needs --jwt-secret). Never in production. [default: false]
-    #[arg(long, env = "TIDINGS_DEMO", num_args = 0..=1, default_missing_value = "true", require_equals = true)]
-    pub demo: Option<bool>,
 }
 
 macro_rules! merge {

@@ -48,7 +48,11 @@ use metrics::Metrics;
 use node::Node;
 
 /// Runs a node until `shutdown` resolves, then drains its connections and returns.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+pub async fn run(
+    mut config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    limit_to_open_files(&mut config);
     let metrics = Arc::new(Metrics::new());
     let verifier = auth::Verifier::new(&config.jwt)?;
     let table = Arc::new(Table::new(metrics.clone()));
@@ -124,6 +128,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         redis_mode = node.config.redis.as_ref().map(|_| node.config.redis_mode.name()),
         "listening"
     );
+    if node.config.demo {
+        // Where to point a browser: a wildcard address is reachable on loopback.
+        let mut at = addr;
+        if at.ip().is_unspecified() {
+            at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        tracing::info!(url = %format!("http://{at}/demo/"), "demo app");
+    }
     let public_task = tokio::spawn(server::serve_public(public, node.clone()));
     let admin_task = tokio::spawn(server::serve_admin(admin, node.clone()));
     shutdown.await;
@@ -132,6 +144,36 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     admin_task.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// File descriptors kept for everything but client connections: listeners, Redis
+/// connections, publish API requests, the admin listener's scrapes.
+const RESERVED_FDS: usize = 256;
+
+/// The soft limit of open files of this process (`/proc/self/limits`, Linux).
+fn open_files_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Lowers `--max-connections` to what the open-file limit allows, so that beyond
+/// it clients are refused with 429 instead of failed accepts.
+fn limit_to_open_files(config: &mut Config) {
+    let Some(limit) = open_files_limit() else {
+        return;
+    };
+    let usable = limit.saturating_sub(RESERVED_FDS).max(1);
+    if config.max_connections > usable {
+        tracing::warn!(
+            max_connections = config.max_connections,
+            open_files_limit = limit,
+            effective = usable,
+            "max-connections is above what the open-file limit (ulimit -n) allows; \
+             connections beyond {usable} are refused with 429"
+        );
+        config.max_connections = usable;
+    }
 }
 
 /// Binds a listener with an explicit backlog (tokio's default is 1024), so a burst
@@ -198,7 +240,16 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 's
                 _ = term.recv() => {},
                 _ = int.recv() => {},
             }
-            tracing::info!("shutdown signal received");
+            tracing::info!("shutdown signal received; draining (a second signal exits at once)");
+            // A second signal (an impatient Ctrl-C) ends the process now.
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
+                tracing::warn!("second shutdown signal: exiting without draining");
+                std::process::exit(130);
+            });
         })
     }
     #[cfg(not(unix))]

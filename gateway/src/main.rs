@@ -1,10 +1,27 @@
 //! The `gateway` binary: parse configuration, start tracing, run until a signal.
 
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use gateway::config::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+/// Errors end the process with one line on stderr (no backtrace, whatever
+/// RUST_BACKTRACE says): exit code 2 for invalid settings, 1 for the rest.
+fn main() -> ExitCode {
+    match start() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let config = e
+                .downcast_ref::<gateway::GatewayError>()
+                .is_some_and(|g| matches!(g, gateway::GatewayError::Config { .. }));
+            ExitCode::from(if config { 2 } else { 1 })
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::MintToken(m)) = cli.command {
         if m.secret.len() < 16 {

@@ -24,6 +24,17 @@ async fn route(req: Request<Incoming>, node: Arc<Node>) -> Result<Response<Body>
                 None => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
             }
         }
+        // Without the demo, `/` says what this is and where to go.
+        "/" => json(
+            StatusCode::OK,
+            &json!({
+                "service": "tidings-gateway",
+                "websocket": "/ws",
+                "publish_api": "/api/v1/publish",
+                "demo": "start the gateway with --demo to serve the demo app here",
+                "docs": "https://example.invalid/tidings/docs",
+            }),
+        ),
         "/ws" => crate::handshake::upgrade(req, node),
         "/api/v1/publish" => crate::api::handle(req, node, false).await,
         "/api/v1/publish/batch" => crate::api::handle(req, node, true).await,

@@ -74,32 +74,47 @@ impl GatewayBuilder {
 }
 
 impl Gateway {
+    /// The arguments every test gateway starts with (later ones win).
+    pub fn default_args() -> Vec<String> {
+        [
+            "--jwt-secret",
+            SECRET,
+            "--api-keys",
+            API_KEY,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--log",
+            "info",
+            "--jwt-leeway",
+            "0s",
+            "--drain-period",
+            "1s",
+            "--node-id",
+            "test-node",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
     pub fn builder() -> GatewayBuilder {
         GatewayBuilder {
-            args: [
-                "--jwt-secret",
-                SECRET,
-                "--api-keys",
-                API_KEY,
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--log",
-                "info",
-                "--jwt-leeway",
-                "0s",
-                "--drain-period",
-                "1s",
-                "--node-id",
-                "test-node",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            args: Self::default_args(),
             env: Vec::new(),
+        }
+    }
+
+    /// A gateway started some other way (e.g. under a shell's `ulimit`).
+    pub fn from_spawned(s: testkit::gateway::Spawned) -> Gateway {
+        Gateway {
+            child: s.child,
+            addr: s.addr,
+            admin: s.admin,
+            logs: s.logs,
         }
     }
 
