@@ -436,7 +436,9 @@ everything it starts is stopped by pid when it ends.
 Setup: loadtest starts its own redis-server with AOF (--appendonly yes --appendfsync
 always) and the gateways (--spawn-gateway PATH) on fixed ports below the ephemeral range,
 each gateway talking to Redis through its own fault proxy. History: `$user:* 1000 1h`
-and `bench:h:* 5000 1h` (gateways and publisher alike).
+and `bench:h:* 5000 1h` (gateways and publisher alike). Gateway settings for fast
+detection, overridable with --gateway-arg: --heartbeat-interval 2s, --drain-period 1s,
+--redis-probe-interval 1s, --redis-reconnect-max 1s, --redis-unsubscribe-delay 1s.
 
 Traffic, for --duration, after every client is connected and subscribed:
   personal  backend notifications to `$user:lt-<i>` (history), --personal-rate in total
@@ -456,8 +458,9 @@ least once when time allows, never all gateways down at once, all over by the en
   freeze        stop all bytes between one gateway and Redis for 1-4 s
   delay         add 20-200 ms each way between one gateway and Redis for 2-6 s
   cut           close every connection between one gateway and Redis
-  stall         --stall-fraction of the clients stop reading for 2-6 s (half of the
-                stalls keep sending pongs blindly)
+  stall         --stall-fraction of the clients stop reading: silent stalls (nothing
+                sent, 4.5-6 s, past two heartbeats) alternate with blind ones (pongs
+                still sent without reading, 2-6 s)
 
 Clients reconnect as docs/protocol.md recommends (full-jitter backoff up to
 --client-backoff-max, at once after 1001 and 4005, a dead-connection timer of two
@@ -476,11 +479,21 @@ its channels (--grace). Checks (any failure exits with status 2):
                          stays under --max-gateway-rss-mib
   publisher              every publish acknowledged by Redis
   connections            the gateways' tidings_connections equals the open clients
+  stalled clients told   a stalled connection that its gateway closed (not killed or
+                         restarted meanwhile) delivered its close frame: the client,
+                         reading again, found a close code, not an end of stream, a
+                         reset or a failed write
   processes              every SIGTERM drained in time, no unplanned exit
 The report lists every fault with its time and outcome, and per kind of stream the
 messages published, expected, delivered, lost (with and without notice), duplicated,
 out of order, the resumes and their answers, and the disconnects by close code or
-error. Logs of every process start are kept in --log-dir.";
+error. Logs of every process start are kept in --log-dir, with the schedule.
+
+Examples (build first: cargo build --release -p gateway -p loadtest):
+  loadtest chaos --spawn-gateway target/release/gateway -n 300 --duration 20s
+  loadtest chaos --spawn-gateway target/release/gateway -n 10000 --duration 10m \\
+      --json chaos.json --charts charts/
+Above --per-process clients (19,000) the clients run in worker processes.";
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct ChaosArgs {
@@ -650,5 +663,29 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn chaos_bounds_are_checked() {
+        let ok = |extra: &[&str]| {
+            let mut a = vec!["chaos", "--spawn-gateway", "gw", "-n", "50"];
+            a.extend_from_slice(extra);
+            parse(&a)
+        };
+        assert!(ok(&[]).is_ok());
+        assert!(ok(&["--faults", "gateway-kill,stall", "--seed", "9"]).is_ok());
+        assert!(ok(&["--faults", "meteor"]).is_err());
+        assert!(ok(&["--gateways", "1"]).is_err());
+        assert!(ok(&["--redis-url", "redis://127.0.0.1:6379"]).is_err());
+        assert!(ok(&["--history", "room:* 10 1h"]).is_err());
+        assert!(ok(&["--duration", "20m"]).is_err());
+        assert!(ok(&["--chat-rate", "100"]).is_err());
+        assert!(ok(&["--stall-fraction", "2"]).is_err());
+        assert!(parse(&["chaos", "--url", "ws://127.0.0.1:1/ws"]).is_err());
+        let Ok(Scenario::Chaos(a)) = ok(&[]) else {
+            panic!("not chaos");
+        };
+        assert_eq!(a.faults.len(), 8);
+        assert_eq!(a.common.gateways, None);
     }
 }
