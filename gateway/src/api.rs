@@ -269,6 +269,31 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Res
     json(StatusCode::OK, &json!({ "results": results }))
 }
 
+/// The parsing and validation an API request body goes through, without a node:
+/// the entry point of the fuzz target and property test of the HTTP publish body.
+/// Returns how many publications the body would make (invalid messages of a batch
+/// count none), or why the whole body is refused.
+#[doc(hidden)]
+pub fn check_body(body: &[u8], batch: bool) -> Result<usize, String> {
+    let requests = if batch {
+        let b: BatchRequest = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        if b.messages.is_empty() || b.messages.len() > MAX_BATCH {
+            return Err(format!("a batch holds 1..={MAX_BATCH} messages"));
+        }
+        b.messages
+    } else {
+        vec![serde_json::from_slice(body).map_err(|e| e.to_string())?]
+    };
+    Ok(requests
+        .iter()
+        .filter_map(|r| {
+            let event = r.event.as_deref().unwrap_or(envelope::DEFAULT_EVENT);
+            envelope::validate_event(event).ok()?;
+            targets(r).ok().map(|t| t.len())
+        })
+        .sum())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,9 @@ use crate::recovery::{self, PAGE_ENTRIES, Replay, Step};
 /// with 1008; one strike is forgiven every 10 seconds.
 const ABUSE_STRIKES: f32 = 10.0;
 const ABUSE_FORGIVE_PER_SEC: f32 = 0.1;
+/// The largest `pong` frame accepted without a strike (`{"type":"pong"}` is 15
+/// bytes in JSON).
+const MAX_PONG_BYTES: usize = 128;
 
 /// What the socket loop should do after a frame.
 #[derive(Debug)]
@@ -587,8 +590,17 @@ impl Session {
             }
         };
         self.node.metrics.inbound(frame.kind());
-        // Pongs answer our own pings: never rate-limited, never answered.
+        // Pongs answer our own pings and are never answered. They count against the
+        // rate limit like any frame (one per heartbeat is all a client needs), and
+        // one larger than a pong can be is a strike: a client must not make the
+        // server decode kilobytes for free.
         if matches!(frame, ClientFrame::Pong) {
+            if bytes.len() > MAX_PONG_BYTES || !self.rate.take(now) {
+                return match self.strike(now, Outcome::Silent) {
+                    Outcome::End(e) => Outcome::End(e),
+                    _ => Outcome::Silent,
+                };
+            }
             self.answers_pings = true;
             return Outcome::Silent;
         }

@@ -65,10 +65,25 @@ fn read_error(e: &WsError) -> SessionEnd {
     }
 }
 
-fn encode_replay(enc: Encoding, replay: &[Publication]) -> Vec<Message> {
+/// Encodes replayed publications. Every payload accepted since payloads are
+/// limited to 64 levels of nesting encodes in both encodings; one that does not
+/// (history written before that limit) is counted as dropped and logged with its
+/// offset, never skipped in silence.
+fn encode_replay(
+    enc: Encoding,
+    replay: &[Publication],
+    metrics: &crate::metrics::Metrics,
+) -> Vec<Message> {
     replay
         .iter()
-        .filter_map(|p| encode_message(enc, p).ok().and_then(|b| to_message(enc, b)))
+        .filter_map(|p| {
+            let m = encode_message(enc, p).ok().and_then(|b| to_message(enc, b));
+            if m.is_none() {
+                metrics.dropped(Lost::Encode, 1);
+                tracing::error!(offset = p.offset, encoding = enc.name(), "cannot encode a replayed message");
+            }
+            m
+        })
         .collect()
 }
 
@@ -216,10 +231,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         loop {
             let page = std::mem::take(&mut replay.page);
             if !page.is_empty() {
-                session.node().metrics.replayed(page.len() as u64);
-                self.send(encode_replay(enc, &page)).await?;
+                let metrics = &session.node().metrics;
+                metrics.replayed(page.len() as u64);
+                let msgs = encode_replay(enc, &page, metrics);
+                // The encoded frames are all this connection keeps of the page.
+                drop(page);
+                self.send(msgs).await?;
             }
-            drop(page);
             if replay.broken {
                 return Err(SessionEnd::Resync);
             }

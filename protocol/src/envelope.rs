@@ -110,6 +110,9 @@ impl Publication {
 
     /// Decodes an envelope, validating the payload's JSON once.
     pub fn decode(bytes: &[u8]) -> Result<Self, ProtocolError> {
+        if !crate::depth::msgpack_within(bytes, crate::depth::MAX_FRAME_DEPTH) {
+            return Err(ProtocolError::Envelope("envelope nests too deep".into()));
+        }
         let wire: WireOwned =
             rmp_serde::from_slice(bytes).map_err(|e| ProtocolError::Envelope(e.to_string()))?;
         if wire.v != ENVELOPE_VERSION {

@@ -65,6 +65,18 @@ impl Encoding {
     }
 
     fn decode<'de, T: Deserialize<'de>>(self, bytes: &'de [u8]) -> Result<T, String> {
+        let max = crate::depth::MAX_FRAME_DEPTH;
+        let within = match self {
+            Encoding::Json => crate::depth::json_within(bytes, max),
+            Encoding::MsgPack => crate::depth::msgpack_within(bytes, max),
+        };
+        if !within {
+            return Err(format!(
+                "nests deeper than {} levels (payloads: {})",
+                max,
+                crate::depth::MAX_PAYLOAD_DEPTH
+            ));
+        }
         match self {
             Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
             Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),

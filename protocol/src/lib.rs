@@ -10,6 +10,7 @@
 
 pub mod channel;
 pub mod close;
+pub mod depth;
 pub mod envelope;
 mod error;
 pub mod frame;

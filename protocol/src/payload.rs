@@ -11,15 +11,20 @@ use std::sync::Arc;
 pub struct Payload(Arc<RawValue>);
 
 impl Payload {
-    /// Parses and validates JSON text.
+    /// Parses and validates JSON text (nesting at most
+    /// [`MAX_PAYLOAD_DEPTH`](crate::depth::MAX_PAYLOAD_DEPTH) levels).
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        check_depth(text)?;
         let raw: Box<RawValue> = serde_json::from_str(text)?;
         Ok(Self(Arc::from(raw)))
     }
 
-    /// Serializes any value into a payload.
+    /// Serializes any value into a payload (nesting at most
+    /// [`MAX_PAYLOAD_DEPTH`](crate::depth::MAX_PAYLOAD_DEPTH) levels).
     pub fn from_value<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
-        Ok(Self(Arc::from(serde_json::value::to_raw_value(value)?)))
+        let raw = serde_json::value::to_raw_value(value)?;
+        check_depth(raw.get())?;
+        Ok(Self(Arc::from(raw)))
     }
 
     pub fn null() -> Self {
@@ -43,6 +48,19 @@ impl Payload {
     /// Parses the payload into a typed value.
     pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
         serde_json::from_str(self.0.get())
+    }
+}
+
+/// A payload must be deliverable in both encodings: no deeper than
+/// [`MAX_PAYLOAD_DEPTH`](crate::depth::MAX_PAYLOAD_DEPTH).
+fn check_depth<E: serde::de::Error>(text: &str) -> Result<(), E> {
+    if crate::depth::json_within(text.as_bytes(), crate::depth::MAX_PAYLOAD_DEPTH) {
+        Ok(())
+    } else {
+        Err(E::custom(format_args!(
+            "payload nests deeper than {} levels",
+            crate::depth::MAX_PAYLOAD_DEPTH
+        )))
     }
 }
 
@@ -72,14 +90,14 @@ impl Serialize for Payload {
 
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        if deserializer.is_human_readable() {
-            let raw = Box::<RawValue>::deserialize(deserializer)?;
-            Ok(Self(Arc::from(raw)))
+        let raw = if deserializer.is_human_readable() {
+            Box::<RawValue>::deserialize(deserializer)?
         } else {
             let value = serde_json::Value::deserialize(deserializer)?;
-            let raw = serde_json::value::to_raw_value(&value).map_err(serde::de::Error::custom)?;
-            Ok(Self(Arc::from(raw)))
-        }
+            serde_json::value::to_raw_value(&value).map_err(serde::de::Error::custom)?
+        };
+        check_depth(raw.get())?;
+        Ok(Self(Arc::from(raw)))
     }
 }
 
@@ -96,5 +114,26 @@ mod tests {
         let back: Payload = rmp_serde::from_slice(&m).unwrap();
         assert_eq!(back.json(), r#"{"a":[1,-2,3.5,"x",null,true]}"#);
         assert!(Payload::from_json("{").is_err());
+    }
+
+    #[test]
+    fn payloads_nest_at_most_64_levels_in_every_form() {
+        let deep = |n: usize| format!("{}0{}", "[".repeat(n), "]".repeat(n));
+        let ok = Payload::from_json(&deep(64)).unwrap();
+        // Deliverable in both encodings.
+        let m = rmp_serde::to_vec_named(&ok).unwrap();
+        let back: Payload = rmp_serde::from_slice(&m).unwrap();
+        assert_eq!(back, ok);
+        let e = Payload::from_json(&deep(65)).unwrap_err().to_string();
+        assert!(e.contains("deeper than 64"), "{e}");
+        let v: serde_json::Value = serde_json::from_str(&deep(65)).unwrap();
+        assert!(Payload::from_value(&v).is_err());
+        let j = format!(r#"{{"p":{}}}"#, deep(65));
+        #[derive(Deserialize)]
+        struct Holder {
+            #[allow(dead_code)]
+            p: Payload,
+        }
+        assert!(serde_json::from_str::<Holder>(&j).is_err());
     }
 }
