@@ -133,6 +133,14 @@ fn load_jwks(path: &Path) -> Result<HashMap<String, Key>, GatewayError> {
             .ok_or_else(|| cfg("jwt-jwks-file", "every key needs a `kid`".into()))?;
         let key = DecodingKey::from_jwk(jwk)
             .map_err(|e| cfg("jwt-jwks-file", format!("key `{kid}`: {e}")))?;
+        // A symmetric (`oct`) key in a key set meant for public keys would let
+        // anyone who can read the set mint tokens: refused whatever its `alg`.
+        if key.family() == jsonwebtoken::AlgorithmFamily::Hmac {
+            return Err(cfg(
+                "jwt-jwks-file",
+                format!("key `{kid}`: symmetric (oct) keys are not accepted; use jwt-secret"),
+            ));
+        }
         let algorithms = match jwk
             .common
             .key_algorithm
@@ -143,12 +151,8 @@ fn load_jwks(path: &Path) -> Result<HashMap<String, Key>, GatewayError> {
                 jsonwebtoken::AlgorithmFamily::Rsa => RSA.to_vec(),
                 jsonwebtoken::AlgorithmFamily::Ec => vec![Algorithm::ES256, Algorithm::ES384],
                 jsonwebtoken::AlgorithmFamily::Ed => vec![Algorithm::EdDSA],
-                jsonwebtoken::AlgorithmFamily::Hmac => {
-                    return Err(cfg(
-                        "jwt-jwks-file",
-                        format!("key `{kid}`: symmetric keys belong in jwt-secret"),
-                    ));
-                }
+                // Refused above.
+                jsonwebtoken::AlgorithmFamily::Hmac => Vec::new(),
             },
         };
         keys.insert(kid, Key { key, algorithms });

@@ -154,7 +154,8 @@ pub struct Settings {
         help_heading = "Listeners and runtime"
     )]
     pub worker_threads: Option<usize>,
-    /// Admin listener (/healthz, /readyz, /metrics). [default: 0.0.0.0:9090]
+    /// Admin listener (/healthz, /readyz, /metrics; unauthenticated, so loopback unless
+    /// the orchestrator needs it). [default: 127.0.0.1:9090]
     #[arg(
         long,
         env = "TIDINGS_ADMIN_LISTEN",
@@ -647,7 +648,10 @@ fn redis_topology(
     }
     let mut seen = std::collections::HashSet::new();
     if let Some(dup) = urls.iter().find(|u| !seen.insert(u.as_str())) {
-        return Err(config_err("redis-url", format!("`{dup}` is listed twice")));
+        return Err(config_err(
+            "redis-url",
+            format!("`{}` is listed twice", publisher::redact_url(dup)),
+        ));
     }
     let topology = match mode {
         RedisMode::Standalone => {
@@ -807,7 +811,7 @@ impl Config {
                 Some(n) => n,
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             },
-            admin_listen: s.admin_listen.unwrap_or(([0, 0, 0, 0], 9090).into()),
+            admin_listen: s.admin_listen.unwrap_or(([127, 0, 0, 1], 9090).into()),
             node_id,
             log_format: s.log_format.unwrap_or(LogFormat::Human),
             log: s.log.clone().unwrap_or_else(|| "info".to_owned()),

@@ -542,7 +542,7 @@ impl Session {
 
     /// Token expiry (seconds since the epoch) plus the configured leeway.
     pub fn expires_at(&self) -> u64 {
-        self.expires_at + self.node.verifier.leeway()
+        self.expires_at.saturating_add(self.node.verifier.leeway())
     }
 
     pub fn welcome(&self) -> ServerFrame {
@@ -793,6 +793,15 @@ impl Session {
                 Some(id),
                 ErrorCode::TokenMismatch,
                 "the new token is for another user",
+            );
+        }
+        // A refresh moves forward: an older token of the same user (one that
+        // expires before the current one) may carry rights since taken away.
+        if claims.exp < self.expires_at {
+            return err(
+                Some(id),
+                ErrorCode::InvalidToken,
+                "the new token expires before the current one",
             );
         }
         self.subscribe_rights = claims.subscribe;

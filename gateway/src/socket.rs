@@ -38,7 +38,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 fn wall_to_instant(unix_secs: u64) -> Instant {
     let now_ms = protocol::now_millis();
     let target_ms = unix_secs.saturating_mul(1000);
-    Instant::now() + Duration::from_millis(target_ms.saturating_sub(now_ms))
+    let now = Instant::now();
+    // A token that expires in the far future (up to u64::MAX) must not overflow
+    // the clock: a century is forever for a connection.
+    let far = Duration::from_secs(100 * 365 * 24 * 3600);
+    let wait = Duration::from_millis(target_ms.saturating_sub(now_ms)).min(far);
+    now.checked_add(wait)
+        .unwrap_or(now + Duration::from_secs(24 * 3600))
 }
 
 fn to_message(enc: Encoding, bytes: bytes::Bytes) -> Option<Message> {
@@ -80,7 +86,11 @@ fn encode_replay(
             let m = encode_message(enc, p).ok().and_then(|b| to_message(enc, b));
             if m.is_none() {
                 metrics.dropped(Lost::Encode, 1);
-                tracing::error!(offset = p.offset, encoding = enc.name(), "cannot encode a replayed message");
+                tracing::error!(
+                    offset = p.offset,
+                    encoding = enc.name(),
+                    "cannot encode a replayed message"
+                );
             }
             m
         })

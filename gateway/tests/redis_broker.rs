@@ -238,3 +238,44 @@ async fn silently_dead_subscriber_is_detected_by_the_probe() {
     }
     a.no_message_within(Duration::from_millis(300)).await;
 }
+
+/// The subscriber connections authenticate and select the database the URL names,
+/// over TCP and over a Unix socket, like every other Redis connection.
+#[tokio::test]
+async fn password_database_and_unix_socket_urls() {
+    let sock = std::env::temp_dir().join(format!("tidings-{}.sock", testkit::free_port()));
+    let sock_arg = sock.display().to_string();
+    let redis = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--requirepass",
+        "s3cret-pass",
+        "--unixsocket",
+        &sock_arg,
+        "--unixsocketperm",
+        "700",
+    ])
+    .await;
+    let tcp = format!("redis://:s3cret-pass@127.0.0.1:{}/2", redis.port);
+    let unix = format!("redis+unix://{}?db=2&pass=s3cret-pass", sock.display());
+    for url in [tcp, unix] {
+        let gw = Gateway::builder()
+            .redis_url(&url, "auth-node")
+            .start()
+            .await;
+        eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
+        let mut c = Client::connect(&gw, &token("dana", &[], &[], 60)).await;
+        let p = Publisher::builder(url.clone()).build().unwrap();
+        eventually("subscribed in db 2", || async {
+            p.to_user("dana").payload(&1).send().await.unwrap().nodes == 1
+        })
+        .await;
+        assert_eq!(c.message().await.channel, "$user:dana");
+        assert!(
+            !gw.logs().contains("s3cret-pass"),
+            "the password never shows in the logs"
+        );
+    }
+}

@@ -115,11 +115,11 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            if let Ok(Ok(pong)) =
-                tokio::time::timeout(Duration::from_millis(500), self.try_cmd(&["PING"])).await
-                && pong == redis::Value::SimpleString("PONG".into())
-            {
-                return true;
+            match tokio::time::timeout(Duration::from_millis(500), self.try_cmd(&["PING"])).await {
+                Ok(Ok(pong)) if pong == redis::Value::SimpleString("PONG".into()) => return true,
+                // A server with `--requirepass` answers, but wants a password first.
+                Ok(Err(e)) if e.to_string().contains("NOAUTH") => return true,
+                _ => {}
             }
             if let Some(c) = self.child.as_mut()
                 && c.try_wait().unwrap().is_some()

@@ -19,9 +19,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use protocol::Publication;
 use redis::{ConnectionAddr, ConnectionInfo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::resp::{self, Reply};
@@ -48,17 +47,34 @@ impl Link {
     }
 }
 
-/// Opens a plain connection to one Redis and authenticates it.
-async fn open(info: &ConnectionInfo) -> Result<TcpStream, String> {
-    let (host, port) = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-        _ => return Err("subscriber connections support redis:// (TCP) addresses only".into()),
+/// The two halves of a subscriber connection, whatever carries it (TCP, a Unix
+/// socket).
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Opens a connection to one Redis and authenticates it; returns its halves.
+async fn open(info: &ConnectionInfo) -> Result<(ReadHalf, WriteHalf), String> {
+    let (mut rd, mut wr): (ReadHalf, WriteHalf) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => {
+            let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
+                .await
+                .map_err(|_| format!("connect to {host}:{port} timed out"))?
+                .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        #[cfg(unix)]
+        ConnectionAddr::Unix(path) => {
+            let stream = timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
+                .await
+                .map_err(|_| format!("connect to {} timed out", path.display()))?
+                .map_err(|e| format!("connect to {}: {e}", path.display()))?;
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        _ => return Err("this kind of redis address is not supported".into()),
     };
-    let mut stream = timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), port)))
-        .await
-        .map_err(|_| format!("connect to {host}:{port} timed out"))?
-        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-    let _ = stream.set_nodelay(true);
     let settings = info.redis_settings();
     let mut out = BytesMut::new();
     let mut expected = Vec::new();
@@ -74,17 +90,17 @@ async fn open(info: &ConnectionInfo) -> Result<TcpStream, String> {
         expected.push("SELECT");
     }
     if expected.is_empty() {
-        return Ok(stream);
+        return Ok((rd, wr));
     }
     let handshake = async {
-        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        wr.write_all(&out).await.map_err(|e| e.to_string())?;
         let mut buf = BytesMut::with_capacity(256);
         for what in expected {
             let reply = loop {
                 if let Some(r) = resp::parse(&mut buf, 64 * 1024).map_err(|e| e.to_string())? {
                     break r;
                 }
-                if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                if rd.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
                     return Err("connection closed during the handshake".to_string());
                 }
             };
@@ -97,16 +113,16 @@ async fn open(info: &ConnectionInfo) -> Result<TcpStream, String> {
     };
     timeout(COMMAND_TIMEOUT, handshake)
         .await
-        .map_err(|_| format!("{host}:{port}: handshake timed out"))??;
-    Ok(stream)
+        .map_err(|_| "handshake timed out".to_string())??;
+    Ok((rd, wr))
 }
 
 /// Opens the connection a shard listens on; returns it and where it goes.
-async fn connect(shared: &Shared, shard: &Shard) -> Result<(TcpStream, String), String> {
+async fn connect(shared: &Shared, shard: &Shard) -> Result<(ReadHalf, WriteHalf, String), String> {
     match &shard.target {
         Target::Instance { instance, info } => {
-            let stream = open(info).await?;
-            Ok((stream, format!("instance {instance}")))
+            let (rd, wr) = open(info).await?;
+            Ok((rd, wr, format!("instance {instance}")))
         }
         Target::Partition { slot } => {
             let nodes = shared
@@ -117,19 +133,18 @@ async fn connect(shared: &Shared, shard: &Shard) -> Result<(TcpStream, String), 
                 .await
                 .map_err(|_| "cluster slot lookup timed out".to_string())?
                 .map_err(|e| format!("cluster slot lookup: {e}"))?;
-            let stream = open(&nodes.info(&host, port)).await?;
-            Ok((stream, format!("{host}:{port} slot {slot}")))
+            let (rd, wr) = open(&nodes.info(&host, port)).await?;
+            Ok((rd, wr, format!("{host}:{port} slot {slot}")))
         }
     }
 }
 
 /// One connection's life: connect, subscribe, deliver until it fails; returns why.
 pub(super) async fn serve(shared: &Arc<Shared>, shard: &Shard, first: bool) -> String {
-    let (stream, peer) = match connect(shared, shard).await {
+    let (rd, wr, peer) = match connect(shared, shard).await {
         Ok(c) => c,
         Err(e) => return e,
     };
-    let (rd, wr) = stream.into_split();
     let link = Link::default();
     let probe = shared
         .keys
@@ -175,7 +190,7 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    async fn run(self, mut rd: OwnedReadHalf) -> String {
+    async fn run(self, mut rd: ReadHalf) -> String {
         let max = self.shared.max_reply;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
@@ -338,7 +353,7 @@ struct Commander<'a> {
     shared: &'a Shared,
     shard: &'a Shard,
     link: &'a Link,
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     out: BytesMut,
     /// Client-visible channels this connection is subscribed to (or asked for).
     active: HashSet<Arc<str>>,
