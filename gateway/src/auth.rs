@@ -56,6 +56,8 @@ pub struct Verifier {
     leeway: u64,
     issuer: Vec<String>,
     audience: Vec<String>,
+    /// The key of demo tokens, in demo mode.
+    demo: Option<Key>,
 }
 
 const HS: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
@@ -161,7 +163,8 @@ fn load_jwks(path: &Path) -> Result<HashMap<String, Key>, GatewayError> {
 }
 
 impl Verifier {
-    pub fn new(c: &JwtConfig) -> Result<Self, GatewayError> {
+    /// A verifier of the configured keys; in `demo` mode also of demo tokens.
+    pub fn new(c: &JwtConfig, demo: bool) -> Result<Self, GatewayError> {
         let secret = c.secret.as_ref().map(|s| Key {
             key: DecodingKey::from_secret(s),
             algorithms: HS.to_vec(),
@@ -211,15 +214,69 @@ impl Verifier {
                 ));
             }
         }
+        let demo = match (demo, c.secret.as_ref()) {
+            (true, Some(s)) => Some(Key {
+                key: DecodingKey::from_secret(
+                    &demo_key(s).map_err(|e| cfg("demo", e.to_string()))?,
+                ),
+                algorithms: vec![Algorithm::HS256],
+            }),
+            (true, None) => return Err(cfg("demo", "demo mode needs --jwt-secret".into())),
+            (false, _) => None,
+        };
         Ok(Self {
             algorithms,
             secret,
             pem,
             jwks,
+            demo,
             leeway: c.leeway.as_secs(),
             issuer: c.issuer.clone(),
             audience: c.audience.clone(),
         })
+    }
+
+    /// A demo token: the demo key, HS256, and a `demo-` subject; refused outside
+    /// demo mode.
+    fn verify_demo(&self, token: &str, alg: Algorithm) -> Result<Claims, AuthError> {
+        let key = self
+            .demo
+            .as_ref()
+            .filter(|_| alg == Algorithm::HS256)
+            .ok_or_else(|| {
+                AuthError::Invalid("demo tokens are accepted in demo mode only".into())
+            })?;
+        let mut v = Validation::new(Algorithm::HS256);
+        v.leeway = self.leeway;
+        v.validate_nbf = true;
+        v.iss = None;
+        v.validate_aud = false;
+        v.set_required_spec_claims(&["exp", "sub"]);
+        let data = decode::<Claims>(token, &key.key, &v).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
+        if !data.claims.sub.starts_with(DEMO_PREFIX) {
+            return Err(AuthError::Invalid("a demo token names a demo- user".into()));
+        }
+        protocol::channel::validate_user(&data.claims.sub)
+            .map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
+        Ok(data.claims)
+    }
+
+    /// Mints a demo token for demo user `name` (the subject is `demo-<name>`).
+    pub fn mint_demo(
+        &self,
+        secret: &[u8],
+        name: &str,
+        ttl_secs: u64,
+        rights: &[String],
+    ) -> Result<(String, String), jsonwebtoken::errors::Error> {
+        let sub = format!("{DEMO_PREFIX}{name}");
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some(DEMO_KID.to_owned());
+        let token = mint(header, &demo_key(secret)?, &sub, ttl_secs, rights, rights)?;
+        Ok((token, sub))
     }
 
     /// The leeway applied to `exp`, in seconds.
@@ -231,6 +288,9 @@ impl Verifier {
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let header = decode_header(token).map_err(|e| AuthError::Invalid(e.to_string()))?;
         let alg = header.alg;
+        if header.kid.as_deref() == Some(DEMO_KID) {
+            return self.verify_demo(token, alg);
+        }
         if !self.algorithms.contains(&alg) {
             return Err(AuthError::Invalid(format!(
                 "algorithm {alg:?} not accepted"
@@ -284,6 +344,41 @@ pub fn mint_hs256(
     subscribe: &[String],
     publish: &[String],
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    mint(
+        jsonwebtoken::Header::new(Algorithm::HS256),
+        secret,
+        sub,
+        ttl_secs,
+        subscribe,
+        publish,
+    )
+}
+
+/// The subject prefix of every demo user: a demo token never names a real user.
+pub const DEMO_PREFIX: &str = "demo-";
+/// The `kid` of demo tokens, which selects the demo key.
+const DEMO_KID: &str = "tidings-demo";
+
+/// The key demo tokens are signed with: derived from the gateway's secret (so every
+/// node sharing it agrees) but not the secret itself, so a demo token is refused by
+/// any node not in demo mode and can never pass for a production token.
+fn demo_key(secret: &[u8]) -> Result<Vec<u8>, jsonwebtoken::errors::Error> {
+    let mac = jsonwebtoken::crypto::sign(
+        b"tidings demo-mode token key v1",
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+        Algorithm::HS256,
+    )?;
+    Ok(mac.into_bytes())
+}
+
+fn mint(
+    header: jsonwebtoken::Header,
+    secret: &[u8],
+    sub: &str,
+    ttl_secs: u64,
+    subscribe: &[String],
+    publish: &[String],
+) -> Result<String, jsonwebtoken::errors::Error> {
     #[derive(serde::Serialize)]
     struct Mint<'a> {
         sub: &'a str,
@@ -294,7 +389,7 @@ pub fn mint_hs256(
     }
     let now = jsonwebtoken::get_current_timestamp();
     jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &header,
         &Mint {
             sub,
             exp: now + ttl_secs,
@@ -313,13 +408,45 @@ mod tests {
 
     const SECRET: &[u8] = b"0123456789abcdef0123";
 
-    fn verifier() -> Verifier {
-        Verifier::new(&JwtConfig {
-            secret: Some(SECRET.to_vec()),
-            leeway: std::time::Duration::from_secs(0),
-            ..Default::default()
-        })
+    fn verifier_in(demo: bool) -> Verifier {
+        Verifier::new(
+            &JwtConfig {
+                secret: Some(SECRET.to_vec()),
+                leeway: std::time::Duration::from_secs(0),
+                ..Default::default()
+            },
+            demo,
+        )
         .unwrap()
+    }
+
+    fn verifier() -> Verifier {
+        verifier_in(false)
+    }
+
+    #[test]
+    fn demo_tokens_are_their_own() {
+        let demo = verifier_in(true);
+        let (t, sub) = demo
+            .mint_demo(SECRET, "alice", 60, &["room:*".into()])
+            .unwrap();
+        assert_eq!(sub, "demo-alice");
+        assert_eq!(demo.verify(&t).unwrap().sub, "demo-alice");
+        // A node that is not in demo mode refuses it, though it shares the secret.
+        assert!(verifier().verify(&t).is_err());
+        // The demo key cannot sign a token for a real user...
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some(DEMO_KID.into());
+        let forged = mint(header, &demo_key(SECRET).unwrap(), "alice", 60, &[], &[]).unwrap();
+        assert!(demo.verify(&forged).is_err());
+        // ...and the production secret cannot pass for the demo key.
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = Some(DEMO_KID.into());
+        let other = mint(header, SECRET, "demo-alice", 60, &[], &[]).unwrap();
+        assert!(demo.verify(&other).is_err());
+        // Production tokens still work in demo mode.
+        let t = mint_hs256(SECRET, "alice", 60, &[], &[]).unwrap();
+        assert_eq!(demo.verify(&t).unwrap().sub, "alice");
     }
 
     #[test]

@@ -137,6 +137,10 @@ pub struct Settings {
     /// `POST /demo/token` (needs --jwt-secret). Never in production. [default: false]
     #[arg(long, env = "TIDINGS_DEMO", num_args = 0..=1, default_missing_value = "true", require_equals = true, help_heading = "Demo")]
     pub demo: Option<bool>,
+    /// Allow --demo next to a Redis broker or on a non-loopback listener: anyone who
+    /// reaches the port gets demo tokens (for demo users only). [default: false]
+    #[arg(long, env = "TIDINGS_DEMO_UNSAFE", num_args = 0..=1, default_missing_value = "true", require_equals = true, help_heading = "Demo")]
+    pub demo_unsafe: Option<bool>,
     /// WebSocket and publish API listener. [default: 0.0.0.0:8080]
     #[arg(long, env = "TIDINGS_LISTEN", help_heading = "Listeners and runtime")]
     pub listen: Option<SocketAddr>,
@@ -514,6 +518,7 @@ impl Settings {
             history,
             idempotency_window,
             recovery_limit,
+            demo_unsafe,
             replay_page_bytes,
             resume_rate,
             resume_burst,
@@ -789,6 +794,30 @@ impl Config {
                 "demo mode mints HS256 tokens and needs --jwt-secret",
             ));
         }
+        // Demo mode listens on loopback unless told otherwise, and refuses what
+        // would hand its tokens to the world unless that is said to be intended.
+        let loopback =
+            |a: SocketAddr| SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), a.port());
+        let default_listen: SocketAddr = ([0, 0, 0, 0], 8080).into();
+        let listen = match s.listen {
+            Some(l) => l,
+            None if demo => loopback(default_listen),
+            None => default_listen,
+        };
+        if demo && !s.demo_unsafe.unwrap_or(false) {
+            if redis.is_some() {
+                return Err(config_err(
+                    "demo",
+                    "demo mode next to a Redis broker would hand tokens to anyone who reaches any node; add --demo-unsafe if that is intended",
+                ));
+            }
+            if !listen.ip().is_loopback() {
+                return Err(config_err(
+                    "demo",
+                    "demo mode on a non-loopback address hands tokens to anyone who reaches it; listen on 127.0.0.1 or add --demo-unsafe",
+                ));
+            }
+        }
         let max_message_size =
             positive(s.max_message_size.unwrap_or(64 * 1024), "max-message-size")?;
         if max_message_size < 256 {
@@ -802,7 +831,7 @@ impl Config {
             return Err(config_err("heartbeat-interval", "must be at least 100ms"));
         }
         Ok(Config {
-            listen: s.listen.unwrap_or(([0, 0, 0, 0], 8080).into()),
+            listen,
             listen_backlog: positive(s.listen_backlog.unwrap_or(4096), "listen-backlog")?,
             worker_threads: match s.worker_threads {
                 Some(n) if !(1..=1024).contains(&n) => {

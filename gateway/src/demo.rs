@@ -1,7 +1,10 @@
 //! Demo mode (`--demo`, off by default): serves the demo app embedded at build time
 //! from `gateway/demo/` and mints short-lived tokens for demo users, so the gateway
-//! can be tried in a browser without a backend. Never enable it in production: anyone
-//! who can reach the port can get a token for any demo user name.
+//! can be tried in a browser without a backend. Anyone who can reach the port can get
+//! a token for any demo user name, so demo tokens are kept apart from real ones: they
+//! are signed with a key of their own (derived from the secret, not the secret) and
+//! name `demo-<name>`, never a real user; and demo mode refuses to start next to a
+//! Redis broker or on a non-loopback address unless `--demo-unsafe` says so.
 
 use std::sync::Arc;
 
@@ -115,12 +118,15 @@ async fn mint(req: Request<Incoming>, node: &Node) -> Response<Body> {
         );
     }
     let rights = rights();
-    match crate::auth::mint_hs256(secret, &r.user, TOKEN_TTL_SECS, &rights, &rights) {
-        Ok(token) => json(
+    match node
+        .verifier
+        .mint_demo(secret, &r.user, TOKEN_TTL_SECS, &rights)
+    {
+        Ok((token, sub)) => json(
             StatusCode::OK,
             &TokenResponse {
                 token,
-                user: &r.user,
+                user: &sub,
                 expires_in: TOKEN_TTL_SECS,
             },
         ),

@@ -54,7 +54,7 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     limit_to_open_files(&mut config);
     let metrics = Arc::new(Metrics::new());
-    let verifier = auth::Verifier::new(&config.jwt)?;
+    let verifier = auth::Verifier::new(&config.jwt, config.demo)?;
     let table = Arc::new(Table::new(metrics.clone()));
     let broker: Arc<dyn Broker> = match &config.redis {
         None => {

@@ -718,7 +718,7 @@ mod tests {
             config.history.clone(),
             config.idempotency_window,
         ));
-        let verifier = Verifier::new(&config.jwt).unwrap_or_else(|e| panic!("{e}"));
+        let verifier = Verifier::new(&config.jwt, false).unwrap_or_else(|e| panic!("{e}"));
         let hub = Hub::new(table, broker, metrics.clone());
         Arc::new(Node::new(config, hub, metrics, verifier).unwrap_or_else(|e| panic!("{e}")))
     }

@@ -55,7 +55,8 @@ async fn demo_mode_serves_the_app_and_mints_demo_tokens() {
 
     let (status, body) = demo_token(&gw, r#"{"user":"alice"}"#).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["user"], "alice");
+    // Demo users are never real users: their subject carries a visible prefix.
+    assert_eq!(body["user"], "demo-alice");
     assert_eq!(body["expires_in"], 900);
     let alice_token = body["token"].as_str().unwrap().to_owned();
     let (_, body) = demo_token(&gw, r#"{"user":"bob"}"#).await;
@@ -92,6 +93,64 @@ async fn without_demo_mode_there_is_no_demo() {
     assert_eq!(status, 404);
     let (status, _) = demo_token(&gw, r#"{"user":"alice"}"#).await;
     assert_eq!(status, 404);
-    let (status, _) = gw.http("GET", "/", &[], "").await;
-    assert_eq!(status, 404);
+    // `/` says where things are instead.
+    let (status, body) = gw.http("GET", "/", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("--demo"), "{body}");
+}
+
+/// Demo mode used to sign tokens with the production secret for any name, so a demo
+/// token for "alice" was alice's token on every node sharing the secret.
+#[tokio::test]
+async fn demo_tokens_cannot_pass_for_real_users() {
+    let demo = Gateway::builder().args(&["--demo"]).start().await;
+    let plain = Gateway::start().await;
+    let (status, body) = demo_token(&demo, r#"{"user":"alice"}"#).await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    // Another node with the same secret, not in demo mode, refuses it.
+    let refused = Client::connect_with(&plain, support::Connect::new(&token))
+        .await
+        .err()
+        .expect("a demo token on a node without demo mode");
+    assert_eq!(refused.status, 401);
+    // On the demo node it is demo-alice, who does not get alice's notifications.
+    let mut c = Client::connect(&demo, &token).await;
+    assert_eq!(c.welcome.user, "demo-alice");
+    let (status, _) = demo
+        .publish(json!({"user": "alice", "payload": "private"}))
+        .await;
+    assert_eq!(status, 200);
+    c.no_message_within(std::time::Duration::from_millis(300))
+        .await;
+}
+
+/// Demo mode refuses to hand out tokens beyond loopback or next to Redis unless told.
+#[tokio::test]
+async fn demo_mode_stays_on_loopback_unless_told() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .args(["--jwt-secret", support::SECRET, "--demo"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--listen", "0.0.0.0:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--demo-unsafe"));
+    let out = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--redis-url",
+        "redis://127.0.0.1:1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--demo-unsafe"));
+    // Told: it starts.
+    let gw = Gateway::builder()
+        .args(&["--demo", "--demo-unsafe", "--listen", "0.0.0.0:0"])
+        .start()
+        .await;
+    let (status, _) = demo_token(&gw, r#"{"user":"bob"}"#).await;
+    assert_eq!(status, 200);
 }
