@@ -209,7 +209,18 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Res
     } else {
         node.config.max_payload_size + 16 * 1024
     };
-    let body = match Limited::new(req.into_body(), limit).collect().await {
+    // The body must arrive within the handshake timeout, like the head: a client
+    // that announces a body and sends it slowly (or never) does not hold the
+    // connection.
+    let read = Limited::new(req.into_body(), limit).collect();
+    let Ok(collected) = tokio::time::timeout(node.config.handshake_timeout, read).await else {
+        return crate::http::closing(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time",
+        ));
+    };
+    let body = match collected {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             return if e

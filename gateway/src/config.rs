@@ -276,6 +276,15 @@ pub struct Settings {
         help_heading = "Connections and limits"
     )]
     pub max_connections_per_user: Option<u32>,
+    /// Connections on the public listener that have not upgraded to a WebSocket
+    /// (publish API requests, upgrades being authenticated); beyond it new ones get a
+    /// 503 and are closed. [default: 4096]
+    #[arg(
+        long,
+        env = "TIDINGS_MAX_PENDING_CONNECTIONS",
+        help_heading = "Connections and limits"
+    )]
+    pub max_pending_connections: Option<usize>,
     /// Channels one connection may subscribe to besides its personal and the broadcast
     /// channel (0: none). [default: 128]
     #[arg(
@@ -494,6 +503,7 @@ impl Settings {
             api_key_file,
             max_connections,
             max_connections_per_user,
+            max_pending_connections,
             max_channels,
             max_message_size,
             max_payload_size,
@@ -555,6 +565,7 @@ pub struct Config {
     pub api_keys: Vec<String>,
     pub max_connections: usize,
     pub max_connections_per_user: u32,
+    pub max_pending_connections: usize,
     pub max_channels: u32,
     pub max_message_size: usize,
     pub max_payload_size: usize,
@@ -851,6 +862,10 @@ impl Config {
             max_connections_per_user: positive(
                 s.max_connections_per_user.unwrap_or(32),
                 "max-connections-per-user",
+            )?,
+            max_pending_connections: positive(
+                s.max_pending_connections.unwrap_or(4096),
+                "max-pending-connections",
             )?,
             max_channels: s.max_channels.unwrap_or(128),
             max_message_size,

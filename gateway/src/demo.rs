@@ -90,7 +90,15 @@ async fn mint(req: Request<Incoming>, node: &Node) -> Response<Body> {
             "demo tokens need --jwt-secret",
         );
     };
-    let body = match Limited::new(req.into_body(), 1024).collect().await {
+    let read = Limited::new(req.into_body(), 1024).collect();
+    let Ok(collected) = tokio::time::timeout(node.config.handshake_timeout, read).await else {
+        return crate::http::closing(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time",
+        ));
+    };
+    let body = match collected {
         Ok(b) => b.to_bytes(),
         Err(_) => {
             return error(

@@ -75,3 +75,13 @@ pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
         .then(|| rest.trim())
         .filter(|t| !t.is_empty())
 }
+
+/// Marks a response as the connection's last (`connection: close`), e.g. when the
+/// request's body was not read to its end.
+pub fn closing(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    r
+}

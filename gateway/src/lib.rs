@@ -157,22 +157,28 @@ fn open_files_limit() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// Lowers `--max-connections` to what the open-file limit allows, so that beyond
-/// it clients are refused with 429 instead of failed accepts.
+/// Lowers `--max-pending-connections` and `--max-connections` to what the
+/// open-file limit allows, so that beyond it clients are refused with 503 or 429
+/// instead of failed accepts. Pending connections get at most an eighth.
 fn limit_to_open_files(config: &mut Config) {
     let Some(limit) = open_files_limit() else {
         return;
     };
-    let usable = limit.saturating_sub(RESERVED_FDS).max(1);
-    if config.max_connections > usable {
+    let usable = limit.saturating_sub(RESERVED_FDS).max(2);
+    let pending = config.max_pending_connections.min((usable / 8).max(1));
+    let connections = config.max_connections.min(usable - pending);
+    if pending < config.max_pending_connections || connections < config.max_connections {
         tracing::warn!(
             max_connections = config.max_connections,
+            max_pending_connections = config.max_pending_connections,
             open_files_limit = limit,
-            effective = usable,
-            "max-connections is above what the open-file limit (ulimit -n) allows; \
-             connections beyond {usable} are refused with 429"
+            effective_max_connections = connections,
+            effective_max_pending_connections = pending,
+            "the settings are above what the open-file limit (ulimit -n) allows; \
+             connections beyond {connections} are refused with 429"
         );
-        config.max_connections = usable;
+        config.max_pending_connections = pending;
+        config.max_connections = connections;
     }
 }
 

@@ -73,6 +73,8 @@ pub struct Metrics {
     closes: Vec<IntCounter>,
     closes_other: IntCounter,
     delivered: IntCounter,
+    pending: IntGauge,
+    pending_refused: IntCounter,
     replayed: IntCounter,
     history_limited: IntCounter,
     dropped_slow: IntCounter,
@@ -288,6 +290,16 @@ impl Metrics {
                 "tidings_messages_delivered_total",
                 "Live messages written to client connections",
             ),
+            pending: gauge(
+                &r,
+                "tidings_http_pending_connections",
+                "Public-listener connections not upgraded to a WebSocket (API requests, upgrades in progress)",
+            ),
+            pending_refused: counter(
+                &r,
+                "tidings_http_pending_refused_total",
+                "Connections refused with 503 because --max-pending-connections were in progress",
+            ),
             replayed: counter(
                 &r,
                 "tidings_messages_replayed_total",
@@ -444,6 +456,14 @@ impl Metrics {
 
     pub fn delivered(&self, n: u64) {
         self.delivered.inc_by(n);
+    }
+
+    pub fn pending(&self, now: i64) {
+        self.pending.set(now);
+    }
+
+    pub fn pending_refused(&self) {
+        self.pending_refused.inc();
     }
 
     pub fn replayed(&self, n: u64) {

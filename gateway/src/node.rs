@@ -28,8 +28,23 @@ pub struct Node {
     pub started: tokio::time::Instant,
     draining: AtomicBool,
     connections: AtomicUsize,
+    /// Public-listener connections not (yet) upgraded to a WebSocket.
+    pending: Arc<AtomicUsize>,
     per_user: Mutex<HashMap<Arc<str>, u32>>,
     next_session: AtomicU64,
+}
+
+/// A public-listener connection in its HTTP phase; dropping it stops counting it.
+pub struct Pending {
+    count: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let now = self.count.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        self.metrics.pending(now as i64);
+    }
 }
 
 /// Why a connection slot was refused.
@@ -97,6 +112,7 @@ impl Node {
             started: tokio::time::Instant::now(),
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            pending: Arc::new(AtomicUsize::new(0)),
             per_user: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(rand::random::<u32>() as u64),
         })
@@ -114,6 +130,22 @@ impl Node {
     /// Whether `/readyz` should say ready.
     pub fn is_ready(&self) -> bool {
         !self.is_draining() && self.hub.ready()
+    }
+
+    /// Counts a connection accepted on the public listener until the returned guard
+    /// is dropped (it upgraded or ended); `None` when `--max-pending-connections`
+    /// are already in progress.
+    pub fn pending_connection(&self) -> Option<Pending> {
+        let prev = self.pending.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.config.max_pending_connections {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics.pending(prev as i64 + 1);
+        Some(Pending {
+            count: self.pending.clone(),
+            metrics: self.metrics.clone(),
+        })
     }
 
     pub fn next_session_id(&self) -> u64 {

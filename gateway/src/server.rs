@@ -72,7 +72,21 @@ async fn admin_route(
     })
 }
 
-/// Accepts public connections until the task is dropped.
+/// Largest request head (request line and headers) on the public listener.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What a connection refused for want of room gets, before it is closed.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\nconnection: close\r\nretry-after: 1\r\n\
+content-length: 83\r\n\r\n\
+{\"error\":\"unavailable\",\"message\":\"too many connections in progress; retry shortly\"}";
+
+/// Accepts public connections until the task is dropped. A connection counts as
+/// pending from its accept until it upgrades to a WebSocket or ends: HTTP API
+/// clients and upgrades in progress, before any of them is authenticated. Their
+/// number is capped (`--max-pending-connections`); beyond it a connection gets a
+/// canned 503 and is closed, so unauthenticated clients cannot hold the node's
+/// sockets.
 pub async fn serve_public(listener: TcpListener, node: Arc<Node>) {
     loop {
         let (stream, _) = match listener.accept().await {
@@ -84,15 +98,30 @@ pub async fn serve_public(listener: TcpListener, node: Arc<Node>) {
                 continue;
             }
         };
+        let Some(pending) = node.pending_connection() else {
+            node.metrics.pending_refused();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut stream = stream;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    stream.write_all(BUSY).await?;
+                    stream.shutdown().await
+                })
+                .await;
+            });
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let node = node.clone();
         tokio::spawn(async move {
+            let _pending = pending;
             let timeout = node.config.handshake_timeout;
             let svc = service_fn(move |req| route(req, node.clone()));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(timeout)
-                .max_buf_size(64 * 1024)
+                .max_header_size(MAX_HEAD_BYTES)
+                .max_buf_size(MAX_HEAD_BYTES + 16 * 1024)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             if let Err(e) = conn.await {

@@ -570,8 +570,8 @@ async fn without_api_keys_the_api_is_not_found() {
 async fn unknown_public_paths_get_404_json() {
     let gw = Gateway::start().await;
     let auth = auth();
+    // (`GET /` answers where things are; see startup.rs.)
     for (method, path) in [
-        ("GET", "/"),
         ("GET", "/nope"),
         ("POST", "/api/v1/publish/"),
         ("POST", "/api/v1/publishx"),
