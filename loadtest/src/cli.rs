@@ -459,8 +459,9 @@ least once when time allows, never all gateways down at once, all over by the en
   delay         add 20-200 ms each way between one gateway and Redis for 2-6 s
   cut           close every connection between one gateway and Redis
   stall         --stall-fraction of the clients stop reading: silent stalls (nothing
-                sent, 4.5-6 s, past two heartbeats) alternate with blind ones (pongs
-                still sent without reading, 2-6 s)
+                sent for 4.6-5.4 s from right after a pong, so the gateway's heartbeat
+                timeout closes them and they read again 0.6-1.4 s later) alternate
+                with blind ones (pongs still sent without reading, 2-6 s)
 
 Clients reconnect as docs/protocol.md recommends (full-jitter backoff up to
 --client-backoff-max, at once after 1001 and 4005, a dead-connection timer of two
@@ -481,8 +482,8 @@ its channels (--grace). Checks (any failure exits with status 2):
   connections            the gateways' tidings_connections equals the open clients
   stalled clients told   a stalled connection that its gateway closed (not killed or
                          restarted meanwhile) delivered its close frame: the client,
-                         reading again, found a close code, not an end of stream, a
-                         reset or a failed write
+                         reading again about a second later, found a close code, not
+                         an end of stream, a reset or a failed write
   processes              every SIGTERM drained in time, no unplanned exit
 The report lists every fault with its time and outcome, and per kind of stream the
 messages published, expected, delivered, lost (with and without notice), duplicated,

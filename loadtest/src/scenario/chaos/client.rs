@@ -167,6 +167,18 @@ pub struct ClientSummary {
     pub markers_ms: Option<u64>,
 }
 
+/// One occurrence of a disconnect reason.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReasonExample {
+    pub unix_ms: u64,
+    /// The gateway (index) the connection was on or went to.
+    pub gateway: usize,
+    pub detail: String,
+}
+
+/// Occurrences of each reason kept as examples.
+pub const EXAMPLES_PER_REASON: usize = 3;
+
 /// How the connections of one stall on one gateway went on, and how many.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StallOutcome {
@@ -186,8 +198,8 @@ pub struct GroupFinal {
     pub clients: Vec<ClientSummary>,
     /// Connections ended or attempts failed, by reason (close code or error).
     pub reasons: BTreeMap<String, u64>,
-    /// One example message per reason.
-    pub examples: BTreeMap<String, String>,
+    /// The first few occurrences of each reason: when, on which gateway, the message.
+    pub examples: BTreeMap<String, Vec<ReasonExample>>,
     pub latency: Hist,
     pub pings: u64,
     pub bad_frames: u64,
@@ -220,7 +232,7 @@ struct Live {
     first_hist: Hist,
     first_last: Option<Instant>,
     reasons: BTreeMap<String, u64>,
-    examples: BTreeMap<String, String>,
+    examples: BTreeMap<String, Vec<ReasonExample>>,
     pings: u64,
     bad_frames: u64,
     stalls: u64,
@@ -241,11 +253,16 @@ impl Shared {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn reason(&self, why: &str, example: &str) {
+    fn reason(&self, why: &str, detail: &str, gateway: usize) {
         let mut l = self.live();
         *l.reasons.entry(why.to_owned()).or_default() += 1;
-        if !l.examples.contains_key(why) {
-            l.examples.insert(why.to_owned(), example.to_owned());
+        let ex = l.examples.entry(why.to_owned()).or_default();
+        if ex.len() < EXAMPLES_PER_REASON {
+            ex.push(ReasonExample {
+                unix_ms: crate::payload::now_millis(),
+                gateway,
+                detail: detail.chars().take(300).collect(),
+            });
         }
     }
 }
@@ -760,6 +777,9 @@ impl Client {
         let mut chat_seen: Option<Instant> = None;
         // When the last stall of this connection ended.
         let mut stalled_until: Option<(Instant, u64)> = None;
+        // A silent stall waiting for the next ping (answered first, so the gateway
+        // heard from the client right before it went silent), or for its deadline.
+        let mut stall_next: Option<(Duration, u64, Instant)> = None;
         // A failed send (the peer closed): keep reading what is buffered (messages
         // and the close frame, whose code is the real reason) for a moment.
         let mut send_failed: Option<(Instant, String, String)> = None;
@@ -790,11 +810,16 @@ impl Client {
                         if let Some(st) = &c.stall
                             && st.0.binary_search(&self.idx).is_ok()
                         {
-                            if self.stall(&mut ws, st.1, st.2, hb, ctl).await {
-                                break End::Stop;
+                            if st.2 {
+                                if self.stall(&mut ws, st.1, true, hb, ctl).await {
+                                    break End::Stop;
+                                }
+                                last_rx = Instant::now();
+                                stalled_until = Some((last_rx, c.stall_gen));
+                            } else {
+                                // A silent stall starts right after the next pong.
+                                stall_next = Some((st.1, c.stall_gen, Instant::now() + hb + Duration::from_secs(1)));
                             }
-                            last_rx = Instant::now();
-                            stalled_until = Some((last_rx, c.stall_gen));
                         }
                     }
                 }
@@ -823,6 +848,15 @@ impl Client {
                                 && let Err(e) = ws.send(Message::Text(PONG.into())).await
                             {
                                 send_failed = Some((Instant::now(), format!("send: {}", ws_reason(&e)), e.to_string()));
+                            }
+                            if send_failed.is_none()
+                                && let Some((d, stall, _)) = stall_next.take()
+                            {
+                                if self.stall(&mut ws, d, false, hb, ctl).await {
+                                    break End::Stop;
+                                }
+                                last_rx = Instant::now();
+                                stalled_until = Some((last_rx, stall));
                             }
                         }
                         "reply" => {
@@ -884,6 +918,16 @@ impl Client {
                         continue;
                     };
                     break End::Closed(why, detail);
+                }
+                () = tokio::time::sleep_until(stall_next.as_ref().map_or(last_rx, |s| s.2)), if stall_next.is_some() => {
+                    let Some((d, stall, _)) = stall_next.take() else {
+                        continue;
+                    };
+                    if self.stall(&mut ws, d, false, hb, ctl).await {
+                        break End::Stop;
+                    }
+                    last_rx = Instant::now();
+                    stalled_until = Some((last_rx, stall));
                 }
                 () = tokio::time::sleep_until(last_rx + dead_after) => {
                     break End::Closed("client: silent connection".into(), format!("nothing received for {dead_after:?}"));
@@ -1004,7 +1048,7 @@ impl Client {
                 Err(End::Stop) => break,
                 Err(End::Closed(why, detail)) => (why, detail, false),
             };
-            self.sh.reason(&why, &detail);
+            self.sh.reason(&why, &detail, self.gateway);
             let pause = self.backoff(&why, stable);
             self.last_reason = Some(why);
             tokio::select! {
@@ -1124,7 +1168,16 @@ pub async fn run_group(
                             }
                             (
                                 l.ready,
-                                l.examples.values().take(5).cloned().collect::<Vec<_>>(),
+                                l.examples
+                                    .iter()
+                                    .take(5)
+                                    .map(|(k, v)| {
+                                        format!(
+                                            "{k}: {}",
+                                            v.first().map_or("", |e| e.detail.as_str())
+                                        )
+                                    })
+                                    .collect::<Vec<_>>(),
                             )
                         };
                         let now = Instant::now();

@@ -112,7 +112,9 @@ pub struct ChaosReport {
     pub streams: BTreeMap<&'static str, StreamFigures>,
     /// Connections that ended or attempts that failed, by close code or error.
     pub reconnects: BTreeMap<String, u64>,
-    pub reconnect_examples: BTreeMap<String, String>,
+    /// The first occurrences of each reason: "gw<i> at <s> s: <message>", seconds
+    /// from the start of the traffic.
+    pub reconnect_examples: BTreeMap<String, Vec<String>>,
     /// Successful connections after the first one of each client.
     pub reconnected: u64,
     pub stalls: u64,
@@ -211,6 +213,11 @@ impl ChaosReport {
                 }
             ),
         ));
+        for (why, ex) in &self.reconnect_examples {
+            if let Some(first) = ex.first() {
+                rows.push((format!("  {why}"), format!("first: {first}")));
+            }
+        }
         if self.stalls > 0 {
             let o: Vec<String> = self
                 .stall_outcomes
@@ -515,6 +522,7 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
         Duration::from_millis(200),
     );
     let t0 = Instant::now();
+    let traffic_unix_ms = crate::payload::now_millis();
     let traffic_end = t0 + a.duration.0;
     let give_up = deadline
         .checked_sub(Duration::from_secs(20))
@@ -717,7 +725,7 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
     // Verdict.
     let mut clients = Vec::with_capacity(n);
     let mut reconnects: BTreeMap<String, u64> = BTreeMap::new();
-    let mut examples: BTreeMap<String, String> = BTreeMap::new();
+    let mut examples: BTreeMap<String, Vec<client::ReasonExample>> = BTreeMap::new();
     let mut latency = crate::stats::Hist::new();
     let (mut pings, mut bad_frames, mut stalls, mut lost_tasks) = (0, 0, 0, 0);
     let mut stall_outcomes: BTreeMap<String, u64> = BTreeMap::new();
@@ -731,7 +739,7 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
             *reconnects.entry(k).or_default() += v;
         }
         for (k, v) in f.examples {
-            examples.entry(k).or_insert(v);
+            examples.entry(k).or_default().extend(v);
         }
         latency.merge(&f.latency);
         pings += f.pings;
@@ -913,7 +921,25 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
         fault_counts,
         streams,
         reconnects: reconnects.clone(),
-        reconnect_examples: examples,
+        reconnect_examples: examples
+            .into_iter()
+            .map(|(k, mut v)| {
+                v.sort_by_key(|e| e.unix_ms);
+                v.truncate(client::EXAMPLES_PER_REASON);
+                let shown = v
+                    .iter()
+                    .map(|e| {
+                        format!(
+                            "gw{} at {:.1} s: {}",
+                            e.gateway,
+                            (e.unix_ms as f64 - traffic_unix_ms as f64) / 1000.0,
+                            e.detail
+                        )
+                    })
+                    .collect();
+                (k, shown)
+            })
+            .collect(),
         reconnected,
         stalls,
         stall_outcomes,
@@ -966,6 +992,8 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
 
 /// How long after a stall a connection's end is attributed to it (the clients' rule).
 const STALL_EFFECT_MS: u64 = 6_000;
+/// Longest delay between a stall command and a silent stall's start (2 s heartbeat + 1 s).
+const STALL_START_MS: u64 = 3_000;
 
 /// Whether a stalled connection ended without reading a close frame: end of stream
 /// or reset (1006), or a write that failed because the gateway had already closed
@@ -997,7 +1025,12 @@ fn judge_stalls(records: &mut [FaultRecord], per_stall: Vec<client::StallOutcome
         .filter(|r| r.kind == FaultKind::Stall.name())
         .zip(1u64..)
     {
-        let (lo, hi) = (r.at_ms, r.at_ms + r.hold_ms + STALL_EFFECT_MS);
+        // A silent stall starts at the client's next pong (up to a heartbeat and a
+        // second after the command).
+        let (lo, hi) = (
+            r.at_ms,
+            r.at_ms + r.hold_ms + STALL_START_MS + STALL_EFFECT_MS,
+        );
         let mut excused = 0;
         for o in per_stall.iter().filter(|o| o.stall == stall) {
             *r.outcomes.entry(o.outcome.clone()).or_default() += o.count;

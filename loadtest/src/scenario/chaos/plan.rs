@@ -249,6 +249,9 @@ impl FaultKind {
     }
 }
 
+/// Duration range of a silent stall, ms (see [`schedule`]).
+pub const SILENT_STALL_MS: (u64, u64) = (4_600, 5_400);
+
 /// One planned fault.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Fault {
@@ -266,8 +269,9 @@ pub struct Fault {
     pub clients: Vec<usize>,
     /// For `stall`: the clients keep answering heartbeats blindly (pong without
     /// reading), so only the gateway's outbound path notices them. Stalls alternate:
-    /// the first is silent (long enough for the gateway's heartbeat timeout with
-    /// the chaos default of 2 s), the next blind, and so on.
+    /// the first is silent (it starts right after the client's next pong and lasts
+    /// 4.6-5.4 s: past the gateway's heartbeat timeout with the chaos default of
+    /// 2 s), the next blind, and so on.
     pub blind: bool,
 }
 
@@ -375,8 +379,15 @@ pub fn schedule(spec: &ScheduleSpec) -> Vec<Fault> {
                 }
             } else if stall_busy <= t && spec.clients > 0 {
                 let blind = stalls % 2 == 1;
-                // A silent stall outlasts two heartbeats (2 s each by default).
-                let hold = if blind { hold } else { hold.max(4_500) };
+                // A silent stall starts right after the client answered a ping and
+                // outlasts two heartbeats (2 s each by default), so the gateway closes
+                // the connection 4 s in, and the client reads again 0.6-1.4 s later:
+                // within the time a gateway lingers to deliver its close frame.
+                let hold = if blind {
+                    hold
+                } else {
+                    SILENT_STALL_MS.0 + hold % (SILENT_STALL_MS.1 - SILENT_STALL_MS.0 + 1)
+                };
                 if t + hold > spec.duration_ms {
                     carried = (tries < 3).then_some((kind, tries + 1));
                     let step = (spec.every_ms as f64 * (0.5 + rng.unit())) as u64;
