@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'invalid_token'
   | 'token_mismatch'
   | 'unavailable'
+  | 'quota_exceeded'
   | 'internal';
 
 /** Known codes, plus any string a newer server may send. */

@@ -12,7 +12,7 @@ use protocol::{Payload, Publication, envelope};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::broker::Receipt;
+use crate::broker::{BrokerError, Receipt};
 use crate::http::{Body, bearer, error, json};
 use crate::node::Node;
 
@@ -116,6 +116,43 @@ enum Failure {
     Invalid(String),
     TooLarge(String),
     Unavailable(String),
+    Quota(String),
+}
+
+impl Failure {
+    fn code(&self) -> (StatusCode, &'static str, &str) {
+        match self {
+            Failure::Invalid(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
+            Failure::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
+            Failure::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            Failure::Quota(m) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
+        }
+    }
+}
+
+/// What a request asks Redis to write: its payload once per target (what the
+/// publish budget counts; a request that cannot be resolved costs nothing).
+fn cost(r: &PublishRequest) -> usize {
+    let payload = r.payload.as_ref().map_or(4, Payload::len);
+    targets(r).map_or(0, |t| t.len().saturating_mul(payload))
+}
+
+/// The refusal of a request (all of a batch) that would write more than the
+/// budget; `None` when it fits.
+fn over_budget(node: &Node, cost: usize) -> Option<Response<Body>> {
+    let max = node.config.max_publish_bytes;
+    if cost <= max {
+        return None;
+    }
+    node.metrics
+        .budget_refused(crate::metrics::Budget::PublishBytes);
+    Some(error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        &format!(
+            "the request would write {cost} bytes (targets x payload), more than the {max} allowed"
+        ),
+    ))
 }
 
 async fn publish_one(node: &Node, r: PublishRequest) -> Result<Receipt, Failure> {
@@ -146,18 +183,16 @@ async fn publish_one(node: &Node, r: PublishRequest) -> Result<Receipt, Failure>
         })
         .collect();
     // One broker call: with Redis, one pipelined round trip for every target.
-    node.hub
-        .publish(pubs)
-        .await
-        .map_err(|e| Failure::Unavailable(e.to_string()))
+    node.hub.publish(pubs).await.map_err(|e| match e {
+        BrokerError::Unavailable(_) => Failure::Unavailable(e.to_string()),
+        BrokerError::Rejected(_) => Failure::Invalid(e.to_string()),
+        BrokerError::Quota(_) => Failure::Quota(e.to_string()),
+    })
 }
 
 fn failure_response(f: Failure) -> Response<Body> {
-    match f {
-        Failure::Invalid(m) => error(StatusCode::BAD_REQUEST, "bad_request", &m),
-        Failure::TooLarge(m) => error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &m),
-        Failure::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &m),
-    }
+    let (status, code, message) = f.code();
+    error(status, code, message)
 }
 
 fn key_matches(keys: &[String], given: &str) -> bool {
@@ -248,6 +283,9 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Res
                 );
             }
         };
+        if let Some(refused) = over_budget(&node, cost(&r)) {
+            return refused;
+        }
         return match publish_one(&node, r).await {
             Ok(receipt) => json(StatusCode::OK, &receipt),
             Err(f) => failure_response(f),
@@ -270,13 +308,22 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Res
             &format!("a batch holds 1..={MAX_BATCH} messages"),
         );
     }
+    let total = b
+        .messages
+        .iter()
+        .map(cost)
+        .fold(0usize, usize::saturating_add);
+    if let Some(refused) = over_budget(&node, total) {
+        return refused;
+    }
     let mut results = Vec::with_capacity(b.messages.len());
     for r in b.messages {
         results.push(match publish_one(&node, r).await {
             Ok(receipt) => json!(receipt),
-            Err(Failure::Invalid(m)) => json!({"error": "bad_request", "message": m}),
-            Err(Failure::TooLarge(m)) => json!({"error": "payload_too_large", "message": m}),
-            Err(Failure::Unavailable(m)) => json!({"error": "unavailable", "message": m}),
+            Err(f) => {
+                let (_, code, message) = f.code();
+                json!({"error": code, "message": message})
+            }
         });
     }
     json(StatusCode::OK, &json!({ "results": results }))

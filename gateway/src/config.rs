@@ -307,6 +307,11 @@ pub struct Settings {
         help_heading = "Connections and limits"
     )]
     pub max_payload_size: Option<usize>,
+    /// Bytes one publish API request may ask Redis to write: the sum over its
+    /// messages of targets x payload (a batch counts all of its messages); beyond it
+    /// `413 payload_too_large`. [default: 4194304]
+    #[arg(long, env = "TIDINGS_MAX_PUBLISH_BYTES", help_heading = "Publish API")]
+    pub max_publish_bytes: Option<usize>,
     /// Outbound frames queued per connection before it is closed as a slow consumer. [default: 256]
     #[arg(
         long,
@@ -412,8 +417,8 @@ pub struct Settings {
     /// carries any number of requests at once. [default: 2]
     #[arg(long, env = "TIDINGS_REDIS_CONNECTIONS", help_heading = "Redis")]
     pub redis_connections: Option<usize>,
-    /// History rules, comma-separated, first match wins: `<pattern> <max-len> <ttl>`
-    /// or `<pattern> off`; `$user:*` covers personal channels. Publishers must use the
+    /// History rules, comma-separated, first match wins: `<pattern> <max-len> <ttl>
+    /// [<max-channels>]` or `<pattern> off`; `$user:*` covers personal channels. Publishers must use the
     /// same rules. [default: "$user:* 100 24h"]
     #[arg(
         long,
@@ -422,6 +427,23 @@ pub struct Settings {
         help_heading = "History and recovery"
     )]
     pub history: Option<Vec<String>>,
+    /// History channels each history rule may have at once (a rule's own
+    /// `<max-channels>` wins; personal channels are exempt unless their rule sets one):
+    /// a publish that would start one more is refused with `quota_exceeded`. [default: 100000]
+    #[arg(
+        long,
+        env = "TIDINGS_HISTORY_MAX_CHANNELS",
+        help_heading = "History and recovery"
+    )]
+    pub history_max_channels: Option<u64>,
+    /// Bytes of history the in-memory broker keeps in all (single node); a publish
+    /// that would keep more is refused with `quota_exceeded`. [default: 268435456]
+    #[arg(
+        long,
+        env = "TIDINGS_HISTORY_MAX_BYTES",
+        help_heading = "History and recovery"
+    )]
+    pub history_max_bytes: Option<usize>,
     /// How long a message id is remembered to drop retried publishes. [default: 5m]
     #[arg(
         long,
@@ -507,6 +529,7 @@ impl Settings {
             max_channels,
             max_message_size,
             max_payload_size,
+            max_publish_bytes,
             outbound_queue,
             heartbeat_interval,
             handshake_timeout,
@@ -526,6 +549,8 @@ impl Settings {
             redis_max_lag,
             redis_connections,
             history,
+            history_max_channels,
+            history_max_bytes,
             idempotency_window,
             recovery_limit,
             demo_unsafe,
@@ -569,6 +594,7 @@ pub struct Config {
     pub max_channels: u32,
     pub max_message_size: usize,
     pub max_payload_size: usize,
+    pub max_publish_bytes: usize,
     pub outbound_queue: usize,
     pub heartbeat_interval: Duration,
     pub handshake_timeout: Duration,
@@ -589,6 +615,8 @@ pub struct Config {
     pub redis_max_lag: Duration,
     pub redis_connections: usize,
     pub history: HistoryRules,
+    /// Bytes of history the memory broker keeps in all.
+    pub history_max_bytes: usize,
     /// Serve the demo app and mint demo tokens.
     pub demo: bool,
     pub idempotency_window: Duration,
@@ -873,6 +901,10 @@ impl Config {
                 s.max_payload_size.unwrap_or(64 * 1024),
                 "max-payload-size",
             )?,
+            max_publish_bytes: positive(
+                s.max_publish_bytes.unwrap_or(4 << 20),
+                "max-publish-bytes",
+            )?,
             outbound_queue: positive(s.outbound_queue.unwrap_or(256), "outbound-queue")?,
             heartbeat_interval,
             handshake_timeout: positive(
@@ -923,7 +955,12 @@ impl Config {
                 None => HistoryRules::default(),
                 Some(rules) => HistoryRules::parse(rules.iter().filter(|r| !r.trim().is_empty()))
                     .map_err(|e| config_err("history", e))?,
-            },
+            }
+            .with_default_budget(s.history_max_channels.unwrap_or(100_000)),
+            history_max_bytes: positive(
+                s.history_max_bytes.unwrap_or(256 << 20),
+                "history-max-bytes",
+            )?,
             idempotency_window: s
                 .idempotency_window
                 .map(|d| d.0)
@@ -954,6 +991,8 @@ mod tests {
     fn defaults_and_errors_name_the_setting() {
         let c = parse(&["--jwt-secret", "0123456789abcdef"]).unwrap();
         assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        // The unauthenticated admin listener stays on loopback unless told.
+        assert_eq!(c.admin_listen, ([127, 0, 0, 1], 9090).into());
         assert_eq!(c.max_message_size, 65536);
         let e = parse(&[]).unwrap_err().to_string();
         assert!(e.contains("jwt-secret"), "{e}");

@@ -63,6 +63,8 @@ pub async fn run(
                 table.clone(),
                 config.history.clone(),
                 config.idempotency_window,
+                config.history_max_bytes,
+                metrics.clone(),
             ))
         }
         Some(topology) => {

@@ -75,6 +75,8 @@ pub struct Metrics {
     delivered: IntCounter,
     pending: IntGauge,
     pending_refused: IntCounter,
+    budgets: IntCounterVec,
+    idempotency_evictions: IntCounter,
     replayed: IntCounter,
     history_limited: IntCounter,
     dropped_slow: IntCounter,
@@ -89,6 +91,32 @@ pub struct Metrics {
     draining: IntGauge,
     gaps: IntCounterVec,
     pub broker: BrokerMetrics,
+}
+
+/// A budget that refused something, the `budget` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// A history rule's channels (`<max-channels>`, `--history-max-channels`).
+    HistoryChannels,
+    /// The memory broker's history bytes (`--history-max-bytes`).
+    HistoryBytes,
+    /// The bytes of one publish API request (`--max-publish-bytes`).
+    PublishBytes,
+}
+
+impl Budget {
+    const ALL: [Budget; 3] = [
+        Budget::HistoryChannels,
+        Budget::HistoryBytes,
+        Budget::PublishBytes,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Budget::HistoryChannels => "history_channels",
+            Budget::HistoryBytes => "history_bytes",
+            Budget::PublishBytes => "publish_bytes",
+        }
+    }
 }
 
 /// Why a message read from Redis was not delivered, the `reason` label.
@@ -300,6 +328,17 @@ impl Metrics {
                 "tidings_http_pending_refused_total",
                 "Connections refused with 503 because --max-pending-connections were in progress",
             ),
+            budgets: counter_vec(
+                &r,
+                "tidings_budget_refusals_total",
+                "Requests refused because a budget was used up, by budget",
+                "budget",
+            ),
+            idempotency_evictions: counter(
+                &r,
+                "tidings_idempotency_evictions_total",
+                "Message ids the in-memory broker forgot before their window ended (its cap of 100,000 ids was reached)",
+            ),
             replayed: counter(
                 &r,
                 "tidings_messages_replayed_total",
@@ -458,6 +497,14 @@ impl Metrics {
         self.delivered.inc_by(n);
     }
 
+    pub fn idempotency_evicted(&self) {
+        self.idempotency_evictions.inc();
+    }
+
+    pub fn budget_refused(&self, b: Budget) {
+        self.budgets.with_label_values(&[b.label()]).inc();
+    }
+
     pub fn pending(&self, now: i64) {
         self.pending.set(now);
     }
@@ -516,6 +563,9 @@ impl Metrics {
         }
         for outcome in ["filled", "resync"] {
             self.gaps.with_label_values(&[outcome]);
+        }
+        for b in Budget::ALL {
+            self.budgets.with_label_values(&[b.label()]);
         }
         for reason in ["undecodable", "channel_mismatch", "oversized"] {
             self.broker.invalid.with_label_values(&[reason]);

@@ -776,6 +776,9 @@ impl Session {
             Err(e @ crate::broker::BrokerError::Rejected(_)) => {
                 err(Some(id), ErrorCode::BadRequest, e.to_string())
             }
+            Err(e @ crate::broker::BrokerError::Quota(_)) => {
+                err(Some(id), ErrorCode::QuotaExceeded, e.to_string())
+            }
             Err(e) => err(Some(id), ErrorCode::Unavailable, e.to_string()),
         }
     }

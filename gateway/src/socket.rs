@@ -717,6 +717,8 @@ mod tests {
             table.clone(),
             config.history.clone(),
             config.idempotency_window,
+            config.history_max_bytes,
+            metrics.clone(),
         ));
         let verifier = Verifier::new(&config.jwt, false).unwrap_or_else(|e| panic!("{e}"));
         let hub = Hub::new(table, broker, metrics.clone());

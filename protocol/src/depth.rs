@@ -181,7 +181,8 @@ mod tests {
         // A huge announced count with nothing behind it ends the walk.
         assert!(msgpack_within(&[0xdd, 0xff, 0xff, 0xff, 0xff], 1));
         // Every marker kind is stepped over.
-        let v = serde_json::json!([1, -1, 300, -300, 70000, 1.5, "s", true, null, {"k": [u64::MAX]}]);
+        let v =
+            serde_json::json!([1, -1, 300, -300, 70000, 1.5, "s", true, null, {"k": [u64::MAX]}]);
         let bytes = rmp_serde::to_vec(&v).unwrap();
         assert!(msgpack_within(&bytes, 3));
         assert!(!msgpack_within(&bytes, 2));

@@ -32,6 +32,10 @@ pub enum ErrorCode {
     TokenMismatch,
     /// The broker cannot take the request right now; retry later.
     Unavailable,
+    /// A budget is used up: the history channels of a rule, the history bytes of a
+    /// node, or the bytes one publish request may write. Retrying the same request
+    /// does not help until the budget frees up (histories expire).
+    QuotaExceeded,
     /// A bug or an unexpected failure on the server.
     Internal,
     /// A code this version does not know (sent by a newer peer); treat as `internal`.
@@ -55,6 +59,7 @@ impl ErrorCode {
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::TokenMismatch => "token_mismatch",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }

@@ -3,8 +3,12 @@
 //! Rules are shared by gateways and publishers (both must use the same ones): a rule
 //! names a channel pattern (`room:*`, `news`, or `$user:*` for personal channels),
 //! a maximum number of entries and a time to live after the last publish. The first
-//! matching rule wins. Written as `"<pattern> <max-len> <ttl>"`, e.g.
-//! `"room:* 200 1h"`, or `"<pattern> off"` to disable history for a pattern.
+//! matching rule wins. Written as `"<pattern> <max-len> <ttl> [<max-channels>]"`,
+//! e.g. `"room:* 200 1h"` or `"room:* 200 1h 5000"`, or `"<pattern> off"` to disable
+//! history for a pattern. `max-channels` is the rule's budget: how many of its
+//! channels may hold history at once (a client with publish rights on a wildcard
+//! could otherwise create histories without end); without it the deployment's
+//! default applies (see [`HistoryRules::with_default_budget`]), and `0` means none.
 
 use std::time::Duration;
 
@@ -17,12 +21,18 @@ pub struct Policy {
     pub max_len: u64,
     /// The history expires this long after the last publish.
     pub ttl: Duration,
+    /// How many channels of the rule may hold history at once (0: no budget).
+    pub max_channels: u64,
+    /// Which rule this is (its index), to count its channels together.
+    pub rule: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     pattern: String,
     policy: Option<Policy>,
+    /// The budget was written in the rule (not the deployment's default).
+    own_budget: bool,
 }
 
 /// An ordered list of history rules.
@@ -79,28 +89,62 @@ impl HistoryRules {
                 [pattern, "off"] => Rule {
                     pattern: (*pattern).to_owned(),
                     policy: None,
+                    own_budget: false,
                 },
-                [pattern, len, ttl] => {
+                [pattern, len, ttl, budget @ ..] if budget.len() <= 1 => {
                     let max_len: u64 = len.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                         format!("rule `{r}`: max length must be a positive integer")
                     })?;
+                    let max_channels = match budget.first() {
+                        Some(b) => b.parse::<u64>().map_err(|_| {
+                            format!("rule `{r}`: max channels must be a number (0: no budget)")
+                        })?,
+                        None => 0,
+                    };
+                    let rule = u16::try_from(out.len())
+                        .map_err(|_| "more than 65,535 history rules".to_string())?;
                     Rule {
                         pattern: (*pattern).to_owned(),
                         policy: Some(Policy {
                             max_len,
                             ttl: parse_duration(ttl).map_err(|e| format!("rule `{r}`: {e}"))?,
+                            max_channels,
+                            rule,
                         }),
+                        own_budget: !budget.is_empty(),
                     }
                 }
                 _ => {
                     return Err(format!(
-                        "rule `{r}`: write `<pattern> <max-len> <ttl>` or `<pattern> off`"
+                        "rule `{r}`: write `<pattern> <max-len> <ttl> [<max-channels>]` or `<pattern> off`"
                     ));
                 }
             };
             out.push(rule);
         }
         Ok(Self { rules: out })
+    }
+
+    /// Gives every rule without a budget of its own `max_channels`, except the
+    /// personal channels' rule (`$user:*`): personal channels are written by
+    /// backends only, and there are as many as there are users.
+    pub fn with_default_budget(mut self, max_channels: u64) -> Self {
+        for r in &mut self.rules {
+            if let Some(p) = &mut r.policy
+                && !r.own_budget
+                && !r.pattern.starts_with(crate::channel::USER_PREFIX)
+            {
+                p.max_channels = max_channels;
+            }
+        }
+        self
+    }
+
+    /// The pattern of rule `rule` (its index), for names and messages.
+    pub fn pattern(&self, rule: u16) -> Option<&str> {
+        self.rules
+            .get(usize::from(rule))
+            .map(|r| r.pattern.as_str())
     }
 
     /// The policy of a channel, `None` when it keeps no history.
@@ -124,7 +168,9 @@ mod tests {
             r.policy("room:1"),
             Some(Policy {
                 max_len: 10,
-                ttl: Duration::from_secs(3600)
+                ttl: Duration::from_secs(3600),
+                max_channels: 0,
+                rule: 1,
             })
         );
         assert_eq!(
@@ -140,5 +186,23 @@ mod tests {
         assert!(HistoryRules::parse(["room:* 0 1h"]).is_err());
         assert!(HistoryRules::parse(["room:* 10 1y"]).is_err());
         assert!(HistoryRules::parse(["room:*"]).is_err());
+    }
+
+    #[test]
+    fn budgets_per_rule_with_a_default_that_spares_personal_channels() {
+        let r = HistoryRules::parse(["room:* 10 1h 500", "chat:* 10 1h", "$user:* 5 2d"])
+            .unwrap()
+            .with_default_budget(1000);
+        assert_eq!(r.policy("room:1").unwrap().max_channels, 500);
+        assert_eq!(r.policy("chat:1").unwrap().max_channels, 1000);
+        assert_eq!(r.policy("$user:a").unwrap().max_channels, 0);
+        assert_eq!(r.policy("chat:1").unwrap().rule, 1);
+        assert_eq!(r.pattern(1), Some("chat:*"));
+        let own = HistoryRules::parse(["$user:* 5 2d 10"])
+            .unwrap()
+            .with_default_budget(1000);
+        assert_eq!(own.policy("$user:a").unwrap().max_channels, 10);
+        assert!(HistoryRules::parse(["room:* 10 1h x"]).is_err());
+        assert!(HistoryRules::parse(["room:* 10 1h 5 6"]).is_err());
     }
 }

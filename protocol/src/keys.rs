@@ -175,6 +175,18 @@ impl KeySpace {
         self.name(channel, |ns| idempotency(ns, channel, key))
     }
 
+    /// The registry of the channels of history rule `rule` that hold history (a
+    /// sorted set: channel -> expiry), which counts them against the rule's budget.
+    /// There is one per Redis that holds channels: per instance, or in a cluster per
+    /// partition, with the partition's tag so that it shares the slot of the channel
+    /// being published (the publish script touches both).
+    pub fn history_registry(&self, channel: &str, rule: u16) -> String {
+        match self.of(channel) {
+            None => format!("{}:histreg:{rule}", self.namespace),
+            Some(i) => format!("{}histreg:{rule}", self.prefix(Some(i))),
+        }
+    }
+
     /// The probe channel of subscriber connection `conn` of `node`. In a cluster the
     /// connection serves partition `conn`, and its probe carries that partition's tag
     /// so that it travels through the same slot as the partition's channels.
@@ -238,6 +250,7 @@ mod tests {
             c.history_meta(ch),
             c.ack_position(ch),
             c.idempotency(ch, "x"),
+            c.history_registry(ch, 3),
             c.probe_channel("node-1", i),
         ] {
             assert_eq!(key_slot(name.as_bytes()), slot, "{name}");
@@ -254,5 +267,9 @@ mod tests {
         assert_eq!(history_stream("t", "$user:a"), "t:hist:{$user:a}");
         assert_eq!(history_meta("t", "news"), "t:meta:{news}");
         assert_eq!(idempotency("t", "news", "k1"), "t:idem:{news}:k1");
+        assert_eq!(
+            KeySpace::new("t").history_registry("room:1", 2),
+            "t:histreg:2"
+        );
     }
 }

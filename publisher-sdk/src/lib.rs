@@ -90,6 +90,10 @@ pub enum PublishError {
     /// The builder's settings are invalid (e.g. a malformed URL).
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A budget is used up (the history channels of a rule); nothing more was
+    /// published for the targets named. Waiting helps: histories expire.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
 }
 
 /// What a publish reached.
@@ -536,6 +540,19 @@ impl Inner {
             Backend::Instances(instances) => topology::shard_of(channel, instances.len()),
             Backend::Cluster(_) => self.keys.partition_of(channel),
         }
+    }
+
+    /// A history rule's budget on one Redis that holds channels (an instance, or a
+    /// cluster partition): the rule's budget spread evenly over them (0: none).
+    fn budget_here(&self, policy: Option<protocol::history::Policy>) -> u64 {
+        let Some(p) = policy.filter(|p| p.max_channels > 0) else {
+            return 0;
+        };
+        let holders = match &self.backend {
+            Backend::Instances(i) => i.len(),
+            Backend::Cluster(_) => self.keys.partitions().map_or(1, |p| p.len()),
+        } as u64;
+        p.max_channels.div_ceil(holders.max(1))
     }
 
     /// `SPUBLISH` (sharded pub/sub) in a cluster, else `PUBLISH`.

@@ -1,13 +1,17 @@
 -- Publishes one notification atomically: optional idempotency check, optional history
 -- append (XADD) and PUBLISH, so the offset in the live message equals the stream
 -- entry's. Keys and the pub/sub channel share one hash tag (one Redis Cluster slot).
--- KEYS[1] history stream, KEYS[2] history meta (epoch, seq), KEYS[3] idempotency marker
+-- KEYS[1] history stream, KEYS[2] history meta (epoch, seq), KEYS[3] idempotency marker,
+-- KEYS[4] the registry of the history rule's channels (see budget below)
 -- ARGV[1] pub/sub channel, ARGV[2] channel, ARGV[3] event, ARGV[4] payload (JSON text),
 -- ARGV[5] message id ('' for none), ARGV[6] publish time (ms),
 -- ARGV[7] history max length (0: no history), ARGV[8] history ttl (s),
 -- ARGV[9] epoch to use if the history has none yet, ARGV[10] idempotency window (s, 0: none),
--- ARGV[11] PUBLISH, or SPUBLISH (sharded pub/sub) in a Redis Cluster
--- Returns {receivers, offset}; receivers is -1 when the idempotency key was seen before.
+-- ARGV[11] PUBLISH, or SPUBLISH (sharded pub/sub) in a Redis Cluster,
+-- ARGV[12] the rule's budget here: channels that may hold history at once (0: none)
+-- Returns {receivers, offset}; receivers is -1 when the idempotency key was seen
+-- before, -2 when the channel would start a history beyond the rule's budget
+-- (nothing was published).
 local idem = tonumber(ARGV[10]) > 0
 if idem then
   local prev = redis.call('GET', KEYS[3])
@@ -21,6 +25,19 @@ if ARGV[5] ~= '' then
 end
 local off = 0
 local maxlen = tonumber(ARGV[7])
+local budget = tonumber(ARGV[12] or '0')
+if maxlen > 0 and budget > 0 then
+  -- The rule's channels with history, each until its history expires.
+  local now = math.floor(tonumber(ARGV[6]) / 1000)
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+    if redis.call('ZCARD', KEYS[4]) >= budget then
+      return {-2, 0}
+    end
+  end
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[8]), ARGV[2])
+  redis.call('EXPIRE', KEYS[4], ARGV[8])
+end
 if maxlen > 0 then
   redis.call('HSETNX', KEYS[2], 'epoch', ARGV[9])
   off = redis.call('HINCRBY', KEYS[2], 'seq', 1)

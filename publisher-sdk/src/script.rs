@@ -69,10 +69,11 @@ fn scripted_args(inner: &Inner, p: &Publication, cmd: &mut redis::Cmd) {
     } else {
         0
     };
-    cmd.arg(3)
+    cmd.arg(4)
         .arg(keys.history_stream(&p.channel))
         .arg(keys.history_meta(&p.channel))
         .arg(keys.idempotency(&p.channel, p.id.as_deref().unwrap_or("")))
+        .arg(keys.history_registry(&p.channel, policy.map_or(0, |p| p.rule)))
         .arg(keys.pubsub_channel(&p.channel))
         .arg(&p.channel)
         .arg(&p.event)
@@ -83,7 +84,8 @@ fn scripted_args(inner: &Inner, p: &Publication, cmd: &mut redis::Cmd) {
         .arg(policy.map_or(1, |p| p.ttl.as_secs().max(1)))
         .arg(random_epoch())
         .arg(window)
-        .arg(inner.publish_command());
+        .arg(inner.publish_command())
+        .arg(inner.budget_here(policy));
 }
 
 fn needs_script(inner: &Inner, p: &Publication) -> bool {
@@ -108,6 +110,7 @@ pub(crate) async fn publish(
     let mut per_target = vec![0u64; pubs.len()];
     let mut offsets = vec![None; pubs.len()];
     let mut duplicates = 0;
+    let mut over_budget = Vec::new();
     if !scripted.is_empty() {
         let build = || {
             let mut pipe = redis::pipe();
@@ -135,7 +138,9 @@ pub(crate) async fn publish(
             Err(e) => return Err(unavailable(e)),
         };
         for (&i, (n, off)) in scripted.iter().zip(replies) {
-            if n < 0 {
+            if n == -2 {
+                over_budget.push(pubs[i].channel.clone());
+            } else if n < 0 {
                 duplicates += 1;
             } else {
                 per_target[i] = n as u64;
@@ -156,12 +161,26 @@ pub(crate) async fn publish(
             per_target[i] = n;
         }
     }
+    budget_verdict(over_budget)?;
     Ok(Receipt {
         nodes: per_target.iter().sum(),
         per_target,
         offsets,
         duplicates,
     })
+}
+
+/// Targets whose history would have exceeded their rule's budget were not
+/// published: the call fails (the others went through; a retry with the same
+/// message id reports them as duplicates).
+fn budget_verdict(over: Vec<String>) -> Result<(), PublishError> {
+    match over.len() {
+        0 => Ok(()),
+        n => Err(PublishError::QuotaExceeded(format!(
+            "{n} target(s) would start a history beyond their rule's budget (first: `{}`)",
+            over[0]
+        ))),
+    }
 }
 
 /// Whether every publication is the same notification to another channel (what a
@@ -192,8 +211,8 @@ async fn publish_many(
     } else {
         0
     };
-    let mut key_args = Vec::with_capacity(pubs.len() * 3);
-    let mut args: Vec<Vec<u8>> = Vec::with_capacity(6 + pubs.len() * 5);
+    let mut key_args = Vec::with_capacity(pubs.len() * 4);
+    let mut args: Vec<Vec<u8>> = Vec::with_capacity(6 + pubs.len() * 6);
     args.push(first.event.clone().into_bytes());
     args.push(first.payload.json().as_bytes().to_vec());
     args.push(first.id.clone().unwrap_or_default().into_bytes());
@@ -205,6 +224,7 @@ async fn publish_many(
         key_args.push(keys.history_meta(&p.channel));
         key_args.push(keys.idempotency(&p.channel, p.id.as_deref().unwrap_or("")));
         let policy = inner.history.policy(&p.channel);
+        key_args.push(keys.history_registry(&p.channel, policy.map_or(0, |p| p.rule)));
         args.push(keys.pubsub_channel(&p.channel).into_bytes());
         args.push(p.channel.clone().into_bytes());
         args.push(policy.map_or(0, |p| p.max_len).to_string().into_bytes());
@@ -215,20 +235,25 @@ async fn publish_many(
                 .into_bytes(),
         );
         args.push(random_epoch().into_bytes());
+        args.push(inner.budget_here(policy).to_string().into_bytes());
     }
     let replies: Vec<i64> = eval_raw(conn, &PUBLISH_MANY, &key_args, &args).await?;
     let mut per_target = vec![0u64; pubs.len()];
     let mut offsets = vec![None; pubs.len()];
     let mut duplicates = 0;
+    let mut over_budget = Vec::new();
     for (i, pair) in replies.chunks(2).enumerate().take(pubs.len()) {
         let (n, off) = (pair[0], pair.get(1).copied().unwrap_or(0));
-        if n < 0 {
+        if n == -2 {
+            over_budget.push(pubs[i].channel.clone());
+        } else if n < 0 {
             duplicates += 1;
         } else {
             per_target[i] = n as u64;
             offsets[i] = (off > 0).then_some(off as u64);
         }
     }
+    budget_verdict(over_budget)?;
     Ok(Receipt {
         nodes: per_target.iter().sum(),
         per_target,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use protocol::Publication;
-use protocol::history::{HistoryRules, Policy};
+use protocol::history::HistoryRules;
 use publisher::HistoryPage;
 use tokio::time::Instant;
 
@@ -19,22 +19,34 @@ use crate::hub::Table;
 struct Stream {
     epoch: String,
     seq: u64,
-    entries: VecDeque<Publication>,
+    entries: VecDeque<(Publication, usize)>,
     expires: Instant,
+    /// The history rule it counts against.
+    rule: u16,
+    /// The entries' sizes (their envelopes), summed.
+    bytes: usize,
 }
 
 #[derive(Default)]
 struct Store {
     streams: HashMap<String, Stream>,
     acks: HashMap<String, (String, u64)>,
-    /// (channel, message id) -> when to forget it.
+    /// (channel, message id) -> when to forget it, and the same keys in the order
+    /// they expire (the window is the same for all): the oldest goes first.
     seen: HashMap<(String, String), Instant>,
+    seen_order: VecDeque<(Instant, (String, String))>,
+    /// History channels per rule, and bytes of history in all.
+    per_rule: HashMap<u16, u64>,
+    bytes: usize,
     publishes: u64,
 }
 
-/// Most idempotency keys kept; under a flood of distinct ids the window shrinks
-/// rather than memory growing without bound.
-const MAX_SEEN: usize = 100_000;
+/// Most idempotency keys kept. Under a flood of distinct ids the oldest are
+/// forgotten before their window ends (counted in
+/// `tidings_idempotency_evictions_total`) rather than memory growing without bound:
+/// with the default 5-minute window that starts at about 333 publishes with ids
+/// per second.
+pub const MAX_SEEN: usize = 100_000;
 /// Publishes between sweeps of expired histories and keys.
 const SWEEP_EVERY: u64 = 4096;
 
@@ -42,6 +54,8 @@ pub struct MemoryBroker {
     table: Arc<Table>,
     rules: HistoryRules,
     idempotency_window: Duration,
+    max_bytes: usize,
+    metrics: Arc<crate::metrics::Metrics>,
     store: Mutex<Store>,
 }
 
@@ -50,37 +64,63 @@ fn new_epoch() -> String {
 }
 
 impl Store {
+    fn drop_stream(&mut self, channel: &str) {
+        if let Some(s) = self.streams.remove(channel) {
+            self.bytes -= s.bytes;
+            if let Some(n) = self.per_rule.get_mut(&s.rule) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
     /// Drops expired histories (with their acknowledged positions) and idempotency
     /// keys, so channels that went quiet do not stay in memory.
     fn sweep(&mut self, now: Instant) {
-        self.streams.retain(|_, s| s.expires > now);
+        let expired: Vec<String> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.expires <= now)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in expired {
+            self.drop_stream(&c);
+        }
         let streams = &self.streams;
         self.acks.retain(|c, _| streams.contains_key(c));
-        self.seen.retain(|_, until| *until > now);
+        while self
+            .seen_order
+            .front()
+            .is_some_and(|(until, _)| *until <= now)
+        {
+            if let Some((_, k)) = self.seen_order.pop_front() {
+                self.seen.remove(&k);
+            }
+        }
     }
 
-    /// The live stream of a channel, dropping it once its ttl passed.
-    fn stream(&mut self, channel: &str, policy: Policy, now: Instant) -> &mut Stream {
+    /// The live stream of a channel, if it has one (an expired one is dropped).
+    fn live(&mut self, channel: &str, now: Instant) -> Option<&mut Stream> {
         if self.streams.get(channel).is_some_and(|s| s.expires <= now) {
-            self.streams.remove(channel);
+            self.drop_stream(channel);
         }
-        self.streams
-            .entry(channel.to_owned())
-            .or_insert_with(|| Stream {
-                epoch: new_epoch(),
-                seq: 0,
-                entries: VecDeque::new(),
-                expires: now + policy.ttl,
-            })
+        self.streams.get_mut(channel)
     }
 }
 
 impl MemoryBroker {
-    pub fn new(table: Arc<Table>, rules: HistoryRules, idempotency_window: Duration) -> Self {
+    pub fn new(
+        table: Arc<Table>,
+        rules: HistoryRules,
+        idempotency_window: Duration,
+        max_bytes: usize,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Self {
             table,
             rules,
             idempotency_window,
+            max_bytes,
+            metrics,
             store: Mutex::new(Store::default()),
         }
     }
@@ -89,42 +129,90 @@ impl MemoryBroker {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Assigns offset and epoch (history) and drops repeated ids; `None` when the
-    /// publication is a duplicate.
-    fn admit(&self, mut p: Publication, now: Instant) -> Option<Publication> {
+    /// Assigns offset and epoch (history) and drops repeated ids; `Ok(None)` when
+    /// the publication is a duplicate, an error when it would exceed a budget.
+    fn admit(&self, mut p: Publication, now: Instant) -> Result<Option<Publication>, BrokerError> {
         let mut store = self.store();
         store.publishes += 1;
         if store.publishes.is_multiple_of(SWEEP_EVERY) {
             store.sweep(now);
         }
-        if let (Some(id), false) = (&p.id, self.idempotency_window.is_zero()) {
-            let key = (p.channel.clone(), id.clone());
-            if store.seen.get(&key).is_some_and(|until| *until > now) {
-                return None;
+        let idem =
+            p.id.clone()
+                .filter(|_| !self.idempotency_window.is_zero())
+                .map(|id| (p.channel.clone(), id));
+        if let Some(key) = &idem
+            && store.seen.get(key).is_some_and(|until| *until > now)
+        {
+            return Ok(None);
+        }
+        if let Some(policy) = self.rules.policy(&p.channel) {
+            let size = p.encode().len();
+            let fresh = store.live(&p.channel, now).is_none();
+            let of_rule = store.per_rule.get(&policy.rule).copied().unwrap_or(0);
+            if fresh && policy.max_channels > 0 && of_rule >= policy.max_channels {
+                self.metrics
+                    .budget_refused(crate::metrics::Budget::HistoryChannels);
+                return Err(BrokerError::Quota(format!(
+                    "history rule `{}` already holds {} channels",
+                    self.rules.pattern(policy.rule).unwrap_or("?"),
+                    policy.max_channels
+                )));
             }
-            if store.seen.len() >= MAX_SEEN {
-                store.seen.retain(|_, until| *until > now);
-                if store.seen.len() >= MAX_SEEN {
-                    let evict: Vec<_> = store.seen.keys().take(MAX_SEEN / 2).cloned().collect();
-                    for k in evict {
-                        store.seen.remove(&k);
+            if store.bytes + size > self.max_bytes {
+                self.metrics
+                    .budget_refused(crate::metrics::Budget::HistoryBytes);
+                return Err(BrokerError::Quota(format!(
+                    "the node keeps {} bytes of history, its budget",
+                    self.max_bytes
+                )));
+            }
+            if fresh {
+                *store.per_rule.entry(policy.rule).or_default() += 1;
+                store.streams.insert(
+                    p.channel.clone(),
+                    Stream {
+                        epoch: new_epoch(),
+                        seq: 0,
+                        entries: VecDeque::new(),
+                        expires: now + policy.ttl,
+                        rule: policy.rule,
+                        bytes: 0,
+                    },
+                );
+            }
+            let mut freed = 0;
+            if let Some(stream) = store.streams.get_mut(&p.channel) {
+                stream.seq += 1;
+                stream.expires = now + policy.ttl;
+                p.offset = Some(stream.seq);
+                p.epoch = Some(stream.epoch.clone());
+                stream.entries.push_back((p.clone(), size));
+                stream.bytes += size;
+                while stream.entries.len() as u64 > policy.max_len {
+                    if let Some((_, n)) = stream.entries.pop_front() {
+                        stream.bytes -= n;
+                        freed += n;
                     }
                 }
             }
-            store.seen.insert(key, now + self.idempotency_window);
+            store.bytes = store.bytes + size - freed;
         }
-        if let Some(policy) = self.rules.policy(&p.channel) {
-            let stream = store.stream(&p.channel, policy, now);
-            stream.seq += 1;
-            stream.expires = now + policy.ttl;
-            p.offset = Some(stream.seq);
-            p.epoch = Some(stream.epoch.clone());
-            stream.entries.push_back(p.clone());
-            while stream.entries.len() as u64 > policy.max_len {
-                stream.entries.pop_front();
+        if let Some(key) = idem {
+            while store.seen.len() >= MAX_SEEN {
+                let Some((until, old)) = store.seen_order.pop_front() else {
+                    break;
+                };
+                store.seen.remove(&old);
+                if until > now {
+                    self.metrics.idempotency_evicted();
+                }
             }
+            let until = now + self.idempotency_window;
+            store.seen.insert(key.clone(), until);
+            store.seen_order.push_back((until, key));
         }
-        Some(p)
+        Ok(Some(p))
     }
 }
 
@@ -138,7 +226,7 @@ impl Broker for MemoryBroker {
             duplicates: 0,
         };
         for p in pubs {
-            let Some(p) = self.admit(p, now) else {
+            let Some(p) = self.admit(p, now)? else {
                 r.duplicates += 1;
                 continue;
             };
@@ -168,11 +256,8 @@ impl Broker for MemoryBroker {
         }
         let mut store = self.store();
         let now = Instant::now();
-        if store.streams.get(channel).is_some_and(|s| s.expires <= now) {
-            store.streams.remove(channel);
-        }
         // Reading never creates history: an empty epoch means "none yet".
-        let Some(stream) = store.streams.get(channel) else {
+        let Some(stream) = store.live(channel, now) else {
             return Ok(HistoryPage {
                 epoch: String::new(),
                 top: 0,
@@ -184,13 +269,13 @@ impl Broker for MemoryBroker {
             // The same page as Redis': the first entry always, then as many as fit
             // in `max_bytes` (counted as the envelope size).
             let mut used = 0usize;
-            for p in stream
+            for (p, size) in stream
                 .entries
                 .iter()
-                .filter(|p| p.offset.is_some_and(|o| o > after))
+                .filter(|(p, _)| p.offset.is_some_and(|o| o > after))
                 .take(limit.max(1))
             {
-                used = used.saturating_add(p.encode().len());
+                used = used.saturating_add(*size);
                 if !pubs.is_empty() && used > max_bytes {
                     break;
                 }
@@ -205,16 +290,17 @@ impl Broker for MemoryBroker {
     }
 
     async fn ack(&self, channel: &str, offset: u64) -> Result<Option<u64>, BrokerError> {
-        let policy = self.rules.policy(channel).ok_or_else(|| {
-            BrokerError::Rejected(format!("channel `{channel}` keeps no history"))
-        })?;
+        if self.rules.policy(channel).is_none() {
+            return Err(BrokerError::Rejected(format!(
+                "channel `{channel}` keeps no history"
+            )));
+        }
         let mut store = self.store();
         let now = Instant::now();
         // As with Redis: no history yet (or expired), nothing to acknowledge.
-        if store.streams.get(channel).is_none_or(|s| s.expires <= now) {
+        let Some(stream) = store.live(channel, now) else {
             return Ok(None);
-        }
-        let stream = store.stream(channel, policy, now);
+        };
         let (epoch, top) = (stream.epoch.clone(), stream.seq);
         let want = offset.min(top);
         let stored = match store.acks.get(channel) {
@@ -252,10 +338,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn quiet_channels_and_old_keys_are_swept() {
         let rules = HistoryRules::parse(["room:* 10 1s"]).unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let broker = MemoryBroker::new(
-            Arc::new(Table::new(Arc::new(crate::metrics::Metrics::new()))),
+            Arc::new(Table::new(metrics.clone())),
             rules,
             Duration::from_secs(1),
+            1 << 20,
+            metrics,
         );
         let mut p = Publication::new("room:1", "e", Payload::null());
         p.id = Some("k".into());
@@ -267,5 +356,36 @@ mod tests {
         broker.store().sweep(Instant::now());
         let store = broker.store();
         assert!(store.streams.is_empty() && store.acks.is_empty() && store.seen.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idempotency_ids_are_forgotten_oldest_first_and_counted() {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let broker = MemoryBroker::new(
+            Arc::new(Table::new(metrics.clone())),
+            HistoryRules::none(),
+            Duration::from_secs(300),
+            1 << 20,
+            metrics.clone(),
+        );
+        let publish = |id: usize| {
+            let mut p = Publication::new("news", "e", Payload::null());
+            p.id = Some(format!("id-{id}"));
+            p
+        };
+        for i in 0..MAX_SEEN {
+            broker.admit(publish(i), Instant::now()).unwrap();
+        }
+        // Every id is still remembered: a retry is a duplicate.
+        assert!(broker.admit(publish(0), Instant::now()).unwrap().is_none());
+        // One more evicts the oldest (only), and says so.
+        broker.admit(publish(MAX_SEEN), Instant::now()).unwrap();
+        assert!(broker.admit(publish(0), Instant::now()).unwrap().is_some());
+        assert!(broker.admit(publish(2), Instant::now()).unwrap().is_none());
+        assert!(
+            metrics
+                .render()
+                .contains("tidings_idempotency_evictions_total 2")
+        );
     }
 }

@@ -48,6 +48,9 @@ pub enum BrokerError {
     /// The broker refused this publication (e.g. too large); retrying won't help.
     #[error("publication refused: {0}")]
     Rejected(String),
+    /// A budget is used up (history channels of a rule, history bytes of a node).
+    #[error("quota exceeded: {0}")]
+    Quota(String),
 }
 
 #[async_trait]

@@ -131,6 +131,11 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Whether the process is still running.
+    pub fn child_alive(&mut self) -> bool {
+        self.child.try_wait().map(|s| s.is_none()).unwrap_or(false)
+    }
+
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

@@ -50,7 +50,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 use super::{Broker, BrokerError, Position, Receipt};
 use crate::hub::Table;
-use crate::metrics::Metrics;
+use crate::metrics::{Budget, Metrics};
 use cluster::ClusterNodes;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -322,7 +322,11 @@ impl Broker for RedisBroker {
                 duplicates: r.duplicates as u64,
             }),
             Err(e) => {
-                self.shared.metrics.broker.publish_failed();
+                if matches!(e, PublishError::QuotaExceeded(_)) {
+                    self.shared.metrics.budget_refused(Budget::HistoryChannels);
+                } else {
+                    self.shared.metrics.broker.publish_failed();
+                }
                 Err(broker_error(e))
             }
         }
@@ -404,6 +408,7 @@ impl Broker for RedisBroker {
 fn broker_error(e: PublishError) -> BrokerError {
     match e {
         PublishError::Unavailable(m) => BrokerError::Unavailable(m),
+        PublishError::QuotaExceeded(m) => BrokerError::Quota(m),
         other => BrokerError::Rejected(other.to_string()),
     }
 }
