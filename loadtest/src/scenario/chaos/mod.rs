@@ -707,7 +707,6 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
     // Stop: publisher, clients, sampler.
     stop_dispatch.notify_one();
     groups.drive(dispatch.join()).await??;
-    let worker_pids = groups.worker_pids.clone();
     let (finals, timeline) = groups
         .finish(
             Duration::from_secs(60)
@@ -720,7 +719,6 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
     drop(gws);
     drop(redis);
     drop(proxies);
-    let _ = worker_pids;
 
     // Verdict.
     let mut clients = Vec::with_capacity(n);
