@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use protocol::channel::{self, BROADCAST};
 use protocol::{Payload, Publication, envelope};
@@ -247,30 +246,9 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Res
     // The body must arrive within the handshake timeout, like the head: a client
     // that announces a body and sends it slowly (or never) does not hold the
     // connection.
-    let read = Limited::new(req.into_body(), limit).collect();
-    let Ok(collected) = tokio::time::timeout(node.config.handshake_timeout, read).await else {
-        return crate::http::closing(error(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request body did not arrive in time",
-        ));
-    };
-    let body = match collected {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return if e
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    &format!("body is larger than {limit} bytes"),
-                )
-            } else {
-                error(StatusCode::BAD_REQUEST, "bad_request", "cannot read body")
-            };
-        }
+    let body = match crate::http::read_body(req, limit, node.config.handshake_timeout).await {
+        Ok(b) => b,
+        Err(answer) => return *answer,
     };
     if !batch {
         let r: PublishRequest = match serde_json::from_slice(&body) {

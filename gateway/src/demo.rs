@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
@@ -90,16 +89,9 @@ async fn mint(req: Request<Incoming>, node: &Node) -> Response<Body> {
             "demo tokens need --jwt-secret",
         );
     };
-    let read = Limited::new(req.into_body(), 1024).collect();
-    let Ok(collected) = tokio::time::timeout(node.config.handshake_timeout, read).await else {
-        return crate::http::closing(error(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            "the request body did not arrive in time",
-        ));
-    };
-    let body = match collected {
-        Ok(b) => b.to_bytes(),
+    let body = match crate::http::read_body(req, 1024, node.config.handshake_timeout).await {
+        Ok(b) => b,
+        Err(answer) if answer.status() == StatusCode::REQUEST_TIMEOUT => return *answer,
         Err(_) => {
             return error(
                 StatusCode::BAD_REQUEST,

@@ -85,3 +85,40 @@ pub fn closing(mut r: Response<Body>) -> Response<Body> {
     );
     r
 }
+
+/// Reads a request body of at most `limit` bytes that must arrive within
+/// `within`: the answer to send instead when it is too large, does not arrive in
+/// time (the connection is then closed) or cannot be read.
+pub async fn read_body(
+    req: http::Request<hyper::body::Incoming>,
+    limit: usize,
+    within: std::time::Duration,
+) -> Result<Bytes, Box<Response<Body>>> {
+    use http_body_util::{BodyExt, Limited};
+    let read = Limited::new(req.into_body(), limit).collect();
+    let Ok(collected) = tokio::time::timeout(within, read).await else {
+        return Err(Box::new(closing(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request body did not arrive in time",
+        ))));
+    };
+    match collected {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Box::new(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                &format!("body is larger than {limit} bytes"),
+            )))
+        }
+        Err(_) => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "cannot read body",
+        ))),
+    }
+}

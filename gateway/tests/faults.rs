@@ -35,34 +35,6 @@ fn rss(pid: u32) -> u64 {
         * 1024
 }
 
-/// Commands Redis has processed so far.
-async fn commands(redis: &RedisServer) -> u64 {
-    let info = match redis.cmd(&["INFO", "stats"]).await {
-        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
-        redis::Value::VerbatimString { text, .. } => text,
-        other => panic!("unexpected INFO reply {other:?}"),
-    };
-    info.lines()
-        .find_map(|l| l.strip_prefix("total_commands_processed:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap()
-}
-
-/// Calls of one Redis command so far (`INFO commandstats`).
-async fn calls(redis: &RedisServer, command: &str) -> u64 {
-    let info = match redis.cmd(&["INFO", "commandstats"]).await {
-        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
-        redis::Value::VerbatimString { text, .. } => text,
-        other => panic!("unexpected INFO reply {other:?}"),
-    };
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 async fn redis_gateway(url: &str, extra: &[&str]) -> Gateway {
     let gw = Gateway::builder()
         .redis_url(url, "n1")
@@ -137,7 +109,7 @@ async fn a_gap_history_cannot_close_ends_in_a_resync_not_a_loop() {
     let mut p = Publication::new("room:spin", "e", Payload::null());
     p.offset = Some(5);
     p.epoch = Some(epoch);
-    let reads_before = calls(&redis, "evalsha").await;
+    let reads_before = redis.calls("evalsha").await;
     let mut conn = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
@@ -149,16 +121,16 @@ async fn a_gap_history_cannot_close_ends_in_a_resync_not_a_loop() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let before = commands(&redis).await;
+    let before = redis.commands_processed().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let per_second = commands(&redis).await - before;
+    let per_second = redis.commands_processed().await - before;
     eprintln!("figure: redis commands in the second after the gap: {per_second}");
     for c in &mut clients {
         let (code, _) = c.expect_close().await;
         assert_eq!(code, protocol::close::RESYNC, "not recoverable: resync");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let reads = calls(&redis, "evalsha").await - reads_before;
+    let reads = redis.calls("evalsha").await - reads_before;
     assert!(
         reads <= 6,
         "{reads} history reads for one gap of three clients"
@@ -306,7 +278,7 @@ async fn replays_go_out_in_bounded_pages() {
             .await
             .unwrap();
     }
-    let reads_before = calls(&redis, "evalsha").await;
+    let reads_before = redis.calls("evalsha").await;
     let rss_before = rss(gw.pid());
     const CONNS: u64 = 30;
     let mut idle = Vec::new();
@@ -325,7 +297,7 @@ async fn replays_go_out_in_bounded_pages() {
         "{} KiB per connection that reads nothing",
         (grown / CONNS) >> 10
     );
-    let reads = calls(&redis, "evalsha").await - reads_before;
+    let reads = redis.calls("evalsha").await - reads_before;
     assert!(
         reads <= 3 * CONNS,
         "{reads} history reads for {CONNS} stalled replays"
@@ -516,19 +488,13 @@ async fn a_slow_consumer_reads_its_close_frame_and_every_message_is_accounted() 
 /// Publishes `n` 1 KB messages numbered from 0 to `flood` through the batch API.
 async fn flood(gw: &Gateway, n: u64) {
     let pad = "z".repeat(1000);
-    let auth = format!("Bearer {}", support::API_KEY);
     for chunk in 0..n.div_ceil(100) {
         let messages: Vec<_> = (chunk * 100..((chunk + 1) * 100).min(n))
             .map(|n| json!({"channel": "flood", "event": "n", "payload": {"n": n, "pad": pad}}))
             .collect();
         let (status, body) = gw
-            .http(
-                "POST",
+            .post_api(
                 "/api/v1/publish/batch",
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", "application/json"),
-                ],
                 &json!({ "messages": messages }).to_string(),
             )
             .await;

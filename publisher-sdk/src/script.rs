@@ -237,7 +237,7 @@ async fn publish_many(
         args.push(random_epoch().into_bytes());
         args.push(inner.budget_here(policy).to_string().into_bytes());
     }
-    let replies: Vec<i64> = eval_raw(conn, &PUBLISH_MANY, &key_args, &args).await?;
+    let replies: Vec<i64> = eval(conn, &PUBLISH_MANY, &key_args, &args).await?;
     let mut per_target = vec![0u64; pubs.len()];
     let mut offsets = vec![None; pubs.len()];
     let mut duplicates = 0;
@@ -262,39 +262,12 @@ async fn publish_many(
     })
 }
 
-/// [`eval`] with binary arguments.
-async fn eval_raw<T: redis::FromRedisValue>(
-    conn: &mut Conn,
-    script: &Lua,
-    keys: &[String],
-    args: &[Vec<u8>],
-) -> Result<T, PublishError> {
-    let build = || {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(script.hash()).arg(keys.len()).arg(keys).arg(args);
-        cmd
-    };
-    match build().query_async(conn).await {
-        Ok(v) => Ok(v),
-        Err(e) if is_noscript(&e) => {
-            redis::cmd("SCRIPT")
-                .arg("LOAD")
-                .arg(script.src)
-                .query_async::<String>(conn)
-                .await
-                .map_err(unavailable)?;
-            build().query_async(conn).await.map_err(unavailable)
-        }
-        Err(e) => Err(unavailable(e)),
-    }
-}
-
 /// Runs a script by hash, loading it first if Redis does not know it.
-pub(crate) async fn eval<T: redis::FromRedisValue>(
+pub(crate) async fn eval<T: redis::FromRedisValue, A: redis::ToRedisArgs>(
     conn: &mut Conn,
     script: &Lua,
     keys: &[String],
-    args: &[String],
+    args: &[A],
 ) -> Result<T, PublishError> {
     let build = || {
         let mut cmd = redis::cmd("EVALSHA");

@@ -194,6 +194,37 @@ impl RedisServer {
             .expect("redis command")
     }
 
+    /// A section of `INFO` as text.
+    pub async fn info(&self, section: &str) -> String {
+        match self.cmd(&["INFO", section]).await {
+            redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+            redis::Value::VerbatimString { text, .. } => text,
+            other => panic!("unexpected INFO reply {other:?}"),
+        }
+    }
+
+    /// Calls of one command so far (`INFO commandstats`; 0 if never called).
+    pub async fn calls(&self, command: &str) -> u64 {
+        let prefix = format!("cmdstat_{}:calls=", command.to_ascii_lowercase());
+        self.info("commandstats")
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Commands processed so far (`INFO stats`).
+    pub async fn commands_processed(&self) -> u64 {
+        self.info("stats")
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// `PUBSUB NUMSUB` of a client-visible channel in the default namespace.
     pub async fn numsub(&self, channel: &str) -> i64 {
         let name = protocol::keys::pubsub_channel("tidings", channel);

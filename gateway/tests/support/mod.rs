@@ -205,6 +205,21 @@ impl Gateway {
         http_request(self.admin, "GET", path, &[], "").await
     }
 
+    /// A POST of a raw JSON `body` to an API `path` with the test API key.
+    pub async fn post_api(&self, path: &str, body: &str) -> (u16, String) {
+        let auth = format!("Bearer {API_KEY}");
+        self.http(
+            "POST",
+            path,
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body,
+        )
+        .await
+    }
+
     /// `POST /api/v1/publish` with the test API key; returns status and JSON body.
     pub async fn publish(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
         let auth = format!("Bearer {API_KEY}");
