@@ -188,15 +188,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
     /// Awaits `step` (a call to the broker) while still serving the connection: the
     /// client closing or vanishing, a close request (drain, slow consumer), token
     /// expiry and a heartbeat timeout end the wait and the session. A ping that
-    /// falls due meanwhile is skipped (the next one follows an interval later;
-    /// clients allow two). Waits are bounded by the broker's own timeouts.
+    /// falls due meanwhile goes out as a WebSocket ping (which every WebSocket
+    /// client answers, also before the welcome), so a slow broker never makes a
+    /// healthy client look dead. Waits are bounded by the broker's own timeouts.
     async fn attend<T>(
         &mut self,
         step: impl Future<Output = T>,
         watch: &mut Watch<'_>,
     ) -> Result<T, SessionEnd> {
         let mut step = std::pin::pin!(step);
-        let Writer { ws, outbox, .. } = self;
+        let Writer { ws, outbox, stall } = self;
         loop {
             let read = watch.stash.is_none();
             let event = tokio::select! {
@@ -211,7 +212,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                 None => match watch.hb.tick(now) {
                     Tick::Expired => return Err(SessionEnd::TokenExpired),
                     Tick::Timeout => return Err(SessionEnd::HeartbeatTimeout),
-                    Tick::Ping | Tick::Nothing => watch.rearm(),
+                    Tick::Ping => {
+                        match timeout(*stall, ws.send(Message::Ping(Default::default()))).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => return Err(SessionEnd::PeerGone),
+                            Err(_) => return Err(SessionEnd::Requested(close::SLOW_CONSUMER)),
+                        }
+                        watch.rearm();
+                    }
+                    Tick::Nothing => watch.rearm(),
                 },
                 Some(None) => return Err(SessionEnd::PeerGone),
                 Some(Some(Err(e))) => return Err(read_error(&e)),

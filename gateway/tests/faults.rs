@@ -669,3 +669,37 @@ async fn messages_missed_while_resubscribing_arrive_without_a_next_message() {
         assert_eq!(m.offset, Some(offset));
     }
 }
+
+/// A connection whose greeting waited on a frozen Redis (its personal channel's
+/// position) longer than two heartbeat intervals was closed with 4003 "heartbeat
+/// timeout" right after (or, once the wait watched the heartbeat, before) its
+/// welcome: the node sent no ping meanwhile, so the client had nothing to answer.
+/// (Found by `loadtest chaos`.)
+#[tokio::test]
+async fn a_slow_redis_at_connect_does_not_look_like_a_dead_client() {
+    let redis = RedisServer::start().await;
+    let proxy = FaultProxy::start(redis.addr()).await;
+    let gw = redis_gateway(&proxy.url(), &["--heartbeat-interval", "500ms"]).await;
+    proxy.freeze();
+    let t = token("patient", &[], &[], 60);
+    let connecting = support::Connect::new(&t);
+    let started = Instant::now();
+    let c = tokio::time::timeout(
+        Duration::from_secs(15),
+        Client::connect_with(&gw, connecting),
+    )
+    .await
+    .expect("a welcome or a refusal in time");
+    let mut c = c.unwrap_or_else(|r| panic!("refused: {r:?}"));
+    // The welcome came after the reads gave up (no position)...
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(c.welcome.user, "patient");
+    proxy.thaw();
+    // ...and the connection lives on: it answered every ping meanwhile.
+    let (status, _) = gw
+        .publish(json!({"user": "patient", "payload": "still here"}))
+        .await;
+    assert_eq!(status, 200);
+    let m = c.message().await;
+    assert_eq!(m.payload.json(), "\"still here\"");
+}

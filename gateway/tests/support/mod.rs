@@ -425,11 +425,17 @@ impl Client {
             Some("tidings.msgpack") => Encoding::MsgPack,
             _ => Encoding::Json,
         };
-        let first = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("welcome timed out")
-            .expect("closed before welcome")
-            .unwrap();
+        // The welcome, after any WebSocket pings (sent while a slow broker delays it).
+        let first = tokio::time::timeout(WAIT * 3, async {
+            loop {
+                match ws.next().await.expect("closed before welcome").unwrap() {
+                    Message::Ping(_) | Message::Pong(_) => continue,
+                    m => return m,
+                }
+            }
+        })
+        .await
+        .expect("welcome timed out");
         let welcome = match decode(encoding, &first) {
             Some(ServerFrame::Welcome(w)) => w,
             other => panic!("expected welcome, got {other:?}"),
