@@ -9,7 +9,10 @@ import { Notifications } from './Notifications.js';
 import { Rooms } from './Rooms.js';
 
 interface Session {
+  /** The name the user picked (shown, and the sender of chat lines). */
   user: string;
+  /** The token's subject: demo users are `demo-<name>`, never a real user. */
+  subject: string;
   client: TidingsClient;
 }
 
@@ -34,7 +37,7 @@ export function App() {
     setBusy(true);
     setError('');
     try {
-      const { token } = await fetchToken(user);
+      const { token, user: subject } = await fetchToken(user);
       const client = new TidingsClient({
         url: wsUrl(),
         token,
@@ -43,7 +46,7 @@ export function App() {
         getToken: async () => (await fetchToken(user)).token,
       });
       sessionStorage.setItem('tidings-demo-user', user);
-      setSession({ user, client });
+      setSession({ user, subject, client });
     } catch (e) {
       setError((e as Error).message);
     } finally {
@@ -96,7 +99,7 @@ export function App() {
     );
   }
 
-  const { client, user } = session;
+  const { client, user, subject } = session;
   return (
     <div className="app">
       <header>
@@ -114,7 +117,7 @@ export function App() {
       </header>
       <Rooms client={client} user={user} />
       <aside>
-        <Notifications client={client} user={user} />
+        <Notifications client={client} user={subject} />
         <EventLog client={client} />
       </aside>
     </div>

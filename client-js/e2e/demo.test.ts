@@ -10,7 +10,8 @@ import { httpPublish, ROOT, sleep, startGateway, startRedis, waitFor, type Gatew
 
 const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const ARTIFACTS = resolve(ROOT, 'e2e/artifacts');
-const GW_ARGS = ['--demo', '--heartbeat-interval', '2s', '--drain-period', '300ms'];
+// Two nodes share one Redis in these tests: demo mode is told that is intended.
+const GW_ARGS = ['--demo', '--demo-unsafe', '--heartbeat-interval', '2s', '--drain-period', '300ms'];
 const STEP_MS = 15_000;
 
 // The whole run must end, whatever hangs: the harness kills every child on exit.
@@ -108,12 +109,13 @@ describe('demo app in Chromium', { timeout: 100_000 }, () => {
   });
 
   test('a notification published through the HTTP API appears in the notifications panel', async () => {
-    const receipt = await httpPublish(gw, { user: 'alice', event: 'notice', payload: { text: 'Your order shipped' } });
+    // Demo users are demo-<name>: alice's token names demo-alice.
+    const receipt = await httpPublish(gw, { user: 'demo-alice', event: 'notice', payload: { text: 'Your order shipped' } });
     assert.equal(receipt.nodes, 1);
     await alice.locator('[data-testid=notification]', { hasText: 'Your order shipped' }).waitFor();
     await waitText(alice, '[data-testid=unread-count]', /^1$/);
     assert.equal(await bob.locator('[data-testid=notification]').count(), 0, 'only alice gets it');
-    assert.match((await alice.getByTestId('curl-example').textContent()) ?? '', /api\/v1\/publish[\s\S]*"user":"alice"/);
+    assert.match((await alice.getByTestId('curl-example').textContent()) ?? '', /api\/v1\/publish[\s\S]*"user":"demo-alice"/);
   });
 
   test('the gateway restarts: the page reconnects, recovers, and shows what was published meanwhile', async () => {
@@ -130,9 +132,9 @@ describe('demo app in Chromium', { timeout: 100_000 }, () => {
     await waitText(alice, '[data-testid=connection-status]', /reconnect/);
 
     // While it is down, publish through another node sharing the same Redis.
-    const other = await startGateway({ redisPort: redis?.port ?? 0, args: ['--demo', '--drain-period', '100ms'] });
+    const other = await startGateway({ redisPort: redis?.port ?? 0, args: ['--demo', '--demo-unsafe', '--drain-period', '100ms'] });
     try {
-      await httpPublish(other, { user: 'alice', event: 'notice', payload: { text: 'Sent while you were away' } });
+      await httpPublish(other, { user: 'demo-alice', event: 'notice', payload: { text: 'Sent while you were away' } });
       await httpPublish(other, { channel: 'room:e2e', event: 'chat', payload: { text: 'missed chat line', from: 'backend' } });
     } finally {
       await other.proc.stop('SIGTERM');
