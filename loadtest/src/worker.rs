@@ -346,9 +346,17 @@ impl Client {
             timeout,
         )
         .await?;
-        let first = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .map_err(|_| anyhow!("no welcome in time"))?;
+        // WebSocket pings may precede the welcome (a slow broker); skip them.
+        let first = tokio::time::timeout_at(deadline, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .map_err(|_| anyhow!("no welcome in time"))?;
         match first {
             Some(Ok(Message::Text(t))) => {
                 let kind = payload::decode(t.as_str()).map(|f| f.kind.to_owned());

@@ -587,14 +587,23 @@ impl Client {
         )
         .await
         .map_err(|e| End::Closed(connect_reason(&e), format!("{e:#}")))?;
-        let first = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .map_err(|_| {
-                End::Closed(
-                    "connect: no welcome".into(),
-                    format!("no welcome within {timeout:?}"),
-                )
-            })?;
+        // WebSocket pings may come first (the gateway pings while a slow broker
+        // delays the welcome); tungstenite answers them.
+        let first = tokio::time::timeout_at(deadline, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .map_err(|_| {
+            End::Closed(
+                "connect: no welcome".into(),
+                format!("no welcome within {timeout:?}"),
+            )
+        })?;
         let text = match first {
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Close(f))) => {
