@@ -16,6 +16,7 @@ impl Payload {
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         check_depth(text)?;
         let raw: Box<RawValue> = serde_json::from_str(text)?;
+        check_msgpack(raw.get())?;
         Ok(Self(Arc::from(raw)))
     }
 
@@ -64,6 +65,22 @@ fn check_depth<E: serde::de::Error>(text: &str) -> Result<(), E> {
     }
 }
 
+/// JSON text must also be deliverable as MessagePack. serde_json accepts a
+/// `RawValue` without converting its scalars, so it lets through numbers that no
+/// `f64` holds (`1e400`) and lone UTF-16 surrogates in escapes (`"\ud800"`), which
+/// transcoding for MessagePack subscribers then refuses (found by fuzzing:
+/// docs/fuzzing.md). Transcoding into a sink is that same conversion; the depth check
+/// before it bounds its recursion.
+fn check_msgpack<E: serde::de::Error>(text: &str) -> Result<(), E> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut sink = rmp_serde::Serializer::new(std::io::sink());
+    serde_transcode::transcode(&mut de, &mut sink).map_err(|e| {
+        E::custom(format_args!(
+            "payload is not deliverable as MessagePack: {e}"
+        ))
+    })
+}
+
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Payload({} bytes)", self.len())
@@ -91,12 +108,16 @@ impl Serialize for Payload {
 impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = if deserializer.is_human_readable() {
-            Box::<RawValue>::deserialize(deserializer)?
+            let raw = Box::<RawValue>::deserialize(deserializer)?;
+            check_depth(raw.get())?;
+            check_msgpack(raw.get())?;
+            raw
         } else {
             let value = serde_json::Value::deserialize(deserializer)?;
-            serde_json::value::to_raw_value(&value).map_err(serde::de::Error::custom)?
+            let raw = serde_json::value::to_raw_value(&value).map_err(serde::de::Error::custom)?;
+            check_depth(raw.get())?;
+            raw
         };
-        check_depth(raw.get())?;
         Ok(Self(Arc::from(raw)))
     }
 }
@@ -114,6 +135,44 @@ mod tests {
         let back: Payload = rmp_serde::from_slice(&m).unwrap();
         assert_eq!(back.json(), r#"{"a":[1,-2,3.5,"x",null,true]}"#);
         assert!(Payload::from_json("{").is_err());
+    }
+
+    #[test]
+    fn payloads_that_messagepack_cannot_carry_are_refused() {
+        // Found by fuzzing (docs/fuzzing.md): valid for a RawValue, not transcodable.
+        for text in ["1e400", "[-1e400]", r#""\ud800""#, r#"{"\ud979":true}"#] {
+            let e = Payload::from_json(text).unwrap_err().to_string();
+            assert!(e.contains("not deliverable as MessagePack"), "{text}: {e}");
+            let j = format!(r#"{{"p":{text}}}"#);
+            #[derive(Deserialize)]
+            struct Holder {
+                #[allow(dead_code)]
+                p: Payload,
+            }
+            assert!(serde_json::from_str::<Holder>(&j).is_err(), "{j}");
+        }
+        for text in ["1e308", "18446744073709551616", "-0", r#""\ud83d\ude00""#] {
+            let p = Payload::from_json(text).unwrap();
+            rmp_serde::to_vec_named(&p).unwrap();
+        }
+    }
+
+    #[test]
+    fn floats_survive_the_json_text_exactly() {
+        // Found by fuzzing (docs/fuzzing.md): without serde_json's float_roundtrip
+        // these came back one ulp off for MessagePack subscribers.
+        for x in [
+            9.091453593303956e276_f64,
+            -1.3631157189680623e57,
+            3.004444444444445e51,
+            0.1,
+        ] {
+            let m = rmp_serde::to_vec(&[x]).unwrap();
+            let p: Payload = rmp_serde::from_slice(&m).unwrap();
+            let back: Vec<f64> =
+                rmp_serde::from_slice(&rmp_serde::to_vec_named(&p).unwrap()).unwrap();
+            assert_eq!(back[0].to_bits(), x.to_bits(), "{x:e} became {:e}", back[0]);
+        }
     }
 
     #[test]
