@@ -282,7 +282,12 @@ async fn http_bodies_heads_and_pending_connections_are_bounded() {
     // Connections that never send anything take the pending slots (on a node
     // that waits longer for them, so the test sees them pending)...
     let gw = Gateway::builder()
-        .args(&["--handshake-timeout", "10s", "--max-pending-connections", "3"])
+        .args(&[
+            "--handshake-timeout",
+            "10s",
+            "--max-pending-connections",
+            "3",
+        ])
         .start()
         .await;
     let mut idle = Vec::new();
