@@ -126,9 +126,75 @@ pub enum Via {
     Http,
 }
 
+/// The server under test.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerKind {
+    /// A Tidings gateway (--spawn-gateway PATH, or --url of a running one).
+    #[default]
+    Tidings,
+    /// Nchan in an nginx that loadtest starts itself (memory store, no Redis):
+    /// WebSocket subscribers at /sub/<channel>, HTTP publish to /pub/<channel>.
+    Nchan,
+}
+
+/// How a run's publisher spaces its publish calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// One notification per publish call (one SDK publish, or one HTTP request), each
+    /// at its own time: call i is due at i/rate seconds, kept by a timer thread with
+    /// sub-millisecond precision (as backends publish, one event at a time).
+    Paced,
+    /// Whatever is due at each 1 ms timer tick goes out as one call (one Redis
+    /// pipeline, or one HTTP batch request), up to --batch messages.
+    Batched,
+}
+
+/// Where the nginx with Nchan comes from and how it runs (with --server nchan).
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct NchanOpts {
+    /// The nginx binary [default: `nginx` on the PATH, else /usr/sbin/nginx].
+    #[arg(
+        long,
+        value_name = "PATH",
+        help_heading = "Nchan (with --server nchan)"
+    )]
+    pub nginx: Option<PathBuf>,
+    /// Nchan's dynamic module, loaded with `load_module`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = crate::nchan::DEFAULT_MODULE,
+        help_heading = "Nchan (with --server nchan)"
+    )]
+    pub nchan_module: PathBuf,
+    /// nginx worker processes (`worker_processes`).
+    #[arg(
+        long,
+        default_value_t = 1,
+        help_heading = "Nchan (with --server nchan)"
+    )]
+    pub nginx_workers: usize,
+    /// Extra directive for nginx's `http` block, repeatable (e.g.
+    /// --nginx-directive 'nchan_message_buffer_length 0;').
+    #[arg(
+        long = "nginx-directive",
+        value_name = "LINE",
+        allow_hyphen_values = true,
+        help_heading = "Nchan (with --server nchan)"
+    )]
+    pub nginx_directives: Vec<String>,
+}
+
 /// Options every scenario has.
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct Common {
+    /// The server under test (nchan: idle, fanout and targeted only).
+    #[arg(long, value_enum, default_value_t = ServerKind::Tidings)]
+    pub server: ServerKind,
+    #[command(flatten)]
+    pub nchan: NchanOpts,
     /// Gateway WebSocket URL(s), comma-separated, used round-robin (127.0.0.0/8 only).
     #[arg(long, value_delimiter = ',')]
     pub url: Vec<String>,
@@ -216,6 +282,9 @@ impl Common {
         if self.connections == 0 || self.connections > MAX_CONNECTIONS {
             bail!("--connections must be 1..={MAX_CONNECTIONS}");
         }
+        if self.server == ServerKind::Nchan {
+            return self.validate_nchan();
+        }
         if self.spawn_gateway.is_none() && self.url.is_empty() {
             bail!("give --url of a running gateway, or --spawn-gateway PATH");
         }
@@ -245,6 +314,53 @@ impl Common {
         }
         if let Some(r) = &self.redis_url {
             crate::conn::ensure_loopback_redis(r)?;
+        }
+        Ok(())
+    }
+}
+
+impl Common {
+    /// `--server nchan`: loadtest starts nginx itself; nothing of a gateway applies.
+    fn validate_nchan(&self) -> Result<()> {
+        let gateway_only = [
+            (!self.url.is_empty(), "--url"),
+            (self.spawn_gateway.is_some(), "--spawn-gateway"),
+            (self.gateways.is_some(), "--gateways"),
+            (!self.gateway_args.is_empty(), "--gateway-arg"),
+            (!self.gateway_pid.is_empty(), "--gateway-pid"),
+            (self.history.is_some(), "--history"),
+            (self.redis, "--redis"),
+            (self.redis_url.is_some(), "--redis-url"),
+        ];
+        for (given, what) in gateway_only {
+            if given {
+                bail!("{what} is for Tidings gateways: --server nchan starts its own nginx");
+            }
+        }
+        let workers = self.nchan.nginx_workers;
+        if !(1..=16).contains(&workers) {
+            bail!("--nginx-workers must be 1..=16");
+        }
+        let most = crate::nchan::MAX_CONNECTIONS_PER_WORKER * workers;
+        if self.connections > most {
+            bail!(
+                "--server nchan holds at most {most} connections with {workers} nginx worker(s) \
+                 (one process's open files)"
+            );
+        }
+        if self.concurrency == 0 || self.per_process == 0 || self.per_source_ip == 0 {
+            bail!("--concurrency, --per-process and --per-source-ip must be positive");
+        }
+        if self.per_source_ip > 28_000 {
+            bail!("--per-source-ip above 28000 would run out of ephemeral ports");
+        }
+        if self.payload_size > 60_000 {
+            bail!("--payload-size must be at most 60000");
+        }
+        for d in &self.nchan.nginx_directives {
+            if d.contains(['{', '}']) {
+                bail!("--nginx-directive takes simple directives (no blocks): `{d}`");
+            }
         }
         Ok(())
     }
@@ -286,8 +402,9 @@ pub struct FanoutArgs {
     /// Messages per second.
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
-    #[arg(long, value_enum, default_value_t = Via::Redis)]
-    pub via: Via,
+    /// How messages reach the server [default: redis for Tidings, http for Nchan].
+    #[arg(long, value_enum)]
+    pub via: Option<Via>,
     /// The channel every client subscribes to.
     #[arg(long, default_value = "bench")]
     pub channel: String,
@@ -303,16 +420,47 @@ pub struct TargetedArgs {
     /// How long to publish.
     #[arg(long, default_value = "30s")]
     pub duration: Dur,
-    #[arg(long, value_enum, default_value_t = Via::Redis)]
-    pub via: Via,
-    /// Most messages per publish call (one Redis pipeline or one HTTP batch).
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Publish calls in flight at once. Above 1, calls travel on different Redis
+    /// How messages reach the server [default: redis for Tidings, http for Nchan].
+    #[arg(long, value_enum)]
+    pub via: Option<Via>,
+    /// paced: one notification per publish call, evenly spaced; batched: what is due
+    /// at each 1 ms tick in one call (Tidings only).
+    #[arg(long, value_enum, default_value_t = PublishMode::Paced)]
+    pub publish_mode: PublishMode,
+    /// Most messages per publish call with --publish-mode batched (one Redis
+    /// pipeline or one HTTP batch) [default: 32].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Publish calls in flight at once. Above 1, calls travel on different
     /// connections and two messages to one user may be published out of order by
     /// loadtest itself (counted as out of order).
     #[arg(long, default_value_t = 1)]
     pub inflight: usize,
+}
+
+impl TargetedArgs {
+    /// Messages per publish call.
+    pub fn batch(&self) -> usize {
+        match self.publish_mode {
+            PublishMode::Paced => 1,
+            PublishMode::Batched => self.batch.unwrap_or(DEFAULT_BATCH),
+        }
+    }
+}
+
+/// Messages per call of `targeted --publish-mode batched` unless --batch says.
+pub const DEFAULT_BATCH: usize = 32;
+
+/// The way messages reach the server: as given, or the server's default (the SDK
+/// through Redis for Tidings, HTTP for Nchan, which has no other).
+pub fn via_for(via: Option<Via>, server: ServerKind) -> Result<Via> {
+    match (server, via) {
+        (ServerKind::Tidings, v) => Ok(v.unwrap_or(Via::Redis)),
+        (ServerKind::Nchan, None | Some(Via::Http)) => Ok(Via::Http),
+        (ServerKind::Nchan, Some(Via::Redis)) => {
+            bail!("Nchan is published to over HTTP only: drop --via redis")
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args, Serialize)]
@@ -377,10 +525,26 @@ impl Scenario {
             }
             Ok(())
         };
+        if let Some(c) = self.common()
+            && c.server == ServerKind::Nchan
+            && !matches!(
+                self,
+                Scenario::Idle(_) | Scenario::Fanout(_) | Scenario::Targeted(_)
+            )
+        {
+            bail!(
+                "--server nchan runs the idle, fanout and targeted scenarios, not {}",
+                self.name()
+            );
+        }
         match self {
             Scenario::Idle(a) => within(a.hold, "--hold", &a.common),
             Scenario::Fanout(a) => {
                 check_rate(a.rate)?;
+                via_for(a.via, a.common.server)?;
+                if a.common.server == ServerKind::Nchan {
+                    crate::nchan::validate_channel(&a.channel)?;
+                }
                 if a.messages == 0 || a.messages > MAX_MESSAGES {
                     bail!("--messages must be 1..={MAX_MESSAGES}");
                 }
@@ -396,9 +560,16 @@ impl Scenario {
                 if a.rate * a.duration.0.as_secs_f64() > MAX_MESSAGES as f64 {
                     bail!("more than {MAX_MESSAGES} messages: lower --rate or --duration");
                 }
-                if a.batch == 0 || a.batch > 100 || a.inflight == 0 {
+                if a.batch.is_some_and(|b| b == 0 || b > 100) || a.inflight == 0 {
                     bail!("--batch must be 1..=100 and --inflight positive");
                 }
+                if a.publish_mode == PublishMode::Paced && a.batch.is_some() {
+                    bail!("--batch applies to --publish-mode batched (paced sends one per call)");
+                }
+                if a.common.server == ServerKind::Nchan && a.publish_mode == PublishMode::Batched {
+                    bail!("Nchan has no batch publish: use --publish-mode paced");
+                }
+                via_for(a.via, a.common.server)?;
                 Ok(())
             }
             Scenario::Chat(a) => {

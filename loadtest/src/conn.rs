@@ -205,8 +205,20 @@ pub async fn open_tcp(
 /// `tidings.json` subprotocol, all within `timeout`.
 pub async fn connect(
     target: &Target,
-    (source, idx, per_ip): (Ipv4Addr, usize, usize),
+    from: (Ipv4Addr, usize, usize),
     token: &str,
+    read_buffer: usize,
+    timeout: Duration,
+) -> Result<Ws> {
+    connect_ws(target, from, Some(token), read_buffer, timeout).await
+}
+
+/// [`connect`], with a gateway's token and subprotocol (`Some(token)`) or as a
+/// plain WebSocket client (`None`: Nchan's subscribers).
+pub async fn connect_ws(
+    target: &Target,
+    (source, idx, per_ip): (Ipv4Addr, usize, usize),
+    token: Option<&str>,
     read_buffer: usize,
     timeout: Duration,
 ) -> Result<Ws> {
@@ -219,15 +231,17 @@ pub async fn connect(
             .as_str()
             .into_client_request()
             .context("request")?;
-        let headers = req.headers_mut();
-        headers.insert(
-            "Authorization",
-            HeaderValue::from_str(&format!("Bearer {token}")).context("token header")?,
-        );
-        headers.insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(protocol::frame::JSON_PROTOCOL),
-        );
+        if let Some(token) = token {
+            let headers = req.headers_mut();
+            headers.insert(
+                "Authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).context("token header")?,
+            );
+            headers.insert(
+                "Sec-WebSocket-Protocol",
+                HeaderValue::from_static(protocol::frame::JSON_PROTOCOL),
+            );
+        }
         let (ws, _resp) =
             tokio_tungstenite::client_async_with_config(req, stream, Some(ws_config(read_buffer)))
                 .await

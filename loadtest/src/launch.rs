@@ -1,6 +1,7 @@
 //! What a run measures: gateway processes and a Redis that loadtest starts itself
 //! (on 127.0.0.1, free ports; stopped when the run ends) or existing ones it
-//! attaches to, plus the Redis queries a run needs (its pid, subscription counts).
+//! attaches to, or an nginx with Nchan (`--server nchan`, see [`crate::nchan`]),
+//! plus the Redis queries a run needs (its pid, subscription counts).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -12,8 +13,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::time::Instant;
 
-use crate::cli::Common;
+use crate::cli::{Common, ServerKind};
 use crate::conn::Target;
+use crate::nchan::Nginx;
 
 /// A gateway started for the run; killed on drop.
 struct GatewayProc {
@@ -28,9 +30,14 @@ impl Drop for GatewayProc {
     }
 }
 
-/// The gateways and Redis of one run.
+/// The gateways and Redis (or the nginx with Nchan) of one run.
 pub struct Env {
+    pub server: ServerKind,
+    /// WebSocket URLs: a gateway's `/ws`, or Nchan's subscriber prefix
+    /// (`ws://127.0.0.1:PORT/sub`, the channel appended per client).
     pub targets: Vec<Target>,
+    /// The server processes measured from /proc: the gateways, or nginx's master
+    /// and workers.
     pub gateway_pids: Vec<u32>,
     pub redis_url: Option<String>,
     pub redis_pid: Option<u32>,
@@ -39,12 +46,14 @@ pub struct Env {
     pub spawned: bool,
     gateways: Vec<GatewayProc>,
     _redis: Option<testkit::RedisServer>,
+    pub nginx: Option<Nginx>,
 }
 
 impl Env {
     /// Starts or attaches to what `c` names.
     pub async fn setup(c: &Common) -> Result<Env> {
         let mut env = Env {
+            server: c.server,
             targets: Vec::new(),
             gateway_pids: c.gateway_pid.clone(),
             redis_url: c.redis_url.clone(),
@@ -54,7 +63,19 @@ impl Env {
             spawned: c.spawn_gateway.is_some(),
             gateways: Vec::new(),
             _redis: None,
+            nginx: None,
         };
+        if c.server == ServerKind::Nchan {
+            let nginx = Nginx::start(&c.nchan, c.connections).await?;
+            env.gateway_pids = nginx.pids();
+            env.targets.push(Target::parse(&format!(
+                "ws://{}{}",
+                nginx.addr,
+                crate::nchan::SUB_PREFIX
+            ))?);
+            env.nginx = Some(nginx);
+            return Ok(env);
+        }
         if c.redis {
             which("redis-server")
                 .context("--redis needs redis-server on the PATH (apt-get install redis-server)")?;
@@ -85,6 +106,11 @@ impl Env {
 
     /// Whether a started gateway has exited (a crash during the run), with its last logs.
     pub fn crashed(&mut self) -> Option<String> {
+        if let Some(n) = &mut self.nginx
+            && let Some(why) = n.crashed()
+        {
+            return Some(why);
+        }
         for g in &mut self.gateways {
             if let Ok(Some(status)) = g.child.try_wait() {
                 let logs: Vec<String> = g

@@ -1,15 +1,17 @@
 //! Load generator and benchmark harness for Tidings gateways, as a library so the
 //! smoke tests drive it in-process; `main.rs` is a thin command-line wrapper.
 //!
-//! A run starts (or attaches to) gateways and Redis on loopback, opens N WebSocket
-//! connections from 127.0.0.2, 127.0.0.3, ... in one or several processes, drives
-//! one scenario, and reports deliveries, losses, latency and the gateway's cost.
+//! A run starts (or attaches to) gateways and Redis on loopback, or an nginx with
+//! Nchan for comparison (`--server nchan`), opens N WebSocket connections from
+//! 127.0.0.2, 127.0.0.3, ... in one or several processes, drives one scenario, and
+//! reports deliveries, losses, latency and the server's cost.
 
 pub mod chart;
 pub mod cli;
 pub mod conn;
 pub mod floor;
 pub mod launch;
+pub mod nchan;
 pub mod payload;
 pub mod pool;
 pub mod procfs;

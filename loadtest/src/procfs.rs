@@ -52,6 +52,39 @@ pub fn sample(pid: u32) -> Result<Sample> {
     })
 }
 
+/// The name (`comm`) and the fields after it of `/proc/<pid>/stat`.
+fn stat_fields(pid: u32) -> Option<(String, Vec<String>)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    Some((name, rest.split_whitespace().map(str::to_owned).collect()))
+}
+
+/// The parent of a process.
+pub fn parent(pid: u32) -> Option<u32> {
+    // After the name: state, then ppid (field 4 in proc(5)).
+    stat_fields(pid)?.1.get(1)?.parse().ok()
+}
+
+/// The name of a process (`comm`).
+pub fn name(pid: u32) -> Option<String> {
+    stat_fields(pid).map(|(n, _)| n)
+}
+
+/// The processes whose parent is `pid` (e.g. nginx's workers), lowest pid first.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<u32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| parent(*p) == Some(pid))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
 /// CPU used between two samples, in microseconds, and as a percentage of one core.
 pub fn cpu_between(a: &Sample, b: &Sample) -> (u64, f64) {
     let used = b.cpu_us.saturating_sub(a.cpu_us);
@@ -115,5 +148,14 @@ mod tests {
         let s = sample(std::process::id());
         assert!(s.is_ok_and(|s| s.rss > 0));
         assert!(machine().nproc >= 1);
+        let me = std::process::id();
+        assert!(parent(me).is_some_and(|p| p > 0));
+        assert!(name(me).is_some_and(|n| !n.is_empty()));
+        let child = std::process::Command::new("sleep").arg("5").spawn();
+        if let Ok(mut c) = child {
+            assert!(children(me).contains(&c.id()));
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

@@ -1,5 +1,8 @@
-//! Publishing the load: through the publisher SDK straight to Redis, or through a
-//! gateway's HTTP publish API, paced at a fixed rate with bounded calls in flight.
+//! Publishing the load: through the publisher SDK straight to Redis, through a
+//! gateway's HTTP publish API, or to Nchan's HTTP publisher location, at a fixed
+//! rate with bounded calls in flight: one message per call at its own time
+//! ([`PublishMode::Paced`]) or what is due at each timer tick in one call
+//! ([`PublishMode::Batched`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+pub use crate::cli::PublishMode;
 use crate::stats::Hist;
 
 /// Where one message goes.
@@ -41,6 +45,19 @@ pub const EVENT: &str = "bench";
 pub enum Sink {
     Sdk(Publisher),
     Http(Arc<HttpApi>),
+    /// Nchan's publisher location: one `POST /pub/<channel>` per message, the
+    /// payload as the body (what its WebSocket subscribers receive as is).
+    Nchan(Arc<HttpApi>),
+}
+
+/// Nchan's channel for a target: users and channels by name (Nchan has no
+/// broadcast: loadtest publishes to every user's channel instead).
+pub fn nchan_channel(to: &To) -> Result<&str> {
+    match to {
+        To::User(u) => Ok(u),
+        To::Channel(c) => Ok(c),
+        To::Broadcast => bail!("Nchan has no broadcast channel"),
+    }
 }
 
 impl Sink {
@@ -62,15 +79,62 @@ impl Sink {
     pub fn http(addr: SocketAddr, api_key: &str) -> Sink {
         Sink::Http(Arc::new(HttpApi {
             addr,
-            auth: format!("Bearer {api_key}"),
+            headers: format!(
+                "Authorization: Bearer {api_key}\r\nContent-Type: application/json\r\n"
+            ),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Nchan's publisher at `addr` (`/pub/<channel>`); asks for the channel's
+    /// figures as JSON, whose `subscribers` says how many got the message.
+    pub fn nchan(addr: SocketAddr) -> Sink {
+        Sink::Nchan(Arc::new(HttpApi {
+            addr,
+            headers: "Accept: text/json\r\nContent-Type: application/json\r\n".to_owned(),
             idle: std::sync::Mutex::new(Vec::new()),
         }))
     }
 
     /// Publishes the messages in one call (one Redis pipeline, or one HTTP request
-    /// or batch); returns, per message, how many nodes took it when known.
+    /// or batch; Nchan: one request per message, in turn); returns, per message,
+    /// how many nodes (Tidings via Redis) or subscribers (Nchan) took it when known.
     pub async fn send(&self, msgs: &[Msg]) -> Result<Vec<Option<u64>>> {
         match self {
+            Sink::Sdk(p) if msgs.len() == 1 => {
+                // One notification: the SDK's own one-publish call.
+                let m = &msgs[0];
+                let publish = match &m.to {
+                    To::User(u) => p.to_user(u.as_str()),
+                    To::Channel(c) => p.to_channel(c.as_str()),
+                    To::Broadcast => p.broadcast(),
+                };
+                let r = publish
+                    .event(EVENT)
+                    .raw_payload(&m.payload)
+                    .send()
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?;
+                Ok(r.per_target.into_iter().map(Some).collect())
+            }
+            Sink::Nchan(api) => {
+                let mut out = Vec::with_capacity(msgs.len());
+                for m in msgs {
+                    let path = format!("/pub/{}", nchan_channel(&m.to)?);
+                    let (status, reply) = api.post(&path, &m.payload).await?;
+                    // 201: published with subscribers present, 202: queued, none present.
+                    if status != 201 && status != 202 {
+                        bail!(
+                            "Nchan answered HTTP {status}: {}",
+                            reply.chars().take(200).collect::<String>()
+                        );
+                    }
+                    out.push(Some(
+                        nchan_subscribers(&reply).unwrap_or(if status == 201 { 1 } else { 0 }),
+                    ));
+                }
+                Ok(out)
+            }
             Sink::Sdk(p) => {
                 let mut pubs = Vec::with_capacity(msgs.len());
                 for m in msgs {
@@ -121,15 +185,41 @@ impl Sink {
     }
 }
 
-/// A minimal keep-alive HTTP/1.1 client for the gateway's publish API.
+/// `subscribers` of Nchan's channel figures in JSON (`{"messages": 2, ...,
+/// "subscribers": 1, ...}`).
+pub fn nchan_subscribers(reply: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(reply).ok()?;
+    v.get("subscribers")?.as_u64()
+}
+
+/// A minimal keep-alive HTTP/1.1 client for a publish API (the gateway's, Nchan's).
 pub struct HttpApi {
     addr: SocketAddr,
-    auth: String,
+    /// Header lines sent with every request, each ending in CRLF.
+    headers: String,
     idle: std::sync::Mutex<Vec<TcpStream>>,
 }
 
 impl HttpApi {
+    /// A client for GETs (Nchan's status page).
+    pub fn new(addr: SocketAddr) -> HttpApi {
+        HttpApi {
+            addr,
+            headers: String::new(),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// `GET path`: status and body.
+    pub async fn get(&self, path: &str) -> Result<(u16, String)> {
+        self.request("GET", path, None).await
+    }
+
     async fn post(&self, path: &str, body: &str) -> Result<(u16, String)> {
+        self.request("POST", path, Some(body)).await
+    }
+
+    async fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, String)> {
         let reused = self.idle.lock().ok().and_then(|mut v| v.pop());
         let mut conn = match reused {
             Some(c) => c,
@@ -148,12 +238,18 @@ impl HttpApi {
                 s
             }
         };
-        let req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.addr,
-            self.auth,
-            body.len()
-        );
+        let req = match body {
+            Some(body) => format!(
+                "{method} {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Length: {}\r\n\r\n{body}",
+                self.addr,
+                self.headers,
+                body.len()
+            ),
+            None => format!(
+                "{method} {path} HTTP/1.1\r\nHost: {}\r\n{}\r\n",
+                self.addr, self.headers
+            ),
+        };
         let run = async {
             conn.write_all(req.as_bytes()).await?;
             let mut buf = Vec::with_capacity(1024);
@@ -164,7 +260,7 @@ impl HttpApi {
                 }
                 let n = conn.read(&mut chunk).await?;
                 if n == 0 {
-                    bail!("publish API closed the connection");
+                    bail!("{} closed the connection", self.addr);
                 }
                 buf.extend_from_slice(&chunk[..n]);
             };
@@ -212,40 +308,124 @@ pub struct Paced {
     pub sent: u64,
     pub ok: u64,
     pub failed: u64,
-    /// Messages Redis reported no subscribed node for.
+    /// Messages Redis (or Nchan) reported no subscribed node (subscriber) for.
     pub unrouted: u64,
+    /// Sum of the recipients each publish reported, where known (gateway nodes
+    /// for Tidings via Redis, subscribers for Nchan).
+    pub recipients: u64,
     pub errors: Vec<String>,
     /// Time of each publish call, microseconds.
     pub call: Hist,
+    /// How late each call started after the time its (first) message was due,
+    /// microseconds: how evenly the publisher kept to its schedule.
+    pub lag: Hist,
     pub elapsed: Duration,
     /// Per message index: whether it was published (for expected-delivery counts).
     pub ok_flags: Vec<bool>,
 }
 
+/// How a run publishes: `total` messages at `rate` per second, in `mode`, at most
+/// `batch` per call (batched mode) and `inflight` calls at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
+    pub rate: f64,
+    pub total: u64,
+    pub mode: PublishMode,
+    pub batch: usize,
+    pub inflight: usize,
+}
+
+impl Pacing {
+    /// One message per call at its own time, one call at a time.
+    pub fn paced(rate: f64, total: u64) -> Pacing {
+        Pacing {
+            rate,
+            total,
+            mode: PublishMode::Paced,
+            batch: 1,
+            inflight: 1,
+        }
+    }
+}
+
 /// A finished publish call: first message index, count, result, microseconds.
 type CallDone = (u64, usize, Result<Vec<Option<u64>>>, u64);
 
-/// Publishes `total` messages at `rate` per second, built by `make(index)`; at most
-/// `batch` per call and `inflight` calls at once (1 keeps the publish order: calls
-/// in parallel go over different connections and may overtake each other). `progress` counts messages sent.
+/// A thread that keeps the schedule of [`PublishMode::Paced`]: at each message's
+/// due time (`start + i / rate`, slept to with `nanosleep`, so well under a
+/// millisecond off, where tokio's timer rounds up to whole milliseconds) it raises
+/// the count of messages due and wakes the publisher. Stops when dropped.
+struct Metronome {
+    due: Arc<AtomicU64>,
+    wake: Arc<tokio::sync::Notify>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Metronome {
+    fn start(start: std::time::Instant, rate: f64, total: u64) -> Result<Metronome> {
+        let m = Metronome {
+            due: Arc::new(AtomicU64::new(0)),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        };
+        let (due, wake, stop) = (m.due.clone(), m.wake.clone(), m.stop.clone());
+        std::thread::Builder::new()
+            .name("loadtest-pacer".into())
+            .spawn(move || {
+                let mut i = 0u64;
+                while i < total && !stop.load(Ordering::Relaxed) {
+                    let at = start + Duration::from_secs_f64(i as f64 / rate);
+                    let now = std::time::Instant::now();
+                    if at > now {
+                        // Short naps, so a dropped publisher stops this thread soon.
+                        std::thread::sleep((at - now).min(Duration::from_millis(50)));
+                        continue;
+                    }
+                    // Everything due by now (more than one only when this thread
+                    // was held up): the publisher sends each in its own call.
+                    let by_now = ((now - start).as_secs_f64() * rate) as u64 + 1;
+                    i = by_now.clamp(i + 1, total);
+                    due.store(i, Ordering::Release);
+                    wake.notify_one();
+                }
+            })
+            .context("cannot start the pacing thread")?;
+        Ok(m)
+    }
+}
+
+impl Drop for Metronome {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Publishes `p.total` messages at `p.rate` per second, built by `make(index)`
+/// right before their call (so the payload's timestamp is the publish time).
+///
+/// [`PublishMode::Paced`]: one message per call, message i due at `i / rate`
+/// seconds. [`PublishMode::Batched`]: at each 1 ms timer tick, what is due in
+/// calls of at most `p.batch` messages. In both, at most `p.inflight` calls at once
+/// (1 keeps the publish order: calls in parallel go over different connections and
+/// may overtake each other); a call that has to wait for a free slot starts late
+/// (see [`Paced::lag`]). `progress` counts messages sent.
 pub async fn pace(
     sink: Sink,
-    rate: f64,
-    total: u64,
-    batch: usize,
-    inflight: usize,
+    p: Pacing,
     mut make: impl FnMut(u64) -> Msg,
     progress: Arc<AtomicU64>,
 ) -> Paced {
+    let (rate, total) = (p.rate, p.total);
     let start = Instant::now();
-    let sem = Arc::new(Semaphore::new(inflight.max(1)));
+    let due_at = |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
+    let sem = Arc::new(Semaphore::new(p.inflight.max(1)));
     let mut calls: JoinSet<CallDone> = JoinSet::new();
     let mut out = Paced {
         ok_flags: vec![false; total as usize],
         ..Paced::default()
     };
     let mut sent = 0u64;
-    let settle = |out: &mut Paced, r: (u64, usize, Result<Vec<Option<u64>>>, u64)| {
+    let settle = |out: &mut Paced, r: CallDone| {
         let (first, n, res, us) = r;
         out.call.record(us);
         match res {
@@ -255,6 +435,7 @@ pub async fn pace(
                     out.ok_flags[first as usize + i] = true;
                 }
                 out.unrouted += per.iter().filter(|p| **p == Some(0)).count() as u64;
+                out.recipients += per.iter().flatten().sum::<u64>();
             }
             Err(e) => {
                 out.failed += n as u64;
@@ -264,18 +445,43 @@ pub async fn pace(
             }
         }
     };
+    let metronome = match p.mode {
+        PublishMode::Paced => match Metronome::start(start.into_std(), rate, total) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                out.failed = total;
+                out.errors.push(format!("{e:#}"));
+                return out;
+            }
+        },
+        PublishMode::Batched => None,
+    };
+    let per_call = match p.mode {
+        PublishMode::Paced => 1,
+        PublishMode::Batched => p.batch.max(1),
+    };
     while sent < total {
-        let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+        let due = match &metronome {
+            Some(m) => m.due.load(Ordering::Acquire),
+            None => ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total),
+        };
         if due <= sent {
-            let next = start + Duration::from_secs_f64(sent as f64 / rate);
-            tokio::time::sleep_until(next).await;
+            match &metronome {
+                Some(m) => m.wake.notified().await,
+                None => tokio::time::sleep_until(due_at(sent)).await,
+            }
             continue;
         }
         while sent < due {
-            let n = ((due - sent) as usize).min(batch.max(1));
+            let n = ((due - sent) as usize).min(per_call);
             let Ok(permit) = sem.clone().acquire_owned().await else {
                 break;
             };
+            out.lag.record(
+                Instant::now()
+                    .saturating_duration_since(due_at(sent))
+                    .as_micros() as u64,
+            );
             let msgs: Vec<Msg> = (sent..sent + n as u64).map(&mut make).collect();
             let sink = sink.clone();
             let first = sent;
@@ -292,6 +498,7 @@ pub async fn pace(
             }
         }
     }
+    drop(metronome);
     while let Some(r) = calls.join_next().await {
         if let Ok(r) = r {
             settle(&mut out, r);
@@ -300,4 +507,19 @@ pub async fn pace(
     out.sent = sent;
     out.elapsed = start.elapsed();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nchan_figures_are_read() {
+        let reply =
+            r#"{"messages": 2, "requested": -1, "subscribers": 3, "last_message_id": "1:1" }"#;
+        assert_eq!(nchan_subscribers(reply), Some(3));
+        assert_eq!(nchan_subscribers("queued messages: 1"), None);
+        assert!(nchan_channel(&To::Broadcast).is_err());
+        assert_eq!(nchan_channel(&To::User("lt-1".into())).ok(), Some("lt-1"));
+    }
 }

@@ -15,6 +15,9 @@ use crate::stats::Percentiles;
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,
+    /// The server under test: `tidings`, or `nchan` (then `gateway` holds nginx's
+    /// master and worker processes).
+    pub server: crate::cli::ServerKind,
     pub label: Option<String>,
     /// The scenario's options as given.
     pub params: serde_json::Value,
@@ -27,6 +30,10 @@ pub struct Report {
     pub latency_us: Percentiles,
     /// Time of each publish call (SDK pipeline or HTTP request), microseconds.
     pub publish_call_us: Option<Percentiles>,
+    /// How late each publish call started after its message was due,
+    /// microseconds (how evenly the publisher kept to its schedule).
+    pub publish_lag_us: Option<Percentiles>,
+    /// The server's cost: the gateways', or nginx's (master and workers) with Nchan.
     pub gateway: Option<GatewayCost>,
     pub redis: Option<ProcessCost>,
     pub loadtest: Option<ProcessCost>,
@@ -240,6 +247,16 @@ impl Report {
             None => self.scenario.clone(),
         };
         rows.push(("scenario".into(), title));
+        let server = match self.server {
+            crate::cli::ServerKind::Tidings => "gateway",
+            crate::cli::ServerKind::Nchan => "nginx",
+        };
+        if self.server == crate::cli::ServerKind::Nchan {
+            rows.push((
+                "server".into(),
+                "nchan (nginx master and workers measured)".into(),
+            ));
+        }
         rows.push((
             "machine".into(),
             format!(
@@ -269,9 +286,12 @@ impl Report {
         if let Some(p) = &self.publish_call_us {
             rows.push(("publish call".into(), pct(p)));
         }
+        if let Some(p) = &self.publish_lag_us {
+            rows.push(("publish lag".into(), pct(p)));
+        }
         if let Some(g) = &self.gateway {
             rows.push((
-                "gateway rss".into(),
+                format!("{server} rss"),
                 format!(
                     "{} before, {} connected, {} at end; {:.0} bytes ({:.2} KiB) per connection",
                     mib(g.rss_before_bytes),
@@ -291,7 +311,7 @@ impl Report {
             if let Some(x) = g.cpu_us_per_connect {
                 let _ = write!(cpu, "; {x:.1} us per connect");
             }
-            rows.push(("gateway cpu".into(), cpu));
+            rows.push((format!("{server} cpu"), cpu));
         }
         if let Some(r) = &self.redis {
             let mut s = format!("{:.1}% of a core", r.cpu_percent);

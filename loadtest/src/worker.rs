@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::cli::ServerKind;
 use crate::conn::{self, Target, Ws};
 use crate::payload;
 use crate::stats::{Cohort, Hist, SeqTracker};
@@ -55,6 +56,10 @@ pub struct GroupSpec {
     pub read_buffer: usize,
     pub token_ttl_secs: u64,
     pub connect_timeout_ms: u64,
+    /// Tidings (welcome, subscribe frames, message frames) or Nchan (a plain
+    /// WebSocket per channel, each frame a bare payload).
+    #[serde(default)]
+    pub server: ServerKind,
 }
 
 /// Whether client `idx` belongs to the cohort that drop commands disconnect:
@@ -243,8 +248,36 @@ impl Client {
         }
     }
 
+    /// Counts one delivered benchmark payload (its stream's sequence, latency).
+    fn delivered(&mut self, b: payload::Bench, now: u64) {
+        let src = b.src.unwrap_or(u64::MAX);
+        let pos = match self.streams.iter().position(|(s, _)| *s == src) {
+            Some(p) => p,
+            None => {
+                self.streams.push((src, SeqTracker::default()));
+                self.streams.len() - 1
+            }
+        };
+        let seen = self.streams[pos].1.see(b.seq);
+        let lat = now.saturating_sub(b.t);
+        let mut live = self.sh.live();
+        self.cohort(&mut live).count(seen);
+        live.stats.latency.record(lat);
+        live.interval_latency.record(lat);
+        live.interval_deliveries += 1;
+    }
+
     /// Handles one text frame; returns a frame to send back (a pong) if any.
     fn on_text(&mut self, text: &str) -> Option<&'static str> {
+        if self.sh.spec.server == ServerKind::Nchan {
+            // Nchan sends the published body as is.
+            let now = payload::now_micros();
+            match serde_json::from_str::<payload::Bench>(text) {
+                Ok(b) => self.delivered(b, now),
+                Err(_) => self.sh.live().stats.bad_frames += 1,
+            }
+            return None;
+        }
         let Some(f) = payload::decode(text) else {
             self.sh.live().stats.bad_frames += 1;
             return None;
@@ -266,21 +299,7 @@ impl Client {
                         self.epoch = Some(e.to_owned());
                     }
                 }
-                let src = b.src.unwrap_or(u64::MAX);
-                let pos = match self.streams.iter().position(|(s, _)| *s == src) {
-                    Some(p) => p,
-                    None => {
-                        self.streams.push((src, SeqTracker::default()));
-                        self.streams.len() - 1
-                    }
-                };
-                let seen = self.streams[pos].1.see(b.seq);
-                let lat = now.saturating_sub(b.t);
-                let mut live = self.sh.live();
-                self.cohort(&mut live).count(seen);
-                live.stats.latency.record(lat);
-                live.interval_latency.record(lat);
-                live.interval_deliveries += 1;
+                self.delivered(b, now);
                 None
             }
             "ping" => {
@@ -338,6 +357,20 @@ impl Client {
         let source = conn::source_ip(self.idx, spec.per_ip);
         let timeout = Duration::from_millis(spec.connect_timeout_ms);
         let deadline = Instant::now() + timeout;
+        if spec.server == ServerKind::Nchan {
+            // One WebSocket per channel at Nchan's subscriber location; subscribed
+            // once it is open (there is no welcome or subscribe frame).
+            let channel = self
+                .channel
+                .clone()
+                .unwrap_or_else(|| conn::user_id(self.idx));
+            let at = Target {
+                url: format!("{}/{channel}", target.url),
+                addr: target.addr,
+            };
+            let from = (source, self.idx, spec.per_ip);
+            return conn::connect_ws(&at, from, None, spec.read_buffer, timeout).await;
+        }
         let mut ws = conn::connect(
             target,
             (source, self.idx, spec.per_ip),

@@ -12,8 +12,12 @@ use loadtest::{Cli, Report};
 use testkit::RedisServer;
 
 /// The gateway binary next to this test's target directory (tests run from
-/// target/<profile>/deps/; `cargo test --workspace` builds the gateway there).
+/// target/<profile>/deps/; `cargo test --workspace` builds the gateway there), or
+/// the one `TIDINGS_GATEWAY_BIN` names (as for the gateway's black-box tests).
 fn gateway_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("TIDINGS_GATEWAY_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe
         .parent()
@@ -156,6 +160,92 @@ async fn targeted_reaches_each_user_in_order() {
     .await;
     assert_clean(&r);
     assert_eq!(r.delivery.as_ref().unwrap().expected, 1000);
+}
+
+/// The default publish mode of `targeted` is paced: one SDK publish per
+/// notification, each its own call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeted_paced_sends_one_notification_per_call() {
+    let redis = RedisServer::start().await;
+    let r = run(
+        &redis,
+        &[
+            "targeted",
+            "-n",
+            "200",
+            "--rate",
+            "1000",
+            "--duration",
+            "1s",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let table = r.table();
+    assert_eq!(r.params["publish_mode"], "paced", "{table}");
+    let d = r.delivery.as_ref().unwrap();
+    assert_eq!(d.published, 1000, "{table}");
+    let calls = r.publish_call_us.as_ref().expect("publish calls");
+    assert_eq!(calls.count, 1000, "one call per notification: {table}");
+    let lag = r.publish_lag_us.as_ref().expect("publish lag");
+    assert_eq!(lag.count, 1000, "{table}");
+}
+
+/// Paced through the gateway's HTTP API: one `POST /api/v1/publish` per notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeted_paced_through_the_http_api() {
+    let redis = RedisServer::start().await;
+    let r = run(
+        &redis,
+        &[
+            "targeted",
+            "-n",
+            "200",
+            "--rate",
+            "500",
+            "--duration",
+            "1s",
+            "--via",
+            "http",
+            "--publish-mode",
+            "paced",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let calls = r.publish_call_us.as_ref().expect("publish calls");
+    assert_eq!(calls.count, 500, "{}", r.table());
+}
+
+/// The batched mode stays selectable: what is due at each 1 ms tick goes out in one
+/// call, so at 2,000/s (two due per tick) there are fewer calls than messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeted_batched_publishes_what_is_due_per_tick() {
+    let redis = RedisServer::start().await;
+    let r = run(
+        &redis,
+        &[
+            "targeted",
+            "-n",
+            "200",
+            "--rate",
+            "2000",
+            "--duration",
+            "1s",
+            "--publish-mode",
+            "batched",
+            "--batch",
+            "8",
+        ],
+    )
+    .await;
+    assert_clean(&r);
+    let table = r.table();
+    assert_eq!(r.params["publish_mode"], "batched", "{table}");
+    assert_eq!(r.delivery.as_ref().unwrap().published, 2000, "{table}");
+    let calls = r.publish_call_us.as_ref().expect("publish calls");
+    assert!(calls.count < 2000, "{table}");
+    assert!(calls.count >= 2000 / 8, "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

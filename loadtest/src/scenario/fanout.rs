@@ -1,14 +1,15 @@
-//! `fanout`: every connection subscribed to one channel; M messages at R/s through
-//! the publisher SDK (Redis) or the gateway's HTTP API. Measures the gateway's CPU
-//! per delivery and publish-to-delivery latency.
+//! `fanout`: every connection subscribed to one channel; M messages at R/s, one per
+//! publish call at evenly spaced times, through the publisher SDK (Redis) or the
+//! gateway's HTTP API, or to Nchan's HTTP publisher. Measures the server's CPU per
+//! delivery and publish-to-delivery latency.
 
 use anyhow::Result;
 use tokio::time::Instant;
 
 use super::Run;
-use crate::cli::FanoutArgs;
+use crate::cli::{FanoutArgs, via_for};
 use crate::payload;
-use crate::publish::{Msg, To};
+use crate::publish::{Msg, Pacing, To};
 use crate::report::Report;
 use crate::worker::SubscribeTo;
 
@@ -23,7 +24,7 @@ pub async fn run(a: &FanoutArgs) -> Result<Report> {
         .await?;
     pool.pump(run.common.settle.0).await?;
     let connected = run.gateway_sample();
-    let sink = run.sink(a.via)?;
+    let sink = run.sink(via_for(a.via, a.common.server)?)?;
     let (g0, r0, l0) = (
         run.gateway_sample(),
         run.redis_sample(),
@@ -32,10 +33,15 @@ pub async fn run(a: &FanoutArgs) -> Result<Report> {
     let t0 = Instant::now();
     let (channel, size) = (a.channel.clone(), run.common.payload_size);
     let paced = run
-        .publish(&mut pool, sink, a.rate, a.messages, 1, 1, move |i| Msg {
-            to: To::Channel(channel.clone()),
-            payload: payload::make(i, None, size),
-        })
+        .publish(
+            &mut pool,
+            sink,
+            Pacing::paced(a.rate, a.messages),
+            move |i| Msg {
+                to: To::Channel(channel.clone()),
+                payload: payload::make(i, None, size),
+            },
+        )
         .await?;
     let expected = paced.ok * pool.totals().steady.clients;
     run.finish_paced(

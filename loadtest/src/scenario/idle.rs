@@ -24,6 +24,7 @@ pub async fn run(a: &IdleArgs) -> Result<Report> {
     run.check_time()?;
     let held = run.gateway_sample();
     let (r1, l1) = (run.redis_sample(), run.loadtest_sample());
+    run.note_server().await;
     let checked = if a.probe_messages > 0 {
         Some(probe(&mut run, &mut pool, a.probe_messages, conn.ok).await?)
     } else {

@@ -19,12 +19,12 @@ use anyhow::{Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::time::Instant;
 
-use crate::cli::{Common, Via};
+use crate::cli::{Common, ServerKind, Via};
 use crate::launch::{self, Env};
 use crate::payload;
 use crate::pool::{Pool, Timeline, Totals};
 use crate::procfs::{self, Sample};
-use crate::publish::{self, Msg, Paced, Sink};
+use crate::publish::{self, Msg, Paced, Pacing, Sink};
 use crate::report::{Connections, Delivery, GatewayCost, ProcessCost, Report, points};
 use crate::stats::Cohort;
 use crate::worker::{GroupSpec, GroupStats, PhaseResult, SubscribeTo};
@@ -43,6 +43,8 @@ pub struct Run {
     pub deadline: Instant,
     pub notes: Vec<String>,
     pub worker_pids: Vec<u32>,
+    /// Connections opened by [`Run::connect`].
+    pub connected: u64,
 }
 
 fn bar(len: u64, quiet: bool, msg: &str) -> ProgressBar {
@@ -77,6 +79,7 @@ impl Run {
             deadline: start + common.max_duration.0,
             notes: Vec::new(),
             worker_pids: Vec::new(),
+            connected: 0,
         })
     }
 
@@ -112,6 +115,7 @@ impl Run {
             read_buffer: c.client_read_buffer,
             token_ttl_secs: c.max_duration.0.as_secs() + 600,
             connect_timeout_ms: c.connect_timeout.0.as_millis() as u64,
+            server: c.server,
         };
         let pool = Pool::start(spec, c.per_process, c.worker_exe.clone()).await?;
         self.worker_pids = pool.worker_pids.clone();
@@ -133,6 +137,7 @@ impl Run {
         if phase.ok == 0 {
             bail!("no connection could be opened: {:?}", phase.errors);
         }
+        self.connected = phase.ok;
         if phase.failed > 0 {
             self.notes.push(format!(
                 "{} of {} connections failed, e.g. {:?}",
@@ -142,8 +147,20 @@ impl Run {
         Ok(phase)
     }
 
-    /// Waits until Redis routes every channel to a gateway (no-op without Redis).
+    /// Waits until Redis routes every channel to a gateway (no-op without Redis);
+    /// with Nchan, until it counts a subscriber for every open connection.
     pub async fn wait_routes(&mut self, pool: &mut Pool, channels: &[String]) -> Result<()> {
+        if let Some(nginx) = &self.env.nginx {
+            let within = Duration::from_secs(30).min(self.left());
+            let want = self.connected;
+            let got = pool.drive(nginx.wait_subscribers(want, within)).await??;
+            if got < want {
+                self.notes.push(format!(
+                    "Nchan counted {got} subscribers of {want} connections after {within:?}"
+                ));
+            }
+            return Ok(());
+        }
         let Some(url) = self.env.redis_url.clone() else {
             return Ok(());
         };
@@ -183,6 +200,12 @@ impl Run {
     }
 
     pub fn sink(&self, via: Via) -> Result<Sink> {
+        if let Some(nginx) = &self.env.nginx {
+            if via != Via::Http {
+                bail!("Nchan is published to over HTTP only");
+            }
+            return Ok(Sink::nchan(nginx.addr));
+        }
         match via {
             Via::Redis => match &self.env.redis_url {
                 Some(url) => Sink::sdk(url, self.common.history.as_deref()),
@@ -198,28 +221,16 @@ impl Run {
     }
 
     /// Publishes while keeping up with the clients' events.
-    #[allow(clippy::too_many_arguments)]
     pub async fn publish(
         &mut self,
         pool: &mut Pool,
         sink: Sink,
-        rate: f64,
-        total: u64,
-        batch: usize,
-        inflight: usize,
+        pacing: Pacing,
         make: impl FnMut(u64) -> Msg + Send + 'static,
     ) -> Result<Paced> {
         let progress = Arc::new(AtomicU64::new(0));
-        let pb = bar(total, self.common.quiet, "publishing");
-        let task = tokio::spawn(publish::pace(
-            sink,
-            rate,
-            total,
-            batch,
-            inflight,
-            make,
-            progress.clone(),
-        ));
+        let pb = bar(pacing.total, self.common.quiet, "publishing");
+        let task = tokio::spawn(publish::pace(sink, pacing, make, progress.clone()));
         tokio::pin!(task);
         let bound = self.left();
         let deadline = Instant::now() + bound;
@@ -276,6 +287,7 @@ impl Run {
         let sources = (c.connections.saturating_sub(1) / c.per_source_ip) as u64 + 1;
         Report {
             scenario: self.scenario.to_owned(),
+            server: c.server,
             label: c.label.clone(),
             params: self.params.clone(),
             machine: procfs::machine(),
@@ -295,6 +307,7 @@ impl Run {
             delivery: None,
             latency_us: stats.latency.summary(),
             publish_call_us: None,
+            publish_lag_us: None,
             gateway: None,
             redis: None,
             loadtest: None,
@@ -381,6 +394,7 @@ impl Run {
             self.redis_sample(),
             self.loadtest_sample(),
         );
+        self.note_server().await;
         let window = done.duration_since(t0).as_secs_f64();
         let groups = pool.groups();
         let (stats, timeline) = pool
@@ -392,9 +406,35 @@ impl Run {
         report.gateway = self.gateway_cost(before, connected, g0.zip(g1), unique, conn.ok);
         self.side_costs(&mut report, (r0, l0), (r1, l1), unique);
         report.publish_call_us = Some(paced.call.summary());
+        report.publish_lag_us = Some(paced.lag.summary());
         report.correct &= d.is_clean() && paced.failed == 0;
         report.delivery = Some(d);
         Ok(report)
+    }
+
+    /// Notes what the server says of itself at the end (Nchan: its stub status).
+    pub async fn note_server(&mut self) {
+        let Some(nginx) = &self.env.nginx else {
+            return;
+        };
+        let note = match nginx.status().await {
+            Ok(s) => {
+                let get = |k: &str| s.get(k).map(String::as_str).unwrap_or("?");
+                format!(
+                    "Nchan {} ({}; {} worker(s), memory store): {} channels, {} subscribers, {} stored messages, shared memory used {} of {}",
+                    get("nchan version"),
+                    nginx.version,
+                    nginx.workers.len(),
+                    get("channels"),
+                    get("subscribers"),
+                    get("stored messages"),
+                    get("shared memory used"),
+                    get("shared memory limit"),
+                )
+            }
+            Err(e) => format!("Nchan's status: {e:#}"),
+        };
+        self.notes.push(note);
     }
 
     pub fn process_cost(
@@ -466,20 +506,38 @@ pub async fn probe(
     clients: u64,
 ) -> Result<(Paced, u64, Cohort)> {
     let before = pool.totals();
-    let sink = match &run.env.redis_url {
-        Some(_) => run.sink(Via::Redis)?,
-        None => run.sink(Via::Http)?,
-    };
-    run.wait_routes(pool, &[protocol::channel::BROADCAST.to_owned()])
-        .await?;
     let size = run.common.payload_size;
-    let paced = run
-        .publish(pool, sink, 100.0, n, 1, 1, move |i| Msg {
-            to: publish::To::Broadcast,
-            payload: payload::make(i, None, size),
-        })
-        .await?;
-    let expected = paced.ok * clients;
+    let (paced, expected) = if run.common.server == ServerKind::Nchan {
+        // No broadcast in Nchan: round after round, a message to every client's
+        // channel; each publish says how many subscribers got it.
+        let sink = run.sink(Via::Http)?;
+        let users = run.common.connections as u64;
+        let paced = run
+            .publish(pool, sink, Pacing::paced(20_000.0, n * users), move |i| {
+                Msg {
+                    to: publish::To::User(crate::conn::user_id((i % users) as usize)),
+                    payload: payload::make(i / users, None, size),
+                }
+            })
+            .await?;
+        let expected = paced.recipients;
+        (paced, expected)
+    } else {
+        let sink = match &run.env.redis_url {
+            Some(_) => run.sink(Via::Redis)?,
+            None => run.sink(Via::Http)?,
+        };
+        run.wait_routes(pool, &[protocol::channel::BROADCAST.to_owned()])
+            .await?;
+        let paced = run
+            .publish(pool, sink, Pacing::paced(100.0, n), move |i| Msg {
+                to: publish::To::Broadcast,
+                payload: payload::make(i, None, size),
+            })
+            .await?;
+        let expected = paced.ok * clients;
+        (paced, expected)
+    };
     let base = before.unique();
     run.drain(pool, move |t| t.unique() - base >= expected)
         .await?;

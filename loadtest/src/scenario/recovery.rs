@@ -37,10 +37,7 @@ pub async fn run(a: &RecoveryArgs) -> Result<Report> {
     let t0 = Instant::now();
     let task = tokio::spawn(publish::pace(
         sink,
-        a.rate,
-        a.messages,
-        1,
-        1,
+        publish::Pacing::paced(a.rate, a.messages),
         move |i| Msg {
             to: To::Channel(channel.clone()),
             payload: payload::make(i, None, size),

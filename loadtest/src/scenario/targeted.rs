@@ -1,15 +1,18 @@
-//! `targeted`: notifications to random users at R/s through the publisher SDK (one
-//! Redis pipeline per batch) or the HTTP API. Each user has its own sequence, so
-//! every client checks its own stream for gaps, repeats and reordering.
+//! `targeted`: notifications to random users at R/s through the publisher SDK or the
+//! gateway's HTTP API (or to Nchan's HTTP publisher): by default one notification
+//! per publish call at evenly spaced times (`--publish-mode paced`), or what is due
+//! at each 1 ms tick in one call (`batched`: one Redis pipeline or one HTTP batch).
+//! Each user has its own sequence, so every client checks its own stream for gaps,
+//! repeats and reordering.
 
 use anyhow::Result;
 use tokio::time::Instant;
 
 use super::Run;
-use crate::cli::TargetedArgs;
+use crate::cli::{TargetedArgs, via_for};
 use crate::conn::user_id;
 use crate::payload;
-use crate::publish::{Msg, To};
+use crate::publish::{Msg, Pacing, To};
 use crate::report::Report;
 use crate::worker::SubscribeTo;
 
@@ -22,7 +25,7 @@ pub async fn run(a: &TargetedArgs) -> Result<Report> {
     run.wait_routes(&mut pool, &channels).await?;
     pool.pump(run.common.settle.0).await?;
     let connected = run.gateway_sample();
-    let sink = run.sink(a.via)?;
+    let sink = run.sink(via_for(a.via, a.common.server)?)?;
     let n = run.common.connections;
     let total = (a.rate * a.duration.0.as_secs_f64()).round().max(1.0) as u64;
     let size = run.common.payload_size;
@@ -37,10 +40,13 @@ pub async fn run(a: &TargetedArgs) -> Result<Report> {
         .publish(
             &mut pool,
             sink,
-            a.rate,
-            total,
-            a.batch,
-            a.inflight,
+            Pacing {
+                rate: a.rate,
+                total,
+                mode: a.publish_mode,
+                batch: a.batch(),
+                inflight: a.inflight,
+            },
             move |_| {
                 let u = rand::random_range(0..n);
                 let seq = next_seq[u];

@@ -952,6 +952,7 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
     let sources = (n.saturating_sub(1) / c.per_source_ip) as u64 + 1;
     let report = Report {
         scenario: "chaos".into(),
+        server: crate::cli::ServerKind::Tidings,
         label: c.label.clone(),
         params: serde_json::to_value(a)?,
         machine: crate::procfs::machine(),
@@ -971,6 +972,7 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
         delivery: None,
         latency_us: latency.summary(),
         publish_call_us: None,
+        publish_lag_us: None,
         gateway: None,
         redis: None,
         loadtest: None,
