@@ -80,6 +80,9 @@ pub enum Scenario {
     /// Internal: the writing side of `floor`.
     #[command(hide = true)]
     FloorServer(crate::floor::FloorServerArgs),
+    /// Tidings (Redis mode, and variants), Nchan and the floor under the same load
+    /// in one sitting (idle, fanout, targeted), then one table.
+    Compare(crate::compare::CompareArgs),
 }
 
 impl Scenario {
@@ -96,6 +99,7 @@ impl Scenario {
             Scenario::Worker => "worker",
             Scenario::Floor(_) => "floor",
             Scenario::FloorServer(_) => "floor-server",
+            Scenario::Compare(_) => "compare",
         }
     }
 
@@ -111,7 +115,8 @@ impl Scenario {
             Scenario::Worker
             | Scenario::ChaosWorker
             | Scenario::Floor(_)
-            | Scenario::FloorServer(_) => None,
+            | Scenario::FloorServer(_)
+            | Scenario::Compare(_) => None,
         }
     }
 }
@@ -593,6 +598,7 @@ impl Scenario {
             }
             Scenario::Chaos(a) => a.validate(),
             Scenario::Floor(a) => a.validate(),
+            Scenario::Compare(a) => a.validate(),
             Scenario::Worker | Scenario::ChaosWorker | Scenario::FloorServer(_) => Ok(()),
         }
     }

@@ -53,6 +53,12 @@ pub struct FloorArgs {
     /// Bytes per frame (a 100-byte payload makes a ~150-byte message frame).
     #[arg(long, default_value_t = 150)]
     pub size: usize,
+    /// Relay mode: paced sends each frame at its own time (frame i at i/rate s, as
+    /// `targeted --publish-mode paced` publishes); batched follows tokio's 1 ms
+    /// timer ticks, which sends what is due per tick back to back (e.g. pairs at
+    /// 2,000/s), so the server often reads two frames per wake-up.
+    #[arg(long, value_enum, default_value_t = crate::cli::PublishMode::Paced)]
+    pub publish_mode: crate::cli::PublishMode,
     /// Connections per local source address.
     #[arg(long, default_value_t = conn::DEFAULT_PER_SOURCE_IP)]
     pub per_source_ip: usize,
@@ -87,6 +93,8 @@ pub struct FloorReport {
     /// Server CPU (user + system) per write, microseconds.
     pub us_per_write: f64,
     pub server_cpu_percent: f64,
+    /// How the relay's publisher spaced its frames (relay mode).
+    pub publish_mode: crate::cli::PublishMode,
 }
 
 impl FloorArgs {
@@ -277,11 +285,23 @@ pub async fn run(a: &FloorArgs) -> Result<FloorReport> {
     .await?;
     if let Some(mut p) = publisher {
         let frame = vec![b'y'; a.size];
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / a.rate));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        for _ in 0..a.messages {
-            tick.tick().await;
-            tokio::io::AsyncWriteExt::write_all(&mut p, &frame).await?;
+        match a.publish_mode {
+            crate::cli::PublishMode::Paced => {
+                let metronome =
+                    crate::publish::Metronome::start(Instant::now(), a.rate, a.messages)?;
+                for i in 0..a.messages {
+                    metronome.wait_for(i).await;
+                    tokio::io::AsyncWriteExt::write_all(&mut p, &frame).await?;
+                }
+            }
+            crate::cli::PublishMode::Batched => {
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / a.rate));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                for _ in 0..a.messages {
+                    tick.tick().await;
+                    tokio::io::AsyncWriteExt::write_all(&mut p, &frame).await?;
+                }
+            }
         }
         drop(p);
     }
@@ -308,10 +328,16 @@ pub async fn run(a: &FloorArgs) -> Result<FloorReport> {
         seconds: started.elapsed().as_secs_f64(),
         us_per_write: cpu_us as f64 / writes as f64,
         server_cpu_percent: pct,
+        publish_mode: a.publish_mode,
     };
     if !a.quiet {
+        let spacing = match (a.mode, a.publish_mode) {
+            (FloorMode::Fanout, _) => "",
+            (FloorMode::Relay, crate::cli::PublishMode::Paced) => " (frames paced)",
+            (FloorMode::Relay, crate::cli::PublishMode::Batched) => " (frames per 1 ms tick)",
+        };
         println!(
-            "floor {:?}: {} connections, {} writes of {} bytes in {:.1} s; server CPU {:.2} us per write ({:.1}% of a core)",
+            "floor {:?}{spacing}: {} connections, {} writes of {} bytes in {:.1} s; server CPU {:.2} us per write ({:.1}% of a core)",
             report.mode,
             report.connections,
             report.writes,

@@ -8,6 +8,7 @@
 
 pub mod chart;
 pub mod cli;
+pub mod compare;
 pub mod conn;
 pub mod floor;
 pub mod launch;
@@ -37,6 +38,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<Option<Report>> {
         }
         Scenario::Floor(a) => {
             floor::run(a).await?;
+            Ok(None)
+        }
+        Scenario::Compare(a) => {
+            let c = compare::run(a).await?;
+            if !c.correct {
+                anyhow::bail!(
+                    "the comparison failed: {}",
+                    if c.failures.is_empty() {
+                        "a run lost, duplicated or reordered deliveries (see above)".to_owned()
+                    } else {
+                        c.failures.join("; ")
+                    }
+                );
+            }
             Ok(None)
         }
         Scenario::FloorServer(a) => {

@@ -114,9 +114,10 @@ pub fn config(
     connections: usize,
     extra: &[String],
 ) -> String {
-    let per_worker = connections.div_ceil(workers.max(1));
-    let worker_connections = per_worker + 512;
-    let nofile = ((per_worker + 1024) as u64).min(open_files_hard_limit().unwrap_or(u64::MAX));
+    // Workers need not share the connections evenly: room for all in each, as far
+    // as the open-file limit goes.
+    let worker_connections = connections + 512;
+    let nofile = ((connections + 1024) as u64).min(open_files_hard_limit().unwrap_or(u64::MAX));
     let d = dir.display();
     let extra: String = extra
         .iter()

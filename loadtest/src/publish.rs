@@ -355,14 +355,15 @@ type CallDone = (u64, usize, Result<Vec<Option<u64>>>, u64);
 /// due time (`start + i / rate`, slept to with `nanosleep`, so well under a
 /// millisecond off, where tokio's timer rounds up to whole milliseconds) it raises
 /// the count of messages due and wakes the publisher. Stops when dropped.
-struct Metronome {
+pub struct Metronome {
     due: Arc<AtomicU64>,
     wake: Arc<tokio::sync::Notify>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Metronome {
-    fn start(start: std::time::Instant, rate: f64, total: u64) -> Result<Metronome> {
+    /// Starts the schedule of `total` ticks at `rate` per second from `start`.
+    pub fn start(start: std::time::Instant, rate: f64, total: u64) -> Result<Metronome> {
         let m = Metronome {
             due: Arc::new(AtomicU64::new(0)),
             wake: Arc::new(tokio::sync::Notify::new()),
@@ -391,6 +392,20 @@ impl Metronome {
             })
             .context("cannot start the pacing thread")?;
         Ok(m)
+    }
+}
+
+impl Metronome {
+    /// How many ticks are due by now.
+    pub fn due(&self) -> u64 {
+        self.due.load(Ordering::Acquire)
+    }
+
+    /// Waits until tick `i` (counted from 0) is due.
+    pub async fn wait_for(&self, i: u64) {
+        while self.due() <= i {
+            self.wake.notified().await;
+        }
     }
 }
 
@@ -462,12 +477,12 @@ pub async fn pace(
     };
     while sent < total {
         let due = match &metronome {
-            Some(m) => m.due.load(Ordering::Acquire),
+            Some(m) => m.due(),
             None => ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total),
         };
         if due <= sent {
             match &metronome {
-                Some(m) => m.wake.notified().await,
+                Some(m) => m.wait_for(sent).await,
                 None => tokio::time::sleep_until(due_at(sent)).await,
             }
             continue;

@@ -337,6 +337,79 @@ async fn recovery_reports_what_the_gap_lost() {
     }
 }
 
+/// `compare` runs every scenario for every column (Nchan's when nginx with nchan is
+/// installed) and the floor, checks them all, and writes its table and reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_runs_every_column() {
+    let gateway = gateway_bin();
+    let dir = std::env::temp_dir().join(format!("loadtest-compare-{}", std::process::id()));
+    let columns = if loadtest::nchan::installed() {
+        "tidings,nchan,floor"
+    } else {
+        println!("nchan column skipped: nginx with nchan not installed");
+        "tidings,floor"
+    };
+    let cli = Cli::try_parse_from([
+        "loadtest",
+        "compare",
+        "--spawn-gateway",
+        gateway.to_str().unwrap(),
+        "--gateway-arg=--redis-unsubscribe-delay=100ms",
+        "--variant",
+        "threads-1=--worker-threads 1",
+        "--columns",
+        columns,
+        "-n",
+        "100",
+        "--hold",
+        "300ms",
+        "--fanout-messages",
+        "5",
+        "--fanout-rate",
+        "20",
+        "--targeted-rate",
+        "200",
+        "--targeted-duration",
+        "1s",
+        "--settle",
+        "200ms",
+        "--max-duration",
+        "60s",
+        "--json-dir",
+        dir.to_str().unwrap(),
+        "--worker-exe",
+        env!("CARGO_BIN_EXE_loadtest"),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let loadtest::Scenario::Compare(args) = cli.scenario else {
+        panic!("not compare");
+    };
+    let c = loadtest::compare::run(&args).await.unwrap();
+    assert!(c.correct, "{}", c.markdown);
+    let servers = if columns.contains("nchan") { 3 } else { 2 };
+    assert_eq!(c.columns.len(), servers + 1, "{}", c.markdown);
+    // Every server measured in every scenario.
+    for (title, cells) in &c.rows {
+        if title.starts_with("memory") || title.contains("server CPU per delivery") {
+            for cell in &cells[..servers] {
+                assert_ne!(cell, "-", "{title}: {}", c.markdown);
+            }
+        }
+    }
+    let checked = &c.rows.last().unwrap().1;
+    for cell in &checked[..servers] {
+        assert!(
+            cell.contains("0 lost, 0 duplicated, 0 out of order; 3 of 3 runs correct"),
+            "{}",
+            c.markdown
+        );
+    }
+    assert!(dir.join("compare.md").is_file());
+    assert!(dir.join("compare.json").is_file());
+    assert!(dir.join("r1-threads-1-targeted.json").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The floor calibration runs end to end in both modes and every byte arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floor_calibration_delivers_every_write() {

@@ -575,6 +575,7 @@ pub async fn run(scenario: &crate::cli::Scenario) -> Result<Report> {
             bail!("`{}` is run by loadtest itself", scenario.name())
         }
         S::Floor(_) => bail!("`floor` is a calibration without a scenario report"),
+        S::Compare(_) => bail!("`compare` runs several scenarios"),
     };
     let Some(common) = scenario.common() else {
         return Ok(report);
