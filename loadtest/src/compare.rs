@@ -56,7 +56,8 @@ store, --nginx-workers 1) and the kernel's floor (`loadtest floor`) under the sa
 in one sitting: for each scenario, every server back to back, --rounds times; then one
 table of the ranges over the rounds.
 
-  idle      -n connections held for --hold: server RSS per connection, idle CPU
+  idle      -n connections held for --hold: server RSS per connection (and Redis'
+            for Tidings), idle CPU
   fanout    -n subscribers of one channel, --fanout-messages at --fanout-rate, one
             publish per message: server CPU per delivery, latency;
             floor: `floor --mode fanout` (one plain write per delivery)
@@ -152,6 +153,8 @@ pub struct CompareArgs {
 struct Server {
     name: String,
     args: Vec<String>,
+    /// The `--variant` that made it.
+    spec: Option<String>,
 }
 
 /// One run to make.
@@ -210,6 +213,7 @@ impl CompareArgs {
             out.push(Server {
                 name: "tidings".into(),
                 args: gateway(None)?,
+                spec: None,
             });
         }
         for v in &self.variants {
@@ -237,6 +241,7 @@ impl CompareArgs {
             out.push(Server {
                 name: name.to_owned(),
                 args,
+                spec: Some(v.clone()),
             });
         }
         if self.columns.contains(&Column::Nchan) {
@@ -257,6 +262,7 @@ impl CompareArgs {
             out.push(Server {
                 name: "nchan".into(),
                 args,
+                spec: None,
             });
         }
         Ok(out)
@@ -464,6 +470,23 @@ fn table(
         &none,
     );
     row(
+        "Redis memory per idle connection (Tidings' subscriptions)".into(),
+        Which::Idle,
+        &|s| {
+            range(
+                &res.values(s, Which::Idle, |r| {
+                    r.redis
+                        .as_ref()
+                        .and_then(|p| p.rss_per_connection_bytes)
+                        .map(|b| b / 1024.0)
+                }),
+                2,
+                " KiB",
+            )
+        },
+        &none,
+    );
+    row(
         format!(
             "idle CPU ({} held {})",
             a.connections,
@@ -593,6 +616,7 @@ fn table(
 
 fn markdown(
     a: &CompareArgs,
+    servers: &[Server],
     columns: &[String],
     rows: &[(String, Vec<String>)],
     res: &Results,
@@ -618,14 +642,28 @@ fn markdown(
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "\n{} connections, {}-byte JSON payloads, {} round(s), one run at a time on {machine}; \
-         Tidings in Redis mode (its own redis-server), published via {}; targeted publishes \
-         one notification per call, evenly spaced.",
+        "\n{} connections, {}-byte JSON payloads, {} round(s), one run at a time on {machine}, \
+         the load generator on the same CPUs. Tidings in Redis mode (its own redis-server; \
+         the gateway's memory and CPU in the server rows, Redis' on their own), published \
+         via {}, gateway settings default{}; targeted publishes one notification per call, \
+         evenly spaced (publish lag: how late calls started). Server CPU from /proc \
+         (utime + stime, 10 ms ticks) over publishing and draining.",
         a.connections,
         a.payload_size,
         a.rounds,
-        format!("{:?}", a.via).to_lowercase()
+        format!("{:?}", a.via).to_lowercase(),
+        if a.gateway_args.is_empty() {
+            String::new()
+        } else {
+            format!(" except {}", a.gateway_args.join(" "))
+        }
     );
+    for (name, spec) in servers
+        .iter()
+        .filter_map(|s| Some((&s.name, s.spec.as_ref()?)))
+    {
+        let _ = writeln!(out, "Variant `{name}`: `--variant '{spec}'`.");
+    }
     if let Some(n) = nchan_note {
         let _ = writeln!(out, "{n}");
     }
@@ -707,7 +745,7 @@ pub async fn run(a: &CompareArgs) -> Result<Comparison> {
         }
     }
     let (columns, rows) = table(a, &servers, &res);
-    let md = markdown(a, &columns, &rows, &res, nchan_note.as_deref());
+    let md = markdown(a, &servers, &columns, &rows, &res, nchan_note.as_deref());
     print!("{md}");
     let out = Comparison {
         columns,

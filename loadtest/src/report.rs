@@ -115,6 +115,9 @@ pub struct ProcessCost {
     pub cpu_us: u64,
     pub cpu_percent: f64,
     pub cpu_us_per_delivery: Option<f64>,
+    /// (RSS with the connections - RSS before) / connections (idle: Redis' share
+    /// of a gateway connection, its subscriptions).
+    pub rss_per_connection_bytes: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -317,6 +320,9 @@ impl Report {
             let mut s = format!("{:.1}% of a core", r.cpu_percent);
             if let Some(x) = r.cpu_us_per_delivery {
                 let _ = write!(s, "; {x:.2} us per delivery");
+            }
+            if let Some(x) = r.rss_per_connection_bytes {
+                let _ = write!(s, "; rss {x:.0} bytes per connection");
             }
             rows.push(("redis cpu".into(), s));
         }

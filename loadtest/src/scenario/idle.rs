@@ -12,6 +12,7 @@ use crate::worker::SubscribeTo;
 pub async fn run(a: &IdleArgs) -> Result<Report> {
     let mut run = Run::new("idle", &a.common, serde_json::to_value(a)?).await?;
     let before = run.gateway_sample();
+    let redis_before = run.redis_sample();
     let mut pool = run.pool(SubscribeTo::Personal, 0.0).await?;
     let conn = run.connect(&mut pool).await?;
     let channels = run.personal_channels();
@@ -40,6 +41,10 @@ pub async fn run(a: &IdleArgs) -> Result<Report> {
         g.idle_cpu_percent = Some(g.cpu_percent);
     }
     run.side_costs(&mut report, (r0, l0), (r1, l1), None);
+    if let (Some(redis), Some(b), Some(c)) = (&mut report.redis, redis_before, r0) {
+        redis.rss_per_connection_bytes =
+            Some((c.rss as f64 - b.rss as f64) / conn.ok.max(1) as f64);
+    }
     if let Some((paced, expected, got)) = checked {
         let d = delivery(Some(&paced), expected, &got, 0.0);
         report.correct &= d.is_clean();

@@ -451,6 +451,7 @@ impl Run {
             cpu_us: cpu,
             cpu_percent: pct,
             cpu_us_per_delivery: deliveries.filter(|d| *d > 0).map(|d| cpu as f64 / d as f64),
+            rss_per_connection_bytes: None,
         })
     }
 }
