@@ -66,7 +66,9 @@ impl Env {
             nginx: None,
         };
         if c.server == ServerKind::Nchan {
-            let nginx = Nginx::start(&c.nchan, c.connections).await?;
+            // nginx ends by itself a while after the run's bound, whatever happens here.
+            let bound = c.max_duration.0 + Duration::from_secs(120);
+            let nginx = Nginx::start(&c.nchan, c.connections, bound).await?;
             env.gateway_pids = nginx.pids();
             env.targets.push(Target::parse(&format!(
                 "ws://{}{}",

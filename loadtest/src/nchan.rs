@@ -183,9 +183,14 @@ pub fn parse_status(text: &str) -> BTreeMap<String, String> {
 
 /// An nginx with Nchan started for one run; stopped (SIGQUIT to the master, then
 /// SIGKILL to master and workers if they linger) and its directory removed on drop.
+/// It runs under `timeout --foreground`, so it ends by itself (SIGQUIT to the
+/// master, then SIGKILL 10 s later) a while after the run's --max-duration even
+/// should loadtest be killed.
 pub struct Nginx {
+    /// `timeout`, whose child is nginx's master (or the master itself when there is
+    /// no `timeout` program).
     child: Child,
-    /// The master process (the child loadtest started: `daemon off`).
+    /// The master process (`daemon off`: it stays in the foreground).
     pub master: u32,
     /// Its worker processes.
     pub workers: Vec<u32>,
@@ -218,7 +223,7 @@ fn signal(pid: u32, signal: &str) {
 
 impl Nginx {
     /// Starts nginx for `connections` clients and waits until it answers.
-    pub async fn start(opts: &NchanOpts, connections: usize) -> Result<Nginx> {
+    pub async fn start(opts: &NchanOpts, connections: usize, bound: Duration) -> Result<Nginx> {
         let (nginx, module) = locate(opts)?;
         let version = Command::new(&nginx)
             .arg("-v")
@@ -247,10 +252,10 @@ impl Nginx {
             let conf_path = dir.join("nginx.conf");
             std::fs::write(&conf_path, conf)
                 .with_context(|| format!("cannot write {}", conf_path.display()))?;
-            match Self::launch(&nginx, &dir, addr, opts.nginx_workers).await {
-                Ok((child, workers)) => {
+            match Self::launch(&nginx, &dir, addr, opts.nginx_workers, bound).await {
+                Ok((child, master, workers)) => {
                     return Ok(Nginx {
-                        master: child.id(),
+                        master,
                         child,
                         workers,
                         addr,
@@ -276,11 +281,24 @@ impl Nginx {
         dir: &Path,
         addr: SocketAddr,
         workers: usize,
-    ) -> Result<(Child, Vec<u32>)> {
+        bound: Duration,
+    ) -> Result<(Child, u32, Vec<u32>)> {
         let stderr = std::fs::File::create(dir.join("stderr.log"))?;
         let mut prefix = dir.as_os_str().to_owned();
         prefix.push("/");
-        let mut child = Command::new(nginx)
+        let bounded = on_path("timeout").is_some();
+        let mut cmd = if bounded {
+            let mut c = Command::new("timeout");
+            // --foreground: nginx stays in loadtest's process group, so a Ctrl-C
+            // at the terminal reaches it as it reaches loadtest.
+            c.args(["--foreground", "-s", "QUIT", "-k", "10"])
+                .arg(format!("{}s", bound.as_secs().max(1)))
+                .arg(nginx);
+            c
+        } else {
+            Command::new(nginx)
+        };
+        let mut child = cmd
             .arg("-p")
             .arg(&prefix)
             .arg("-c")
@@ -292,10 +310,16 @@ impl Nginx {
             .stderr(stderr)
             .spawn()
             .with_context(|| format!("cannot start {}", nginx.display()))?;
-        let master = child.id();
         let api = HttpApi::new(addr);
         let deadline = Instant::now() + Duration::from_secs(15);
-        let failed = |child: &mut Child, why: String| -> anyhow::Error {
+        let mut master = (!bounded).then(|| child.id());
+        let failed = |child: &mut Child, master: Option<u32>, why: String| -> anyhow::Error {
+            if let Some(m) = master {
+                for w in crate::procfs::children(m) {
+                    signal(w, "KILL");
+                }
+                signal(m, "KILL");
+            }
             let _ = child.kill();
             let _ = child.wait();
             anyhow!(
@@ -306,18 +330,30 @@ impl Nginx {
         };
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(failed(&mut child, format!("nginx exited with {status}")));
+                return Err(failed(
+                    &mut child,
+                    master,
+                    format!("nginx exited with {status}"),
+                ));
             }
-            if let Ok(Ok((200, _))) =
-                tokio::time::timeout(Duration::from_secs(1), api.get(STATUS_PATH)).await
+            if master.is_none() {
+                master = crate::procfs::children(child.id()).first().copied();
+            }
+            if let Some(m) = master
+                && let Ok(Ok((200, _))) =
+                    tokio::time::timeout(Duration::from_secs(1), api.get(STATUS_PATH)).await
             {
-                let found = crate::procfs::children(master);
+                let found = crate::procfs::children(m);
                 if found.len() >= workers {
-                    return Ok((child, found));
+                    return Ok((child, m, found));
                 }
             }
             if Instant::now() >= deadline {
-                return Err(failed(&mut child, "nginx did not answer in 15 s".into()));
+                return Err(failed(
+                    &mut child,
+                    master,
+                    "nginx did not answer in 15 s".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -400,9 +436,19 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        if self.is_ours(self.master) {
+            signal(self.master, "KILL");
+        }
+        self.kill_workers();
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.kill_workers();
+    }
+
+    /// Whether `pid` is still the nginx master this run started.
+    fn is_ours(&self, pid: u32) -> bool {
+        let child = self.child.id();
+        crate::procfs::name(pid).is_some_and(|n| n == "nginx")
+            && (pid == child || crate::procfs::parent(pid) == Some(child))
     }
 
     /// SIGKILL to workers still running (only processes that are still this
