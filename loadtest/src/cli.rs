@@ -55,7 +55,8 @@ pub enum Scenario {
     Idle(IdleArgs),
     /// Every connection subscribed to one channel; M messages at R/s.
     Fanout(FanoutArgs),
-    /// Notifications to random users at R/s through the publisher SDK (or HTTP API).
+    /// Notifications to random users at R/s, by default one per publish call at
+    /// evenly spaced times (publisher SDK, HTTP API, or Nchan's HTTP publisher).
     Targeted(TargetedArgs),
     /// Rooms of K clients that publish over the WebSocket and receive each other.
     Chat(ChatArgs),
@@ -82,6 +83,7 @@ pub enum Scenario {
     FloorServer(crate::floor::FloorServerArgs),
     /// Tidings (Redis mode, and variants), Nchan and the floor under the same load
     /// in one sitting (idle, fanout, targeted), then one table.
+    #[command(long_about = crate::compare::ABOUT)]
     Compare(crate::compare::CompareArgs),
 }
 

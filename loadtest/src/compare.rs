@@ -50,7 +50,8 @@ impl Which {
     }
 }
 
-const ABOUT: &str = "\
+/// The long help of `loadtest compare`.
+pub const ABOUT: &str = "\
 Tidings (Redis mode, its own redis-server), Nchan (nginx with the Nchan module, memory
 store, --nginx-workers 1) and the kernel's floor (`loadtest floor`) under the same load
 in one sitting: for each scenario, every server back to back, --rounds times; then one
@@ -70,14 +71,13 @@ table of the ranges over the rounds.
 Variants add Tidings columns: --variant 'NAME=ARGS' runs the gateway with ARGS added
 (split at spaces), --variant 'NAME@PATH' (or 'NAME@PATH=ARGS') another gateway binary,
 e.g. a build from before a change. Every run checks every delivery; any loss,
-duplicate, reordering or failed run makes the comparison fail (exit status 2).
+duplicate, reordering or failed run makes loadtest end with an error (exit status 1).
 
 Example (build first: cargo build --release -p gateway -p loadtest):
   loadtest compare --spawn-gateway target/release/gateway \\
       --variant 'threads-1=--worker-threads 1' --rounds 3 --json-dir bench-out/";
 
 #[derive(Debug, Clone, Args, Serialize)]
-#[command(long_about = ABOUT)]
 pub struct CompareArgs {
     /// The gateway binary (needed for the tidings column and variants).
     #[arg(long, value_name = "PATH")]
