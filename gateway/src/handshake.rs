@@ -321,7 +321,14 @@ fn connection(
             return;
         }
     };
-    let stream = parts.io.into_inner();
+    // Shared with the hub, which writes to it directly while the connection is idle.
+    let outbox = Arc::new(crate::outbox::Outbox::new(
+        node.config.outbound_queue,
+        Some(parts.io.into_inner()),
+    ));
+    let Some(stream) = crate::shared_socket::SharedSocket::new(outbox.clone()) else {
+        return;
+    };
     // Both constructors only wrap the stream and never wait, so they complete on
     // the first poll.
     let ws = if parts.read_buf.is_empty() {
@@ -340,7 +347,7 @@ fn connection(
         return;
     };
     node.metrics.connection_opened();
-    let session = Session::open(node.clone(), slot, claims, encoding);
+    let session = Session::open(node.clone(), slot, claims, encoding, outbox);
     tokio::spawn(crate::socket::run(ws, session, resume));
 }
 

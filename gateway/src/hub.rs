@@ -14,11 +14,10 @@ use bytes::Bytes;
 use protocol::{Encoding, Publication, frame};
 use publisher::HistoryPage;
 use slab::Slab;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::broker::{Broker, BrokerError, Position, Receipt};
 use crate::metrics::{Drop, Metrics};
-use crate::outbox::{Frame, Item, Outbox, PushError};
+use crate::outbox::{Delivered, Frame, Item, Outbox, PushError};
 
 /// One connection's registration on one channel.
 pub struct Subscriber {
@@ -111,48 +110,62 @@ impl Table {
             .unwrap_or_default()
     }
 
-    /// Queues a publication to every local subscriber of its channel; returns how
-    /// many connections it was queued to. What cannot be queued is counted as
-    /// dropped; what is queued is counted as delivered once written.
+    /// Delivers a publication to every local subscriber of its channel; returns how
+    /// many connections it reached (written or queued). The frame is built once per
+    /// encoding in use, and to each idle connection written directly (see
+    /// [`Outbox::deliver`]); the subscribers are copied out first, so no lock of the
+    /// table is held while writing. What cannot be queued is counted as dropped;
+    /// what is queued is counted as delivered once the connection writes it.
     pub fn deliver(&self, p: &Publication) -> usize {
-        let shard = read(self.shard(&p.channel));
-        let Some(subs) = shard.get(p.channel.as_str()) else {
-            return 0;
+        let targets: Vec<(Arc<Outbox>, Encoding, u32)> = {
+            let shard = read(self.shard(&p.channel));
+            let Some(subs) = shard.get(p.channel.as_str()) else {
+                return 0;
+            };
+            subs.iter()
+                .map(|(_, s)| (s.outbox.clone(), s.encoding, s.sub))
+                .collect()
         };
         let epoch = p.epoch.as_deref().map_or(0, epoch_tag);
-        let mut json: Option<Option<Utf8Bytes>> = None;
+        let mut json: Option<Option<Bytes>> = None;
         let mut msgpack: Option<Option<Bytes>> = None;
-        let (mut queued, mut slow, mut closed, mut failed) = (0u64, 0u64, 0u64, 0u64);
-        for (_, sub) in subs.iter() {
-            let frame = match sub.encoding {
-                Encoding::Json => json
-                    .get_or_insert_with(|| encode_json(p))
-                    .clone()
-                    .map(Frame::Text),
-                Encoding::MsgPack => msgpack
-                    .get_or_insert_with(|| frame::encode_message(Encoding::MsgPack, p).ok())
-                    .clone()
-                    .map(Frame::Binary),
+        let (mut written, mut queued, mut slow, mut closed, mut failed) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        let now_ms = protocol::now_millis();
+        for (outbox, encoding, sub) in targets {
+            let frame = match encoding {
+                Encoding::Json => json.get_or_insert_with(|| encode_frame(Encoding::Json, p)),
+                Encoding::MsgPack => {
+                    msgpack.get_or_insert_with(|| encode_frame(Encoding::MsgPack, p))
+                }
             };
-            let Some(frame) = frame else {
+            let Some(frame) = frame.clone() else {
                 failed += 1;
                 continue;
             };
-            match sub.outbox.push(Item {
-                frame,
+            match outbox.deliver(Item {
+                frame: Frame::Ws(frame),
                 published_ms: p.ts,
                 offset: p.offset.unwrap_or(0),
                 epoch,
-                sub: sub.sub,
+                sub,
             }) {
-                Ok(()) => queued += 1,
+                Ok(Delivered::Written) => {
+                    written += 1;
+                    if p.ts != 0 {
+                        self.metrics.latency(now_ms, p.ts);
+                    }
+                }
+                Ok(Delivered::Queued) => queued += 1,
+                Ok(Delivered::Duplicate) => {}
                 // The queue's backlog went with it: lost as well.
                 Err(PushError::Full { discarded }) => slow += 1 + discarded as u64,
                 Err(PushError::Closed) => closed += 1,
             }
         }
-        drop(shard);
-        // Delivered is counted when the connection writes it.
+        if written > 0 {
+            self.metrics.delivered(written);
+        }
         if slow > 0 {
             self.metrics.dropped(Drop::SlowConsumer, slow);
         }
@@ -163,7 +176,7 @@ impl Table {
             self.metrics.dropped(Drop::Encode, failed);
             tracing::error!(failed, "cannot encode a publication");
         }
-        queued as usize
+        (written + queued) as usize
     }
 }
 
@@ -201,9 +214,12 @@ pub fn epoch_tag(epoch: &str) -> u32 {
     h | 1
 }
 
-fn encode_json(p: &Publication) -> Option<Utf8Bytes> {
-    let bytes = frame::encode_message(Encoding::Json, p).ok()?;
-    Utf8Bytes::try_from(bytes).ok()
+/// The complete WebSocket frame of a publication in one encoding (text frames for
+/// JSON, binary for MessagePack).
+fn encode_frame(enc: Encoding, p: &Publication) -> Option<Bytes> {
+    let payload = frame::encode_message(enc, p).ok()?;
+    let opcode = if enc.is_text() { 1 } else { 2 };
+    Some(crate::outbox::ws_frame(opcode, &payload))
 }
 
 /// The hub as sessions see it: the table plus the broker behind it.

@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+mod cursor;
 pub mod demo;
 mod error;
 pub mod handshake;
@@ -29,6 +30,7 @@ pub mod ratelimit;
 pub mod recovery;
 pub mod server;
 pub mod session;
+mod shared_socket;
 pub mod socket;
 
 use std::future::Future;

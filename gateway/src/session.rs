@@ -15,17 +15,36 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::auth::{AuthError, Claims};
+use crate::cursor::Position;
 use crate::error::SessionEnd;
 use crate::hub::Subscriber;
 use crate::node::{Node, Slot};
 use crate::outbox::{Item, Outbox};
-use crate::ratelimit::TokenBucket;
+use crate::ratelimit::{Rate, TokenBucket};
 use crate::recovery::{self, PAGE_ENTRIES, Replay, Step};
 
 /// Strikes (malformed or rate-limited frames) tolerated in a burst before closing
 /// with 1008; one strike is forgiven every 10 seconds.
-const ABUSE_STRIKES: f32 = 10.0;
-const ABUSE_FORGIVE_PER_SEC: f32 = 0.1;
+/// Strikes a connection may collect (ten), forgiven one per ten seconds.
+const ABUSE: Rate = Rate {
+    per_sec: 0.1,
+    capacity: 10.0,
+};
+
+/// The buckets' rates live in the configuration, not in each connection's buckets.
+fn message_rate(node: &Node) -> Rate {
+    Rate {
+        per_sec: node.config.rate_limit as f32,
+        capacity: node.config.rate_burst as f32,
+    }
+}
+
+fn resume_rate(node: &Node) -> Rate {
+    Rate {
+        per_sec: node.config.resume_rate as f32,
+        capacity: node.config.resume_burst as f32,
+    }
+}
 /// The largest `pong` frame accepted without a strike (`{"type":"pong"}` is 15
 /// bytes in JSON).
 const MAX_PONG_BYTES: usize = 128;
@@ -40,32 +59,20 @@ pub enum Outcome {
     End(SessionEnd),
 }
 
-/// What to do with a queued item that carries a history offset.
-#[derive(Debug, PartialEq, Eq)]
-enum Position {
-    Send,
-    Duplicate,
-    /// Offsets between the last sent and this one are missing.
-    Gap,
-}
-
 /// One subscription of this connection.
 struct Sub {
     channel: Arc<str>,
     /// Key in the hub's table, to unsubscribe.
     key: usize,
-    /// Stamped on every queued item of this subscription.
+    /// Stamped on every queued item of this subscription; its position in history
+    /// is kept by the outbox's [`Cursor`](crate::cursor::Cursor) under this id.
     id: u32,
-    /// Last history offset sent: queued items at or below it are duplicates of
-    /// what a resume already replayed (or of what came before the subscription).
-    last: u64,
-    /// Epoch fingerprint `last` belongs to; a new epoch restarts offsets.
-    epoch: u32,
 }
 
-/// Recovery facts about the personal channel, reported in `welcome`.
+/// Recovery facts about the personal channel, reported in `welcome` (kept only
+/// until then: every connection would carry them otherwise).
 #[derive(Default)]
-struct PersonalState {
+pub struct PersonalState {
     epoch: Option<String>,
     offset: Option<u64>,
     recovered: Option<bool>,
@@ -82,7 +89,6 @@ pub struct Session {
     /// Every subscription, personal and broadcast first.
     subs: Vec<Sub>,
     next_sub: u32,
-    personal: PersonalState,
     outbox: Arc<Outbox>,
     node: Arc<Node>,
     rate: TokenBucket,
@@ -107,9 +113,16 @@ fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Outcome 
 
 impl Session {
     /// Opens a session and subscribes it to its personal and the broadcast channel.
-    pub fn open(node: Arc<Node>, slot: Slot, claims: Claims, encoding: Encoding) -> Self {
+    /// `outbox` is the connection's (holding its socket, if the hub may write to it
+    /// directly).
+    pub fn open(
+        node: Arc<Node>,
+        slot: Slot,
+        claims: Claims,
+        encoding: Encoding,
+        outbox: Arc<Outbox>,
+    ) -> Self {
         let now = Instant::now();
-        let outbox = Arc::new(Outbox::new(node.config.outbound_queue));
         let personal: Arc<str> = Arc::from(channel::personal(slot.user()));
         let broadcast: Arc<str> = Arc::from(BROADCAST);
         let mut s = Session {
@@ -121,19 +134,10 @@ impl Session {
             expires_at: claims.exp,
             subs: Vec::with_capacity(2),
             next_sub: 0,
-            personal: PersonalState::default(),
             outbox,
-            rate: TokenBucket::new(
-                node.config.rate_limit as f32,
-                node.config.rate_burst as f32,
-                now,
-            ),
-            abuse: TokenBucket::new(ABUSE_FORGIVE_PER_SEC, ABUSE_STRIKES, now),
-            resumes: TokenBucket::new(
-                node.config.resume_rate as f32,
-                node.config.resume_burst as f32,
-                now,
-            ),
+            rate: TokenBucket::new(message_rate(&node), node.started, now),
+            abuse: TokenBucket::new(ABUSE, node.started, now),
+            resumes: TokenBucket::new(resume_rate(&node), node.started, now),
             node,
             slot,
         };
@@ -155,56 +159,16 @@ impl Session {
                 sub: id,
             },
         );
-        self.subs.push(Sub {
-            channel,
-            key,
-            id,
-            last: 0,
-            epoch: 0,
-        });
+        self.outbox.with_cursor(|c| c.add(id));
+        self.subs.push(Sub { channel, key, id });
         self.subs.len() - 1
     }
 
     fn remove(&mut self, pos: usize) -> Arc<str> {
         let sub = self.subs.swap_remove(pos);
         self.node.hub.unsubscribe(&sub.channel, sub.key);
+        self.outbox.with_cursor(|c| c.remove(sub.id));
         sub.channel
-    }
-
-    /// Classifies a queued item by its offset: an item that skips offsets of a
-    /// known epoch is reported instead of accepted.
-    fn position(&mut self, sub: u32, offset: u64, epoch: u32) -> Position {
-        match self.subs.iter_mut().find(|s| s.id == sub) {
-            Some(s) if epoch != s.epoch => {
-                // A new epoch (history lost or expired): offsets start over, and a
-                // first offset above 1 means the new epoch's start was missed too.
-                if s.epoch != 0 && offset > 1 {
-                    return Position::Gap;
-                }
-                s.epoch = epoch;
-                s.last = offset;
-                Position::Send
-            }
-            Some(s) if epoch != 0 && offset > s.last.saturating_add(1) => Position::Gap,
-            Some(s) if offset > s.last => {
-                s.last = offset;
-                Position::Send
-            }
-            _ => Position::Duplicate,
-        }
-    }
-
-    /// Whether subscription `sub` has not seen `top` of the history epoch tagged
-    /// `epoch` (a check item, see [`Frame::Check`](crate::outbox::Frame::Check)).
-    fn behind(&self, sub: u32, top: u64, epoch: u32) -> bool {
-        match self.subs.iter().find(|s| s.id == sub) {
-            // No position yet: nothing to compare with.
-            Some(s) if s.epoch == 0 => false,
-            Some(s) if s.epoch == epoch => top > s.last,
-            // A new epoch with entries: all of them are missing.
-            Some(_) => top > 0,
-            None => false,
-        }
     }
 
     /// Keeps the items of `batch` to send, in order, dropping duplicates. Stops at the
@@ -212,28 +176,30 @@ impl Session {
     /// this node, e.g. while its subscription reconnected) and returns it with
     /// everything after it: the caller fills the gap from history before those.
     pub fn filter(&mut self, batch: &mut VecDeque<Item>) -> Option<VecDeque<Item>> {
-        let mut i = 0;
-        while let Some(item) = batch.get(i) {
-            if item.is_check() {
-                if self.behind(item.sub, item.offset, item.epoch) {
-                    return Some(batch.split_off(i));
-                }
-                batch.remove(i);
-                continue;
-            }
-            if item.offset == 0 {
-                i += 1;
-                continue;
-            }
-            match self.position(item.sub, item.offset, item.epoch) {
-                Position::Send => i += 1,
-                Position::Duplicate => {
+        self.outbox.with_cursor(|cursor| {
+            let mut i = 0;
+            while let Some(item) = batch.get(i) {
+                if item.is_check() {
+                    if cursor.behind(item.sub, item.offset, item.epoch) {
+                        return Some(batch.split_off(i));
+                    }
                     batch.remove(i);
+                    continue;
                 }
-                Position::Gap => return Some(batch.split_off(i)),
+                if item.offset == 0 {
+                    i += 1;
+                    continue;
+                }
+                match cursor.position(item.sub, item.offset, item.epoch) {
+                    Position::Send => i += 1,
+                    Position::Duplicate => {
+                        batch.remove(i);
+                    }
+                    Position::Gap => return Some(batch.split_off(i)),
+                }
             }
-        }
-        None
+            None
+        })
     }
 
     /// One page of `channel`'s history after `after`, bounded by the replay page
@@ -253,7 +219,9 @@ impl Session {
     /// How long a gap fill must wait for the history-read rate limit (zero: go on;
     /// a token is taken).
     pub fn fill_wait(&mut self, now: Instant) -> std::time::Duration {
-        let wait = self.resumes.take_or_wait(now);
+        let wait = self
+            .resumes
+            .take_or_wait(resume_rate(&self.node), self.node.started, now);
         if !wait.is_zero() {
             self.node.metrics.history_limited();
         }
@@ -276,7 +244,10 @@ impl Session {
             return Ok(None);
         };
         let channel = s.channel.clone();
-        let from = if s.epoch == epoch { s.last } else { 0 };
+        let Some((last, at)) = self.outbox.with_cursor(|c| c.get(sub)) else {
+            return Ok(None);
+        };
+        let from = if at == epoch { last } else { 0 };
         let until = offset.saturating_sub(1);
         let limit = self.node.config.recovery_limit;
         let want = usize::try_from(until.saturating_sub(from))
@@ -304,11 +275,7 @@ impl Session {
             }
         };
         self.node.metrics.gap(true);
-        let Some(s) = self.subs.iter_mut().find(|s| s.id == sub) else {
-            return Ok(None);
-        };
-        s.epoch = epoch;
-        s.last = until;
+        self.outbox.with_cursor(|c| c.set(sub, until, epoch));
         let mut replay = Replay {
             sub,
             channel,
@@ -381,7 +348,7 @@ impl Session {
             .read_page(&channel, Some(from), limit.min(PAGE_ENTRIES))
             .await?;
         let (epoch, top) = (page.epoch.clone(), page.top);
-        let Some(s) = self.subs.get_mut(pos) else {
+        let Some(id) = self.subs.get(pos).map(|s| s.id) else {
             return Ok(Recovered {
                 epoch,
                 offset: top,
@@ -390,13 +357,10 @@ impl Session {
             });
         };
         let tag = crate::hub::epoch_tag(&epoch);
-        if s.epoch != tag {
-            s.epoch = tag;
-            s.last = 0;
-        }
+        self.outbox.with_cursor(|c| c.enter(id, tag));
         let replay_from = |at: u64, promised: bool, page: HistoryPage| {
             let mut r = Replay {
-                sub: s.id,
+                sub: id,
                 channel: channel.clone(),
                 epoch: epoch.clone(),
                 at,
@@ -414,7 +378,7 @@ impl Session {
             let same = since.epoch == epoch || (since.epoch.is_empty() && since.offset == 0);
             // The replay covers everything up to the top: queued live copies of it
             // are duplicates.
-            s.last = s.last.max(top);
+            self.outbox.with_cursor(|c| c.raise(id, top));
             let replay = (same && since.offset < top)
                 .then(|| replay_from(since.offset, recovered == Some(true), page));
             return Ok(Recovered {
@@ -426,9 +390,9 @@ impl Session {
         }
         // Live messages already queued in this epoch: everything from the first one
         // on follows live, in order.
-        if let Some(first) = self.outbox.first_offset(s.id, tag) {
+        if let Some(first) = self.outbox.first_offset(id, tag) {
             let seen = top.min(first - 1);
-            s.last = s.last.max(seen);
+            self.outbox.with_cursor(|c| c.raise(id, seen));
             return Ok(Recovered {
                 epoch: epoch.clone(),
                 offset: seen,
@@ -449,7 +413,7 @@ impl Session {
                 },
             };
             if recovery::assess(Some(&at), &page, limit) == Some(true) {
-                s.last = s.last.max(top);
+                self.outbox.with_cursor(|c| c.raise(id, top));
                 let replay = (from < top).then(|| replay_from(from, true, page));
                 return Ok(Recovered {
                     epoch: epoch.clone(),
@@ -463,7 +427,7 @@ impl Session {
         // start at the top. A message whose live copy is still on the way is then
         // dropped as seen; this needs an epoch change or `--recovery-limit` messages
         // within the connection's setup.
-        s.last = s.last.max(top);
+        self.outbox.with_cursor(|c| c.raise(id, top));
         Ok(Recovered {
             epoch: epoch.clone(),
             offset: top,
@@ -473,18 +437,24 @@ impl Session {
     }
 
     /// Resumes the personal channel at connect, from where the client says it left
-    /// off or else from the user's acknowledged position; returns what to replay
-    /// after the welcome.
-    pub async fn resume_personal(&mut self, since: Option<Since>) -> Option<Replay> {
+    /// off or else from the user's acknowledged position; returns what the welcome
+    /// reports and what to replay after it.
+    pub async fn resume_personal(
+        &mut self,
+        since: Option<Since>,
+    ) -> (PersonalState, Option<Replay>) {
         let personal = self.subs[0].channel.clone();
         if self.node.config.history.policy(&personal).is_none() {
-            if since.is_some() {
-                self.personal.recovered = Some(false);
-            }
-            return None;
+            let state = PersonalState {
+                recovered: since.map(|_| false),
+                ..PersonalState::default()
+            };
+            return (state, None);
         }
         // The first history read of the connection: counted, always allowed.
-        let _ = self.resumes.take(Instant::now());
+        let _ = self
+            .resumes
+            .take(resume_rate(&self.node), self.node.started, Instant::now());
         // Without resume parameters: the acknowledged position, read together with
         // the channel's position (the base of a fresh start, see `recover`).
         let (since, base) = match since {
@@ -503,17 +473,20 @@ impl Session {
         };
         match self.recover(0, since.as_ref(), base).await {
             Ok(r) => {
-                self.personal = PersonalState {
+                let state = PersonalState {
                     epoch: Some(r.epoch),
                     offset: Some(r.offset),
                     recovered: r.recovered,
                 };
-                r.replay
+                (state, r.replay)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read personal history");
-                self.personal.recovered = since.map(|_| false);
-                None
+                let state = PersonalState {
+                    recovered: since.map(|_| false),
+                    ..PersonalState::default()
+                };
+                (state, None)
             }
         }
     }
@@ -545,7 +518,7 @@ impl Session {
         self.expires_at.saturating_add(self.node.verifier.leeway())
     }
 
-    pub fn welcome(&self) -> ServerFrame {
+    pub fn welcome(&self, personal: &PersonalState) -> ServerFrame {
         ServerFrame::Welcome(Welcome {
             session: format!("{:016x}", self.id),
             node: self.node.config.node_id.clone(),
@@ -554,15 +527,15 @@ impl Session {
             heartbeat_ms: self.node.config.heartbeat_interval.as_millis() as u64,
             expires_at: self.expires_at,
             limits: self.node.limits.clone(),
-            epoch: self.personal.epoch.clone(),
-            offset: self.personal.offset,
-            recovered: self.personal.recovered,
+            epoch: personal.epoch.clone(),
+            offset: personal.offset,
+            recovered: personal.recovered,
         })
     }
 
     /// A strike against the connection: the reply, or the end once strikes run out.
     fn strike(&mut self, now: Instant, reply: Outcome) -> Outcome {
-        if self.abuse.take(now) {
+        if self.abuse.take(ABUSE, self.node.started, now) {
             reply
         } else {
             Outcome::End(SessionEnd::Abuse)
@@ -595,7 +568,11 @@ impl Session {
         // one larger than a pong can be is a strike: a client must not make the
         // server decode kilobytes for free.
         if matches!(frame, ClientFrame::Pong) {
-            if bytes.len() > MAX_PONG_BYTES || !self.rate.take(now) {
+            if bytes.len() > MAX_PONG_BYTES
+                || !self
+                    .rate
+                    .take(message_rate(&self.node), self.node.started, now)
+            {
                 return match self.strike(now, Outcome::Silent) {
                     Outcome::End(e) => Outcome::End(e),
                     _ => Outcome::Silent,
@@ -604,7 +581,10 @@ impl Session {
             self.answers_pings = true;
             return Outcome::Silent;
         }
-        if !self.rate.take(now) {
+        if !self
+            .rate
+            .take(message_rate(&self.node), self.node.started, now)
+        {
             let id = request_id(&frame);
             return self.strike(
                 now,
@@ -663,7 +643,11 @@ impl Session {
             );
         }
         let has_history = self.node.config.history.policy(&name).is_some();
-        if has_history && !self.resumes.take(now) {
+        if has_history
+            && !self
+                .resumes
+                .take(resume_rate(&self.node), self.node.started, now)
+        {
             self.node.metrics.history_limited();
             return self.strike(
                 now,

@@ -104,7 +104,7 @@ struct Watch<'a> {
     timer: Pin<&'a mut Sleep>,
     /// A data frame read while waiting, handled once the wait is over; until then
     /// the socket is not read further (TCP holds the rest).
-    stash: Option<Message>,
+    stash: Option<Box<Message>>,
 }
 
 impl Watch<'_> {
@@ -161,20 +161,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         items: &mut VecDeque<Item>,
         metrics: &crate::metrics::Metrics,
     ) -> Result<(), SessionEnd> {
-        let n = items.len() as u64;
-        let tx = &mut self.ws;
-        let write = async {
-            for item in items.drain(..) {
-                tx.feed(match item.frame {
-                    Frame::Text(t) => Message::Text(t),
-                    Frame::Binary(b) => Message::Binary(b),
-                    Frame::Check => continue,
-                })
-                .await?;
+        let n = items
+            .iter()
+            .filter(|i| matches!(i.frame, Frame::Ws(_)))
+            .count() as u64;
+        let r = match self.outbox.socket() {
+            // The frames are ready-made: straight to the socket, in one write where
+            // the kernel takes them, after whatever tungstenite still holds (a pong).
+            Some(socket) => {
+                if let Err(e) = guarded(&self.outbox, self.stall, self.ws.flush()).await {
+                    metrics.dropped(Lost::Closed, n);
+                    return Err(e);
+                }
+                let frames: Vec<bytes::Bytes> = items
+                    .drain(..)
+                    .filter_map(|i| match i.frame {
+                        Frame::Ws(b) => Some(b),
+                        Frame::Check => None,
+                    })
+                    .collect();
+                let outbox = &self.outbox;
+                let write = async {
+                    crate::shared_socket::write_frames(outbox, socket, &frames)
+                        .await
+                        .map_err(WsError::Io)
+                };
+                guarded(&self.outbox, self.stall, write).await
             }
-            tx.flush().await
+            // Not a TCP socket (tests): through tungstenite.
+            None => {
+                let tx = &mut self.ws;
+                let write = async {
+                    for item in items.drain(..) {
+                        let Frame::Ws(frame) = item.frame else {
+                            continue;
+                        };
+                        let Some((opcode, payload)) = crate::outbox::ws_payload(&frame) else {
+                            continue;
+                        };
+                        let m = match opcode {
+                            1 => Message::Text(Utf8Bytes::try_from(payload).map_err(|_| {
+                                WsError::Utf8(String::from("a text frame that is not UTF-8"))
+                            })?),
+                            _ => Message::Binary(payload),
+                        };
+                        tx.feed(m).await?;
+                    }
+                    tx.flush().await
+                };
+                guarded(&self.outbox, self.stall, write).await
+            }
         };
-        let r = guarded(&self.outbox, self.stall, write).await;
         match r {
             Ok(()) => metrics.delivered(n),
             Err(SessionEnd::Requested(close::SLOW_CONSUMER)) => {
@@ -197,7 +234,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
         watch: &mut Watch<'_>,
     ) -> Result<T, SessionEnd> {
         let mut step = std::pin::pin!(step);
-        let Writer { ws, outbox, stall } = self;
+        let Writer {
+            ws, outbox, stall, ..
+        } = self;
         loop {
             let read = watch.stash.is_none();
             let event = tokio::select! {
@@ -228,7 +267,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                     watch.hb.seen(now);
                     match m {
                         Message::Close(_) => return Err(SessionEnd::ClientClosed),
-                        Message::Text(_) | Message::Binary(_) => watch.stash = Some(m),
+                        Message::Text(_) | Message::Binary(_) => watch.stash = Some(Box::new(m)),
                         Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                     }
                 }
@@ -323,7 +362,8 @@ where
                 &mut hb,
                 timer.as_mut(),
                 &mut batch,
-                resume,
+                // Boxed: only the greeting needs it, the loop carries it for life.
+                resume.map(Box::new),
             ));
             match serving.await {
                 Ok(()) => SessionEnd::ClientClosed,
@@ -332,7 +372,8 @@ where
         };
 
         // What was queued and not written is lost with the connection: counted.
-        let left = (batch.len() + w.outbox.discard()) as u64;
+        let queued = w.outbox.discard();
+        let left = (batch.len() + queued) as u64;
         if left > 0 {
             node.metrics.dropped(Lost::Closed, left);
         }
@@ -347,7 +388,9 @@ where
         } else {
             CLOSE_TIMEOUT
         };
-        // Boxed: only a closing connection needs this state.
+        // Boxed: only a closing connection needs this state. A frame the hub began
+        // on the wire is finished first (the outbox's gate); if the peer never takes
+        // it, the stream ends without a close frame.
         closing(w.ws, end, linger).await;
         let code = end.metric_code();
         node.metrics.connection_closed(code);
@@ -489,7 +532,7 @@ async fn greet<S>(
     session: &mut Session,
     w: &mut Writer<S>,
     watch: &mut Watch<'_>,
-    resume: Option<Since>,
+    resume: Option<Box<Since>>,
 ) -> Result<(), SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -500,8 +543,13 @@ where
         return Err(SessionEnd::Requested(close::GOING_AWAY));
     }
     let enc = session.encoding();
-    let replay = w.attend(session.resume_personal(resume), watch).await?;
-    let welcome: Vec<Message> = encode_frame(enc, &session.welcome()).into_iter().collect();
+    let (personal, replay) = w
+        .attend(session.resume_personal(resume.map(|s| *s)), watch)
+        .await?;
+    let welcome: Vec<Message> = encode_frame(enc, &session.welcome(&personal))
+        .into_iter()
+        .collect();
+    drop(personal);
     w.send(welcome).await?;
     match replay {
         Some(r) => w.send_replay(session, r, watch).await,
@@ -591,12 +639,12 @@ async fn inbound_all<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut next = msg.or_else(|| watch.stash.take().map(|m| Some(Ok(m))));
+    let mut next = msg.or_else(|| watch.stash.take().map(|m| Some(Ok(*m))));
     while let Some(msg) = next.take() {
         if let Flow::Closed = inbound(session, w, watch, msg).await? {
             return Ok(Flow::Closed);
         }
-        next = watch.stash.take().map(|m| Some(Ok(m)));
+        next = watch.stash.take().map(|m| Some(Ok(*m)));
     }
     Ok(Flow::Continue)
 }
@@ -613,7 +661,7 @@ async fn serve<S>(
     hb: &mut Heartbeat,
     timer: Pin<&mut Sleep>,
     batch: &mut VecDeque<Item>,
-    resume: Option<Since>,
+    resume: Option<Box<Since>>,
 ) -> Result<(), SessionEnd>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -648,7 +696,8 @@ where
                 for item in batch.iter().filter(|i| i.published_ms != 0) {
                     metrics.latency(now_ms, item.published_ms);
                 }
-                if !batch.is_empty() {
+                // (An empty batch: the rest of a frame the hub began is to be written.)
+                if !batch.is_empty() || w.outbox.has_tail() {
                     let write = Box::pin(w.send_items(batch, metrics));
                     write.await?;
                 }
@@ -667,12 +716,15 @@ where
                 }
             }
             Event::Inbound(msg) => {
+                // The task has the socket until it is idle again (a reply, a replay).
+                outbox.hold();
                 let handling = Box::pin(inbound_all(session, w, &mut watch, Some(msg)));
                 if let Flow::Closed = handling.await? {
                     return Ok(());
                 }
             }
             Event::Timer => {
+                outbox.hold();
                 match watch.hb.tick(Instant::now()) {
                     Tick::Expired => return Err(SessionEnd::TokenExpired),
                     Tick::Timeout => return Err(SessionEnd::HeartbeatTimeout),
@@ -744,7 +796,8 @@ mod tests {
             publish: Vec::new(),
         };
         let slot = node.reserve(user).unwrap_or_else(|_| panic!("no slot"));
-        let session = Session::open(node.clone(), slot, claims, Encoding::Json);
+        let outbox = Arc::new(crate::outbox::Outbox::new(8, None));
+        let session = Session::open(node.clone(), slot, claims, Encoding::Json, outbox);
         let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
         tokio::spawn(run(ws, session, None));
         WebSocketStream::from_raw_socket(client, Role::Client, None).await
@@ -763,6 +816,37 @@ mod tests {
         .await
         .ok()
         .flatten()
+    }
+
+    /// The connection's future is what every idle connection carries: keep an eye on
+    /// it (984 bytes in round 3 of the benchmarks).
+    #[tokio::test]
+    async fn the_connection_future_stays_small() {
+        let node = node();
+        let (server, _client) = tokio::io::duplex(64);
+        let claims = Claims {
+            sub: "size".into(),
+            exp: protocol::now_millis() / 1000 + 600,
+            subscribe: Vec::new(),
+            publish: Vec::new(),
+        };
+        let slot = node.reserve("size").unwrap_or_else(|_| panic!("no slot"));
+        let outbox = Arc::new(crate::outbox::Outbox::new(8, None));
+        let session = Session::open(node.clone(), slot, claims, Encoding::Json, outbox);
+        let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let future = run(ws, session, None);
+        let size = std::mem::size_of_val(&future);
+        eprintln!("connection future: {size} bytes");
+        eprintln!(
+            "session {} heartbeat {} sleep {} ws {} watch {} since {}",
+            std::mem::size_of::<Session>(),
+            std::mem::size_of::<Heartbeat>(),
+            std::mem::size_of::<tokio::time::Sleep>(),
+            std::mem::size_of::<WebSocketStream<tokio::io::DuplexStream>>(),
+            std::mem::size_of::<Watch<'static>>(),
+            std::mem::size_of::<Option<Since>>(),
+        );
+        assert!(size <= 1152, "the connection future grew to {size} bytes");
     }
 
     /// A connection whose upgrade completes after draining began is not among those
