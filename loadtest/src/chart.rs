@@ -161,6 +161,9 @@ pub fn draw_all(report: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let stem = match &report.label {
         Some(l) => l.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-"),
+        None if report.server == crate::cli::ServerKind::Nchan => {
+            format!("{}-nchan", report.scenario)
+        }
         None => report.scenario.clone(),
     };
     let pts = &report.timeline;

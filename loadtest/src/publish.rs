@@ -393,9 +393,7 @@ impl Metronome {
             .context("cannot start the pacing thread")?;
         Ok(m)
     }
-}
 
-impl Metronome {
     /// How many ticks are due by now.
     pub fn due(&self) -> u64 {
         self.due.load(Ordering::Acquire)
