@@ -69,16 +69,68 @@ fn check_depth<E: serde::de::Error>(text: &str) -> Result<(), E> {
 /// `RawValue` without converting its scalars, so it lets through numbers that no
 /// `f64` holds (`1e400`) and lone UTF-16 surrogates in escapes (`"\ud800"`), which
 /// transcoding for MessagePack subscribers then refuses (found by fuzzing:
-/// docs/fuzzing.md). Transcoding into a sink is that same conversion; the depth check
-/// before it bounds its recursion.
+/// docs/fuzzing.md). One walk that converts every scalar as transcoding would, and
+/// keeps nothing, finds both; the depth check before it bounds its recursion.
 fn check_msgpack<E: serde::de::Error>(text: &str) -> Result<(), E> {
     let mut de = serde_json::Deserializer::from_str(text);
-    let mut sink = rmp_serde::Serializer::new(std::io::sink());
-    serde_transcode::transcode(&mut de, &mut sink).map_err(|e| {
-        E::custom(format_args!(
-            "payload is not deliverable as MessagePack: {e}"
-        ))
-    })
+    serde::de::DeserializeSeed::deserialize(Scalars, &mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| {
+            E::custom(format_args!(
+                "payload is not deliverable as MessagePack: {e}"
+            ))
+        })
+}
+
+/// Visits every value of a JSON document through `deserialize_any` (what
+/// transcoding does), so strings are unescaped and numbers converted, and
+/// discards them.
+#[derive(Clone, Copy)]
+struct Scalars;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Scalars {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Scalars {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(self)?.is_some() {
+            map.next_value_seed(self)?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Payload {
