@@ -819,7 +819,8 @@ mod tests {
     }
 
     /// The connection's future is what every idle connection carries: keep an eye on
-    /// it (984 bytes in round 3 of the benchmarks).
+    /// it (984 bytes in round 3 of the benchmarks; 1,056 with the history positions
+    /// moved to the outbox and 8-byte token buckets).
     #[tokio::test]
     async fn the_connection_future_stays_small() {
         let node = node();
@@ -846,7 +847,7 @@ mod tests {
             std::mem::size_of::<Watch<'static>>(),
             std::mem::size_of::<Option<Since>>(),
         );
-        assert!(size <= 1152, "the connection future grew to {size} bytes");
+        assert!(size <= 1088, "the connection future grew to {size} bytes");
     }
 
     /// A connection whose upgrade completes after draining began is not among those
