@@ -184,7 +184,7 @@ pub struct NchanOpts {
     )]
     pub nginx_workers: usize,
     /// Extra directive for nginx's `http` block, repeatable (e.g.
-    /// --nginx-directive 'nchan_message_buffer_length 0;').
+    /// --nginx-directive 'nchan_shared_memory_size 256M').
     #[arg(
         long = "nginx-directive",
         value_name = "LINE",
@@ -192,6 +192,16 @@ pub struct NchanOpts {
         help_heading = "Nchan (with --server nchan)"
     )]
     pub nginx_directives: Vec<String>,
+    /// Extra directive for Nchan's subscriber and publisher locations, repeatable
+    /// (e.g. --nchan-directive 'nchan_websocket_ping_interval 30' for heartbeats like
+    /// the gateway's, or 'nchan_message_buffer_length 0').
+    #[arg(
+        long = "nchan-directive",
+        value_name = "LINE",
+        allow_hyphen_values = true,
+        help_heading = "Nchan (with --server nchan)"
+    )]
+    pub nchan_directives: Vec<String>,
 }
 
 /// Options every scenario has.
@@ -364,9 +374,14 @@ impl Common {
         if self.payload_size > 60_000 {
             bail!("--payload-size must be at most 60000");
         }
-        for d in &self.nchan.nginx_directives {
-            if d.contains(['{', '}']) {
-                bail!("--nginx-directive takes simple directives (no blocks): `{d}`");
+        for d in self
+            .nchan
+            .nginx_directives
+            .iter()
+            .chain(&self.nchan.nchan_directives)
+        {
+            if d.contains(['{', '}']) || d.trim().is_empty() {
+                bail!("--nginx-directive and --nchan-directive take simple directives: `{d}`");
             }
         }
         Ok(())

@@ -259,6 +259,9 @@ impl CompareArgs {
             for d in &self.nchan.nginx_directives {
                 args.push(format!("--nginx-directive={d}"));
             }
+            for d in &self.nchan.nchan_directives {
+                args.push(format!("--nchan-directive={d}"));
+            }
             out.push(Server {
                 name: "nchan".into(),
                 args,
@@ -708,10 +711,19 @@ pub async fn run(a: &CompareArgs) -> Result<Comparison> {
                                 nchan_note = Some(format!(
                                     "{head}, Nchan's defaults otherwise (a 10-message buffer per \
                                      channel kept 1 h, no WebSocket pings){}.",
-                                    if a.nchan.nginx_directives.is_empty() {
-                                        String::new()
-                                    } else {
-                                        format!(" and {}", a.nchan.nginx_directives.join(" "))
+                                    {
+                                        let extra: Vec<&str> = a
+                                            .nchan
+                                            .nginx_directives
+                                            .iter()
+                                            .chain(&a.nchan.nchan_directives)
+                                            .map(String::as_str)
+                                            .collect();
+                                        if extra.is_empty() {
+                                            String::new()
+                                        } else {
+                                            format!(" except as set by: {}", extra.join("; "))
+                                        }
                                     }
                                 ));
                             }

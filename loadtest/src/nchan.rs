@@ -14,7 +14,8 @@
 //!   every client's subscription is in place.
 //!
 //! Everything else is Nchan's and nginx's default (a 10-message buffer kept for an
-//! hour per channel, no WebSocket pings), plus whatever `--nginx-directive` adds.
+//! hour per channel, no WebSocket pings), plus whatever `--nginx-directive` (http
+//! block) and `--nchan-directive` (both locations) add.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -88,6 +89,7 @@ pub fn installed() -> bool {
         nchan_module: PathBuf::from(DEFAULT_MODULE),
         nginx_workers: 1,
         nginx_directives: Vec::new(),
+        nchan_directives: Vec::new(),
     })
     .is_ok()
 }
@@ -112,24 +114,25 @@ pub fn config(
     addr: SocketAddr,
     workers: usize,
     connections: usize,
-    extra: &[String],
+    (http_extra, location_extra): (&[String], &[String]),
 ) -> String {
     // Workers need not share the connections evenly: room for all in each, as far
     // as the open-file limit goes.
     let worker_connections = connections + 512;
     let nofile = ((connections + 1024) as u64).min(open_files_hard_limit().unwrap_or(u64::MAX));
     let d = dir.display();
-    let extra: String = extra
-        .iter()
-        .map(|l| {
-            let l = l.trim();
-            if l.ends_with(';') {
-                format!("    {l}\n")
-            } else {
-                format!("    {l};\n")
-            }
-        })
-        .collect();
+    let lines = |extra: &[String], indent: &str| -> String {
+        extra
+            .iter()
+            .map(|l| {
+                let l = l.trim();
+                let end = if l.ends_with(';') { "" } else { ";" };
+                format!("{indent}{l}{end}\n")
+            })
+            .collect()
+    };
+    let extra = lines(http_extra, "    ");
+    let loc = lines(location_extra, "            ");
     format!(
         "# Written by loadtest for one run (--server nchan); removed when the run ends.
 load_module {module};
@@ -161,11 +164,11 @@ http {{
         location ~ ^{SUB_PREFIX}/([A-Za-z0-9_.:-]+)$ {{
             nchan_subscriber websocket;
             nchan_channel_id $1;
-        }}
+{loc}        }}
         location ~ ^{PUB_PREFIX}/([A-Za-z0-9_.:-]+)$ {{
             nchan_publisher http;
             nchan_channel_id $1;
-        }}
+{loc}        }}
     }}
 }}
 ",
@@ -247,7 +250,7 @@ impl Nginx {
                 addr,
                 opts.nginx_workers,
                 connections,
-                &opts.nginx_directives,
+                (&opts.nginx_directives, &opts.nchan_directives),
             );
             let conf_path = dir.join("nginx.conf");
             std::fs::write(&conf_path, conf)
@@ -494,7 +497,10 @@ mod tests {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1))),
             1,
             10_000,
-            &["nchan_message_buffer_length 0".to_owned()],
+            (
+                &["nchan_shared_memory_size 64M".to_owned()],
+                &["nchan_websocket_ping_interval 30;".to_owned()],
+            ),
         );
         assert!(c.contains(&format!("load_module {DEFAULT_MODULE};")));
         assert!(c.contains("worker_processes 1;"));
@@ -502,7 +508,12 @@ mod tests {
         assert!(c.contains("listen 127.0.0.1:4567;"));
         assert!(c.contains("nchan_subscriber websocket;"));
         assert!(c.contains("nchan_publisher http;"));
-        assert!(c.contains("    nchan_message_buffer_length 0;\n"));
+        assert!(c.contains("\n    nchan_shared_memory_size 64M;\n"));
+        assert_eq!(
+            c.matches("\n            nchan_websocket_ping_interval 30;\n")
+                .count(),
+            2
+        );
         let s = parse_status("subscribers: 3\nnchan version: 1.3.6\n");
         assert_eq!(s.get("subscribers").map(String::as_str), Some("3"));
         assert_eq!(s.get("nchan version").map(String::as_str), Some("1.3.6"));

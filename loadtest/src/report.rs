@@ -43,6 +43,8 @@ pub struct Report {
     pub unexpected_closes: u64,
     pub close_reasons: BTreeMap<String, u64>,
     pub pings_answered: u64,
+    /// WebSocket pings the clients received (and answered with pongs).
+    pub ws_pings: u64,
     pub bad_frames: u64,
     pub timeline: Vec<Point>,
     pub notes: Vec<String>,
@@ -374,8 +376,12 @@ impl Report {
         rows.push((
             "closes".into(),
             format!(
-                "{} unexpected {:?}; {} pings answered; {} bad frames",
-                self.unexpected_closes, self.close_reasons, self.pings_answered, self.bad_frames
+                "{} unexpected {:?}; {} pings answered; {} WebSocket pings; {} bad frames",
+                self.unexpected_closes,
+                self.close_reasons,
+                self.pings_answered,
+                self.ws_pings,
+                self.bad_frames
             ),
         ));
         for n in &self.notes {

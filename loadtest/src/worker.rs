@@ -131,6 +131,9 @@ pub struct GroupStats {
     pub unexpected_closes: u64,
     pub close_codes: BTreeMap<String, u64>,
     pub pings: u64,
+    /// WebSocket (protocol) pings received; tungstenite answers them itself.
+    #[serde(default)]
+    pub ws_pings: u64,
     pub bad_frames: u64,
     pub chat_sent: u64,
     pub chat_ok: u64,
@@ -337,6 +340,10 @@ impl Client {
                 {
                     return Flow::Closed(format!("send: {e}"));
                 }
+                Flow::Continue
+            }
+            Some(Ok(Message::Ping(_))) => {
+                self.sh.live().stats.ws_pings += 1;
                 Flow::Continue
             }
             Some(Ok(Message::Close(f))) => Flow::Closed(
@@ -912,6 +919,7 @@ impl GroupStats {
             *self.close_codes.entry(k.clone()).or_default() += v;
         }
         self.pings += o.pings;
+        self.ws_pings += o.ws_pings;
         self.bad_frames += o.bad_frames;
         self.chat_sent += o.chat_sent;
         self.chat_ok += o.chat_ok;

@@ -317,6 +317,7 @@ impl Run {
             unexpected_closes: stats.unexpected_closes,
             close_reasons: stats.close_codes.clone(),
             pings_answered: stats.pings,
+            ws_pings: stats.ws_pings,
             bad_frames: stats.bad_frames,
             timeline: points(timeline, self.start_unix_ms),
             notes: self.notes.clone(),

@@ -982,6 +982,7 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
         unexpected_closes: reconnects.values().sum(),
         close_reasons: reconnects,
         pings_answered: pings,
+        ws_pings: 0,
         bad_frames,
         timeline: points(&timeline, start_unix_ms),
         notes,
