@@ -16,8 +16,8 @@ use publisher::HistoryPage;
 use slab::Slab;
 
 use crate::broker::{Broker, BrokerError, Position, Receipt};
+use crate::conn::outbox::{Delivered, Frame, Item, Outbox, PushError};
 use crate::metrics::{Drop, Metrics};
-use crate::outbox::{Delivered, Frame, Item, Outbox, PushError};
 
 /// One connection's registration on one channel.
 pub struct Subscriber {
@@ -219,7 +219,7 @@ pub fn epoch_tag(epoch: &str) -> u32 {
 fn encode_frame(enc: Encoding, p: &Publication) -> Option<Bytes> {
     let payload = frame::encode_message(enc, p).ok()?;
     let opcode = if enc.is_text() { 1 } else { 2 };
-    Some(crate::outbox::ws_frame(opcode, &payload))
+    Some(crate::conn::outbox::ws_frame(opcode, &payload))
 }
 
 /// The hub as sessions see it: the table plus the broker behind it.

@@ -12,26 +12,19 @@
 //! HTTP publish endpoint for backends; [`metrics`] and the admin listener expose
 //! health. [`run`] wires it all and drains connections on shutdown.
 
-pub mod api;
 pub mod auth;
-pub mod broker;
+pub(crate) mod broker;
 pub mod config;
-mod cursor;
-pub mod demo;
+pub(crate) mod conn;
 mod error;
-pub mod handshake;
-pub mod heartbeat;
 pub mod http;
-pub mod hub;
-pub mod metrics;
-pub mod node;
-pub mod outbox;
-pub mod ratelimit;
-pub mod recovery;
-pub mod server;
-pub mod session;
-mod shared_socket;
-pub mod socket;
+pub(crate) mod hub;
+pub(crate) mod metrics;
+pub(crate) mod node;
+pub(crate) mod session;
+
+/// The HTTP publish API's checks (also used by the fuzz targets).
+pub use http::api;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -140,8 +133,8 @@ pub async fn run(
         }
         tracing::info!(url = %format!("http://{at}/demo/"), "demo app");
     }
-    let public_task = tokio::spawn(server::serve_public(public, node.clone()));
-    let admin_task = tokio::spawn(server::serve_admin(admin, node.clone()));
+    let public_task = tokio::spawn(http::server::serve_public(public, node.clone()));
+    let admin_task = tokio::spawn(http::server::serve_admin(admin, node.clone()));
     shutdown.await;
     drain(&node).await;
     public_task.abort();

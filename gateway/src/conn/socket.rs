@@ -23,11 +23,11 @@ use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
+use crate::conn::heartbeat::{self, Heartbeat, Tick};
+use crate::conn::outbox::{Frame, Item, Outbox};
 use crate::error::SessionEnd;
-use crate::heartbeat::{self, Heartbeat, Tick};
 use crate::metrics::Drop as Lost;
-use crate::outbox::{Frame, Item, Outbox};
-use crate::recovery::{Replay, Step};
+use crate::session::recovery::{Replay, Step};
 use crate::session::{Outcome, Session};
 
 /// Frames moved from the outbox per wakeup; bounds the time one socket write takes.
@@ -182,7 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                     .collect();
                 let outbox = &self.outbox;
                 let write = async {
-                    crate::shared_socket::write_frames(outbox, socket, &frames)
+                    crate::conn::shared_socket::write_frames(outbox, socket, &frames)
                         .await
                         .map_err(WsError::Io)
                 };
@@ -196,7 +196,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Writer<S> {
                         let Frame::Ws(frame) = item.frame else {
                             continue;
                         };
-                        let Some((opcode, payload)) = crate::outbox::ws_payload(&frame) else {
+                        let Some((opcode, payload)) = crate::conn::outbox::ws_payload(&frame)
+                        else {
                             continue;
                         };
                         let m = match opcode {
@@ -796,7 +797,7 @@ mod tests {
             publish: Vec::new(),
         };
         let slot = node.reserve(user).unwrap_or_else(|_| panic!("no slot"));
-        let outbox = Arc::new(crate::outbox::Outbox::new(8, None));
+        let outbox = Arc::new(crate::conn::outbox::Outbox::new(8, None));
         let session = Session::open(node.clone(), slot, claims, Encoding::Json, outbox);
         let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
         tokio::spawn(run(ws, session, None));
@@ -832,7 +833,7 @@ mod tests {
             publish: Vec::new(),
         };
         let slot = node.reserve("size").unwrap_or_else(|_| panic!("no slot"));
-        let outbox = Arc::new(crate::outbox::Outbox::new(8, None));
+        let outbox = Arc::new(crate::conn::outbox::Outbox::new(8, None));
         let session = Session::open(node.clone(), slot, claims, Encoding::Json, outbox);
         let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
         let future = run(ws, session, None);

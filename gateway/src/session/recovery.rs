@@ -47,8 +47,6 @@ pub fn assess(since: Option<&Since>, page: &HistoryPage, limit: usize) -> Option
 /// A walk through a channel's history, sent to the client page by page.
 #[derive(Debug)]
 pub struct Replay {
-    /// The connection's subscription the replay belongs to.
-    pub sub: u32,
     pub channel: Arc<str>,
     /// The history epoch the offsets belong to.
     pub epoch: String,
@@ -198,7 +196,6 @@ mod tests {
 
     fn replay(at: u64, until: u64, promised: bool) -> Replay {
         Replay {
-            sub: 0,
             channel: Arc::from("c"),
             epoch: "e".into(),
             at,

@@ -322,11 +322,11 @@ fn connection(
         }
     };
     // Shared with the hub, which writes to it directly while the connection is idle.
-    let outbox = Arc::new(crate::outbox::Outbox::new(
+    let outbox = Arc::new(crate::conn::outbox::Outbox::new(
         node.config.outbound_queue,
         Some(parts.io.into_inner()),
     ));
-    let Some(stream) = crate::shared_socket::SharedSocket::new(outbox.clone()) else {
+    let Some(stream) = crate::conn::shared_socket::SharedSocket::new(outbox.clone()) else {
         return;
     };
     // Both constructors only wrap the stream and never wait, so they complete on
@@ -348,7 +348,7 @@ fn connection(
     };
     node.metrics.connection_opened();
     let session = Session::open(node.clone(), slot, claims, encoding, outbox);
-    tokio::spawn(crate::socket::run(ws, session, resume));
+    tokio::spawn(crate::conn::socket::run(ws, session, resume));
 }
 
 #[cfg(test)]

@@ -950,7 +950,7 @@ impl Config {
             redis_connections: positive(s.redis_connections.unwrap_or(2), "redis-connections")?,
             demo,
             history: match &s.history {
-                None if demo => HistoryRules::parse(crate::demo::DEFAULT_HISTORY.iter())
+                None if demo => HistoryRules::parse(crate::http::demo::DEFAULT_HISTORY.iter())
                     .map_err(|e| config_err("history", e))?,
                 None => HistoryRules::default(),
                 Some(rules) => HistoryRules::parse(rules.iter().filter(|r| !r.trim().is_empty()))

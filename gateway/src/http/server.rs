@@ -19,7 +19,7 @@ use crate::node::Node;
 async fn route(req: Request<Incoming>, node: Arc<Node>) -> Result<Response<Body>, Infallible> {
     Ok(match req.uri().path() {
         p if node.config.demo && (p == "/" || p.starts_with("/demo")) => {
-            match crate::demo::handle(req, &node).await {
+            match crate::http::demo::handle(req, &node).await {
                 Some(r) => r,
                 None => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
             }
@@ -35,9 +35,9 @@ async fn route(req: Request<Incoming>, node: Arc<Node>) -> Result<Response<Body>
                 "docs": "https://example.invalid/tidings/docs",
             }),
         ),
-        "/ws" => crate::handshake::upgrade(req, node),
-        "/api/v1/publish" => crate::api::handle(req, node, false).await,
-        "/api/v1/publish/batch" => crate::api::handle(req, node, true).await,
+        "/ws" => crate::conn::handshake::upgrade(req, node),
+        "/api/v1/publish" => crate::http::api::handle(req, node, false).await,
+        "/api/v1/publish/batch" => crate::http::api::handle(req, node, true).await,
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     })
 }

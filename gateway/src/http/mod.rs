@@ -1,4 +1,11 @@
-//! HTTP plumbing shared by the listeners: JSON error bodies and small helpers.
+//! The HTTP side of a node: the listeners ([`server`]: the public one, which
+//! upgrades WebSocket connections and serves the publish [`api`] and the [`demo`],
+//! and the admin one), and the plumbing they share: JSON error bodies and small
+//! helpers.
+
+pub mod api;
+pub(crate) mod demo;
+pub(crate) mod server;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};

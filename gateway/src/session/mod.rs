@@ -4,6 +4,9 @@
 //! session talks to the hub for subscriptions and publishes. Dropping a session
 //! releases every subscription and its connection slot.
 
+pub(crate) mod cursor;
+pub(crate) mod recovery;
+
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -15,13 +18,13 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::auth::{AuthError, Claims};
-use crate::cursor::Position;
+use crate::conn::outbox::{Item, Outbox};
+use crate::conn::ratelimit::{Rate, TokenBucket};
 use crate::error::SessionEnd;
 use crate::hub::Subscriber;
 use crate::node::{Node, Slot};
-use crate::outbox::{Item, Outbox};
-use crate::ratelimit::{Rate, TokenBucket};
-use crate::recovery::{self, PAGE_ENTRIES, Replay, Step};
+use crate::session::cursor::Position;
+use recovery::{PAGE_ENTRIES, Replay, Step};
 
 /// Strikes (malformed or rate-limited frames) tolerated in a burst before closing
 /// with 1008; one strike is forgiven every 10 seconds.
@@ -65,7 +68,7 @@ struct Sub {
     /// Key in the hub's table, to unsubscribe.
     key: usize,
     /// Stamped on every queued item of this subscription; its position in history
-    /// is kept by the outbox's [`Cursor`](crate::cursor::Cursor) under this id.
+    /// is kept by the outbox's [`Cursor`](crate::session::cursor::Cursor) under this id.
     id: u32,
 }
 
@@ -277,7 +280,6 @@ impl Session {
         self.node.metrics.gap(true);
         self.outbox.with_cursor(|c| c.set(sub, until, epoch));
         let mut replay = Replay {
-            sub,
             channel,
             epoch: page.epoch.clone(),
             at: from,
@@ -360,7 +362,6 @@ impl Session {
         self.outbox.with_cursor(|c| c.enter(id, tag));
         let replay_from = |at: u64, promised: bool, page: HistoryPage| {
             let mut r = Replay {
-                sub: id,
                 channel: channel.clone(),
                 epoch: epoch.clone(),
                 at,
