@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ErrorCode, Payload, ProtocolError, Publication};
 
+pub use crate::results::{
+    AckResult, PublishResult, RefreshResult, ReplyResult, SubscribeResult, UnsubscribeResult,
+};
+
 /// Subprotocol selecting JSON text frames (the default when none is offered).
 pub const JSON_PROTOCOL: &str = "tidings.json";
 /// Subprotocol selecting MessagePack binary frames.
@@ -272,20 +276,86 @@ pub struct Welcome {
     pub recovered: Option<bool>,
 }
 
-/// A notification delivered to the client.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A notification delivered to the client (what [`decode_server`] returns; the
+/// gateway encodes a [`Publication`] directly with [`encode_message`]). Both write the
+/// fields through one borrowed view, so the frame's shape is declared once.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Message {
     pub channel: String,
     pub event: String,
     pub payload: Payload,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The publisher's message id, if it set one.
     pub msg_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The position in the channel's history, when the channel keeps history.
     pub offset: Option<u64>,
     /// The history epoch `offset` belongs to (offsets restart in a new epoch).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub epoch: Option<String>,
+    /// Publish time, milliseconds since the Unix epoch.
     pub ts: u64,
+}
+
+/// The fields of a `message` frame, in the documented order, borrowed from a
+/// [`Message`] or a [`Publication`]: the one declaration of the frame's shape.
+#[derive(Serialize)]
+struct MessageFields<'a> {
+    channel: &'a str,
+    event: &'a str,
+    payload: &'a Payload,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    msg_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+    ts: u64,
+}
+
+impl<'a> From<&'a Message> for MessageFields<'a> {
+    fn from(m: &'a Message) -> Self {
+        MessageFields {
+            channel: &m.channel,
+            event: &m.event,
+            payload: &m.payload,
+            msg_id: m.msg_id.as_deref(),
+            offset: m.offset,
+            epoch: m.epoch.as_deref(),
+            ts: m.ts,
+        }
+    }
+}
+
+impl<'a> From<&'a Publication> for MessageFields<'a> {
+    fn from(p: &'a Publication) -> Self {
+        MessageFields {
+            channel: &p.channel,
+            event: &p.event,
+            payload: &p.payload,
+            msg_id: p.id.as_deref(),
+            offset: p.offset,
+            epoch: p.epoch.as_deref(),
+            ts: p.ts,
+        }
+    }
+}
+
+impl Serialize for Message {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        MessageFields::from(self).serialize(s)
+    }
+}
+
+impl From<&Publication> for Message {
+    fn from(p: &Publication) -> Self {
+        Message {
+            channel: p.channel.clone(),
+            event: p.event.clone(),
+            payload: p.payload.clone(),
+            msg_id: p.id.clone(),
+            offset: p.offset,
+            epoch: p.epoch.clone(),
+            ts: p.ts,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -308,11 +378,14 @@ pub struct Reply {
 }
 
 impl Reply {
-    pub fn ok(id: u64, result: serde_json::Value) -> Self {
+    /// A success answering request `id`: `result` is a typed result
+    /// ([`SubscribeResult`], [`UnsubscribeResult`], [`PublishResult`],
+    /// [`RefreshResult`], [`AckResult`]) or a JSON value.
+    pub fn ok(id: u64, result: impl Into<serde_json::Value>) -> Self {
         Self {
             id: Some(id),
             ok: true,
-            result: Some(result),
+            result: Some(result.into()),
             error: None,
         }
     }
@@ -325,6 +398,20 @@ impl Reply {
             error: Some(ErrorBody {
                 code,
                 message: message.into(),
+            }),
+        }
+    }
+
+    /// The outcome for the requester: the `result` on success (`null` when absent;
+    /// read it with [`ReplyResult::from_value`]), the `error` on failure (`internal`
+    /// when a failed reply carries none).
+    pub fn into_result(self) -> Result<serde_json::Value, ErrorBody> {
+        match (self.ok, self.error) {
+            (true, _) => Ok(self.result.unwrap_or(serde_json::Value::Null)),
+            (false, Some(e)) => Err(e),
+            (false, None) => Err(ErrorBody {
+                code: ErrorCode::Internal,
+                message: "reply without ok or error".into(),
             }),
         }
     }
@@ -346,35 +433,17 @@ impl ServerFrame {
     }
 }
 
+/// A `message` frame with its `type`, as [`ServerFrame::Message`] writes it.
 #[derive(Serialize)]
-struct MessageRef<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    channel: &'a str,
-    event: &'a str,
-    payload: &'a Payload,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    msg_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    offset: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    epoch: Option<&'a str>,
-    ts: u64,
+#[serde(tag = "type", rename_all = "snake_case")]
+enum MessageFrame<'a> {
+    Message(MessageFields<'a>),
 }
 
 /// Encodes the `message` frame for a publication without copying its fields; the
 /// gateway calls this once per publication and encoding.
 pub fn encode_message(enc: Encoding, p: &Publication) -> Result<Bytes, ProtocolError> {
-    enc.encode(&MessageRef {
-        kind: "message",
-        channel: &p.channel,
-        event: &p.event,
-        payload: &p.payload,
-        msg_id: p.id.as_deref(),
-        offset: p.offset,
-        epoch: p.epoch.as_deref(),
-        ts: p.ts,
-    })
+    enc.encode(&MessageFrame::Message(p.into()))
 }
 
 #[derive(Deserialize)]
@@ -538,6 +607,59 @@ mod tests {
     }
 
     #[test]
+    fn owned_and_borrowed_messages_encode_alike() {
+        let mut full = Publication::new("$user:a", "e", Payload::from_json("[1]").unwrap());
+        full.id = Some("m-1".into());
+        full.offset = Some(7);
+        full.epoch = Some("ep".into());
+        let bare = Publication::new("room:1", "typing", Payload::null());
+        for p in [full, bare] {
+            for enc in both() {
+                let owned = ServerFrame::Message(Message::from(&p)).encode(enc).unwrap();
+                assert_eq!(owned, encode_message(enc, &p).unwrap(), "{enc:?}");
+                let ServerFrame::Message(back) = decode_server(enc, &owned).unwrap() else {
+                    panic!("not a message")
+                };
+                assert_eq!(back, Message::from(&p));
+            }
+        }
+    }
+
+    #[test]
+    fn replies_carry_typed_results_and_give_them_back() {
+        let r = Reply::ok(1, AckResult { offset: 3 });
+        let back = match decode_server(
+            Encoding::MsgPack,
+            &ServerFrame::Reply(r).encode(Encoding::MsgPack).unwrap(),
+        )
+        .unwrap()
+        {
+            ServerFrame::Reply(r) => r,
+            other => panic!("{other:?}"),
+        };
+        let v = back.into_result().unwrap();
+        assert_eq!(AckResult::from_value(v).unwrap(), AckResult { offset: 3 });
+        let e = Reply::error(Some(2), ErrorCode::Forbidden, "no")
+            .into_result()
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden);
+        let odd = Reply {
+            id: Some(3),
+            ok: false,
+            result: None,
+            error: None,
+        };
+        assert_eq!(odd.into_result().unwrap_err().code, ErrorCode::Internal);
+        let empty = Reply {
+            id: Some(4),
+            ok: true,
+            result: None,
+            error: None,
+        };
+        assert_eq!(empty.into_result().unwrap(), serde_json::Value::Null);
+    }
+
+    #[test]
     fn server_frames_round_trip() {
         let mut p = Publication::new("news", "created", Payload::from_json(r#"{"x":1}"#).unwrap());
         p.offset = Some(4);
@@ -561,6 +683,12 @@ mod tests {
             );
         }
         let json = encode_message(Encoding::Json, &p).unwrap();
+        assert_eq!(
+            ServerFrame::Message(Message::from(&p))
+                .encode(Encoding::Json)
+                .unwrap(),
+            json
+        );
         let text = std::str::from_utf8(&json).unwrap();
         assert!(
             text.starts_with(r#"{"type":"message","channel":"news""#),

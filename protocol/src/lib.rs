@@ -3,10 +3,12 @@
 //! Data flows through three shapes defined here: a backend builds a [`Publication`]
 //! (the Redis envelope, MessagePack), a gateway node decodes it once and turns it into
 //! one server [`frame`] per encoding whose bytes every local recipient shares, and
-//! clients answer with client frames that [`frame::decode_client`] parses. Channel
-//! naming and validation ([`channel`]), the Redis key and channel names ([`keys`]),
-//! the Redis layouts ([`topology`]), the stable error codes ([`ErrorCode`]) and the close codes ([`close`]) live here so
-//! that no other crate invents its own.
+//! clients answer with client frames that [`frame::decode_client`] parses; every
+//! `reply` result has its type ([`frame::SubscribeResult`] and the others of
+//! [`frame::ReplyResult`]). Channel naming and validation ([`channel`]), the Redis
+//! key and channel names ([`keys`]), the Redis layouts ([`topology`]), the stable
+//! error codes ([`ErrorCode`]) and the close codes with the reconnect policy that
+//! goes with them ([`close`]) live here so that no other crate invents its own.
 
 pub mod channel;
 pub mod close;
@@ -17,6 +19,7 @@ pub mod frame;
 pub mod history;
 pub mod keys;
 mod payload;
+mod results;
 pub mod topology;
 
 pub use envelope::Publication;
