@@ -1,10 +1,12 @@
 //! Local fan-out: which connections on this node want which channel.
 //!
-//! Sessions register interest here; the broker delivers publications here. The hub
-//! encodes each publication once per encoding in use and pushes the shared bytes
-//! into every subscriber's outbox without waiting. It tells the broker when a
-//! channel gains its first local subscriber or loses its last, and the broker reads
-//! the hub's interest set as the source of truth (also after a reconnect).
+//! Sessions register interest here; the broker delivers publications here, through
+//! the [`Handler`] trait the table implements (the broker knows nothing else of the
+//! layers above). The hub frames each publication once per encoding in use and
+//! writes the shared bytes to every idle subscriber's socket, or queues them in its
+//! outbox, without waiting. It tells the broker when a channel gains its first
+//! local subscriber or loses its last, and the broker reads the hub's interest set
+//! as the source of truth (also after a reconnect).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -12,10 +14,9 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use protocol::{Encoding, Publication, frame};
-use publisher::HistoryPage;
 use slab::Slab;
 
-use crate::broker::{Broker, BrokerError, Position, Receipt};
+use crate::broker::{Broker, Handler};
 use crate::conn::outbox::{Delivered, Frame, Item, Outbox, PushError};
 use crate::metrics::{Drop, Metrics};
 
@@ -85,18 +86,6 @@ impl Table {
         false
     }
 
-    pub fn has_interest(&self, channel: &str) -> bool {
-        read(self.shard(channel)).contains_key(channel)
-    }
-
-    /// Every channel with at least one local subscriber.
-    pub fn interests(&self) -> Vec<Arc<str>> {
-        self.shards
-            .iter()
-            .flat_map(|s| read(s).keys().cloned().collect::<Vec<_>>())
-            .collect()
-    }
-
     /// Local subscribers of a channel.
     pub fn count(&self, channel: &str) -> usize {
         read(self.shard(channel)).get(channel).map_or(0, Slab::len)
@@ -109,6 +98,21 @@ impl Table {
             .map(|s| s.iter().map(|(_, sub)| sub.outbox.clone()).collect())
             .unwrap_or_default()
     }
+}
+
+/// What the broker calls: delivery, gap checks and the interest set.
+impl Handler for Table {
+    fn has_interest(&self, channel: &str) -> bool {
+        read(self.shard(channel)).contains_key(channel)
+    }
+
+    /// Every channel with at least one local subscriber.
+    fn interests(&self) -> Vec<Arc<str>> {
+        self.shards
+            .iter()
+            .flat_map(|s| read(s).keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
 
     /// Delivers a publication to every local subscriber of its channel; returns how
     /// many connections it reached (written or queued). The frame is built once per
@@ -116,7 +120,7 @@ impl Table {
     /// [`Outbox::deliver`]); the subscribers are copied out first, so no lock of the
     /// table is held while writing. What cannot be queued is counted as dropped;
     /// what is queued is counted as delivered once the connection writes it.
-    pub fn deliver(&self, p: &Publication) -> usize {
+    fn deliver(&self, p: &Publication) -> usize {
         let targets: Vec<(Arc<Outbox>, Encoding, u32)> = {
             let shard = read(self.shard(&p.channel));
             let Some(subs) = shard.get(p.channel.as_str()) else {
@@ -178,14 +182,12 @@ impl Table {
         }
         (written + queued) as usize
     }
-}
 
-impl Table {
     /// Tells every local subscriber of `channel` that its history reaches `top` in
     /// `epoch`: those that have not seen that far fill the gap from history. Sent
     /// after a Redis subscription came back, when messages published meanwhile
     /// would otherwise be missed until the channel's next message.
-    pub fn check(&self, channel: &str, epoch: &str, top: u64) {
+    fn check(&self, channel: &str, epoch: &str, top: u64) {
         let shard = read(self.shard(channel));
         let Some(subs) = shard.get(channel) else {
             return;
@@ -222,7 +224,8 @@ fn encode_frame(enc: Encoding, p: &Publication) -> Option<Bytes> {
     Some(crate::conn::outbox::ws_frame(opcode, &payload))
 }
 
-/// The hub as sessions see it: the table plus the broker behind it.
+/// The hub as sessions see it: the table, and the broker to tell when a channel
+/// gains its first or loses its last local subscriber.
 pub struct Hub {
     table: Arc<Table>,
     broker: Arc<dyn Broker>,
@@ -256,40 +259,6 @@ impl Hub {
             self.metrics.channels(-1);
             self.broker.interest_changed(channel);
         }
-    }
-
-    pub async fn publish(&self, pubs: Vec<Publication>) -> Result<Receipt, BrokerError> {
-        self.broker.publish(pubs).await
-    }
-
-    pub fn ready(&self) -> bool {
-        self.broker.is_ready()
-    }
-
-    /// Waits until live delivery of a channel to this node is in effect.
-    pub async fn subscribed(&self, channel: &str) -> bool {
-        self.broker.subscribed(channel).await
-    }
-
-    pub async fn history(
-        &self,
-        channel: &str,
-        after: Option<u64>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<HistoryPage, BrokerError> {
-        self.broker.history(channel, after, limit, max_bytes).await
-    }
-
-    pub async fn ack(&self, channel: &str, offset: u64) -> Result<Option<u64>, BrokerError> {
-        self.broker.ack(channel, offset).await
-    }
-
-    pub async fn position(
-        &self,
-        channel: &str,
-    ) -> Result<(HistoryPage, Option<Position>), BrokerError> {
-        self.broker.position(channel).await
     }
 
     pub fn table(&self) -> &Table {

@@ -38,16 +38,92 @@ pub use config::Config;
 pub use error::{GatewayError, SessionEnd};
 
 use broker::{Broker, MemoryBroker};
-use hub::{Hub, Table};
+use hub::Table;
 use metrics::Metrics;
 use node::Node;
 
+/// The listeners a node serves: the public one (WebSocket upgrades, the publish
+/// API, the demo) and the admin one (health, readiness, metrics).
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the configured addresses (the public one with the configured backlog
+    /// and send buffer).
+    pub async fn bind(config: &Config) -> Result<Self, GatewayError> {
+        let public = bind(
+            config.listen,
+            config.listen_backlog,
+            config.socket_send_buffer,
+        )
+        .map_err(|source| GatewayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|source| GatewayError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
+        Ok(Self { public, admin })
+    }
+}
+
 /// Runs a node until `shutdown` resolves, then drains its connections and returns.
-pub async fn run(
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    let listeners = Listeners::bind(&config).await?;
+    serve(config, listeners, shutdown).await
+}
+
+/// Runs a node on listeners the caller bound (as [`run`] does; a test binds port 0
+/// and knows the addresses before the node starts).
+pub async fn serve(
     mut config: Config,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     limit_to_open_files(&mut config);
+    let node = assemble(config)?;
+    let Listeners { public, admin } = listeners;
+    let addr = public.local_addr().map_err(|source| GatewayError::Bind {
+        addr: node.config.listen,
+        source,
+    })?;
+    let admin_addr = admin.local_addr().map_err(|source| GatewayError::Bind {
+        addr: node.config.admin_listen,
+        source,
+    })?;
+    tracing::info!(
+        %addr,
+        %admin_addr,
+        node = %node.config.node_id,
+        broker = if node.config.redis.is_some() { "redis" } else { "memory" },
+        redis_mode = node.config.redis.as_ref().map(|_| node.config.redis_mode.name()),
+        "listening"
+    );
+    if node.config.demo {
+        // Where to point a browser: a wildcard address is reachable on loopback.
+        let mut at = addr;
+        if at.ip().is_unspecified() {
+            at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        tracing::info!(url = %format!("http://{at}/demo/"), "demo app");
+    }
+    let public_task = tokio::spawn(http::server::serve_public(public, node.clone()));
+    let admin_task = tokio::spawn(http::server::serve_admin(admin, node.clone()));
+    shutdown.await;
+    drain(&node).await;
+    public_task.abort();
+    admin_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A node with its broker (in memory, or Redis as configured), ready to serve.
+pub(crate) fn assemble(config: Config) -> Result<Arc<Node>, GatewayError> {
     let metrics = Arc::new(Metrics::new());
     let verifier = auth::Verifier::new(&config.jwt, config.demo)?;
     let table = Arc::new(Table::new(metrics.clone()));
@@ -84,63 +160,12 @@ pub async fn run(
             )?)
         }
     };
-    let hub = Hub::new(table, broker, metrics.clone());
-    let listen = config.listen;
-    let admin_listen = config.admin_listen;
     let node =
-        Arc::new(
-            Node::new(config, hub, metrics, verifier).map_err(|e| GatewayError::Config {
-                setting: "protocol",
-                message: e.to_string(),
-            })?,
-        );
-    let public = bind(
-        listen,
-        node.config.listen_backlog,
-        node.config.socket_send_buffer,
-    )
-    .map_err(|source| GatewayError::Bind {
-        addr: listen,
-        source,
-    })?;
-    let admin = TcpListener::bind(admin_listen)
-        .await
-        .map_err(|source| GatewayError::Bind {
-            addr: admin_listen,
-            source,
+        Node::new(config, table, broker, metrics, verifier).map_err(|e| GatewayError::Config {
+            setting: "protocol",
+            message: e.to_string(),
         })?;
-    let addr = public.local_addr().map_err(|source| GatewayError::Bind {
-        addr: listen,
-        source,
-    })?;
-    let admin_addr = admin.local_addr().map_err(|source| GatewayError::Bind {
-        addr: admin_listen,
-        source,
-    })?;
-    tracing::info!(
-        %addr,
-        %admin_addr,
-        node = %node.config.node_id,
-        broker = if node.config.redis.is_some() { "redis" } else { "memory" },
-        redis_mode = node.config.redis.as_ref().map(|_| node.config.redis_mode.name()),
-        "listening"
-    );
-    if node.config.demo {
-        // Where to point a browser: a wildcard address is reachable on loopback.
-        let mut at = addr;
-        if at.ip().is_unspecified() {
-            at.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        tracing::info!(url = %format!("http://{at}/demo/"), "demo app");
-    }
-    let public_task = tokio::spawn(http::server::serve_public(public, node.clone()));
-    let admin_task = tokio::spawn(http::server::serve_admin(admin, node.clone()));
-    shutdown.await;
-    drain(&node).await;
-    public_task.abort();
-    admin_task.abort();
-    tracing::info!("stopped");
-    Ok(())
+    Ok(Arc::new(node))
 }
 
 /// File descriptors kept for everything but client connections: listeners, Redis

@@ -11,13 +11,16 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::auth::Verifier;
+use crate::broker::Broker;
 use crate::config::Config;
-use crate::hub::Hub;
+use crate::hub::{Hub, Table};
 use crate::metrics::Metrics;
 
 pub struct Node {
     pub config: Config,
     pub hub: Hub,
+    /// Where publications go, and history and acknowledgements come from.
+    pub broker: Arc<dyn Broker>,
     pub metrics: Arc<Metrics>,
     pub verifier: Verifier,
     pub ws_config: WebSocketConfig,
@@ -76,10 +79,12 @@ impl Drop for Slot {
 impl Node {
     pub fn new(
         config: Config,
-        hub: Hub,
+        table: Arc<Table>,
+        broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
         verifier: Verifier,
     ) -> Result<Self, ProtocolError> {
+        let hub = Hub::new(table, broker.clone(), metrics.clone());
         let mut ws_config = WebSocketConfig::default();
         ws_config.read_buffer_size = config.ws_read_buffer;
         // Every batch ends with a flush, so small frames of one batch (a heartbeat's
@@ -103,6 +108,7 @@ impl Node {
         Ok(Self {
             config,
             hub,
+            broker,
             metrics,
             verifier,
             ws_config,
@@ -129,7 +135,7 @@ impl Node {
 
     /// Whether `/readyz` should say ready.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.hub.ready()
+        !self.is_draining() && self.broker.is_ready()
     }
 
     /// Counts a connection accepted on the public listener until the returned guard

@@ -14,6 +14,33 @@ use std::time::Duration;
 
 use crate::channel::pattern_matches;
 
+/// A position in a channel's history: an offset within an epoch (offsets start
+/// again in a new epoch, so an offset means nothing without its epoch). The
+/// acknowledged position of a personal channel is stored as `<epoch>:<offset>`
+/// (written by the SDK's ack script).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+impl StreamPosition {
+    /// Reads a stored position (`<epoch>:<offset>`; the epoch may contain `:`).
+    pub fn parse_stored(s: &str) -> Option<Self> {
+        let (epoch, offset) = s.rsplit_once(':')?;
+        Some(Self {
+            epoch: epoch.to_owned(),
+            offset: offset.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for StreamPosition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.epoch, self.offset)
+    }
+}
+
 /// The history kept for one channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -158,6 +185,18 @@ impl HistoryRules {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn stored_positions_round_trip() {
+        let p = StreamPosition {
+            epoch: "a:b".into(),
+            offset: 7,
+        };
+        assert_eq!(StreamPosition::parse_stored(&p.to_string()), Some(p));
+        assert_eq!(StreamPosition::parse_stored("e:x"), None);
+        assert_eq!(StreamPosition::parse_stored("7"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -1,6 +1,7 @@
 //! Reading history and the acknowledged inbox: what gateways use to resume clients,
 //! and what backends use to ask for a user's unread notifications.
 
+use protocol::history::StreamPosition;
 use protocol::{Publication, channel};
 use redis::Value;
 use redis::streams::StreamRangeReply;
@@ -149,7 +150,7 @@ impl Publisher {
     pub async fn position_channel(
         &self,
         ch: &str,
-    ) -> Result<(HistoryPage, Option<(String, u64)>), PublishError> {
+    ) -> Result<(HistoryPage, Option<StreamPosition>), PublishError> {
         self.ttl_of(ch)?;
         let ch = ch.to_owned();
         self.with_conn(&ch.clone(), move |inner, conn| {
@@ -159,7 +160,7 @@ impl Publisher {
                 pipe.cmd("GET").arg(inner.keys.ack_position(&ch));
                 let ((epoch, seq), ack): ((Option<String>, Option<u64>), Option<String>) =
                     conn.transaction(&pipe, &meta).await?;
-                let acked = ack.as_deref().and_then(parse_ack);
+                let acked = ack.as_deref().and_then(StreamPosition::parse_stored);
                 let page = HistoryPage {
                     epoch: epoch.unwrap_or_default(),
                     top: seq.unwrap_or(0),
@@ -171,8 +172,8 @@ impl Publisher {
         .await
     }
 
-    /// The acknowledged position of a channel as `(epoch, offset)`, if any.
-    pub async fn acked_channel(&self, ch: &str) -> Result<Option<(String, u64)>, PublishError> {
+    /// The acknowledged position of a channel, if any.
+    pub async fn acked_channel(&self, ch: &str) -> Result<Option<StreamPosition>, PublishError> {
         let key = self.keys().ack_position(ch);
         self.with_conn(ch, move |_, conn| {
             Box::pin(async move {
@@ -181,7 +182,7 @@ impl Publisher {
                     .query_async(conn)
                     .await
                     .map_err(unavailable)?;
-                Ok(v.as_deref().and_then(parse_ack))
+                Ok(v.as_deref().and_then(StreamPosition::parse_stored))
             })
         })
         .await
@@ -203,8 +204,8 @@ impl Publisher {
                 let ((epoch, seq), len, ack): ((Option<String>, Option<u64>), u64, Option<String>) =
                     conn.transaction(&pipe, &meta).await?;
                 let seq = seq.unwrap_or(0);
-                let acked = match (epoch, ack.as_deref().and_then(|a| a.rsplit_once(':'))) {
-                    (Some(e), Some((ae, off))) if e == ae => off.parse::<u64>().unwrap_or(0),
+                let acked = match (epoch, ack.as_deref().and_then(StreamPosition::parse_stored)) {
+                    (Some(e), Some(a)) if e == a.epoch => a.offset,
                     _ => 0,
                 };
                 Ok(seq.saturating_sub(acked).min(len))
@@ -258,10 +259,4 @@ fn meta_read(meta: &str) -> redis::Pipeline {
     let mut pipe = redis::pipe();
     pipe.atomic().cmd("HMGET").arg(meta).arg("epoch").arg("seq");
     pipe
-}
-
-/// A stored acknowledged position, `<epoch>:<offset>`.
-fn parse_ack(s: &str) -> Option<(String, u64)> {
-    let (epoch, off) = s.rsplit_once(':')?;
-    Some((epoch.to_owned(), off.parse().ok()?))
 }

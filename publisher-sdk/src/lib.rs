@@ -64,6 +64,7 @@ mod script;
 pub use backend::Topology;
 use backend::{Backend, Conn};
 pub use inbox::{HistoryPage, Notification};
+pub use protocol::history::StreamPosition;
 
 /// Default largest payload (JSON text), the same as the gateway's default.
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;

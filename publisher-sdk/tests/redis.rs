@@ -187,7 +187,14 @@ async fn history_offsets_idempotency_and_inbox() {
         recent.iter().map(|n| n.offset).collect::<Vec<_>>(),
         vec![6, 5]
     );
-    assert_eq!(p.acked_channel("$user:alice").await.unwrap().unwrap().1, 5);
+    assert_eq!(
+        p.acked_channel("$user:alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .offset,
+        5
+    );
     assert_eq!(p.unread_count("bob").await.unwrap(), 0);
     assert_eq!(p.ack("bob", 1).await.unwrap(), None);
 }

@@ -108,8 +108,8 @@ async fn sharded_mode_keeps_each_channel_on_its_owner() {
     assert_eq!(p.ack("u7", 1).await.unwrap(), Some(1));
     assert_eq!(p.unread_count("u7").await.unwrap(), 0);
     assert_eq!(p.recent("u7", 5).await.unwrap().len(), 1);
-    let (_, off) = p.acked_channel("$user:u7").await.unwrap().unwrap();
-    assert_eq!(off, 1);
+    let acked = p.acked_channel("$user:u7").await.unwrap().unwrap();
+    assert_eq!(acked.offset, 1);
 
     // One instance down: its channels fail, the others' still work.
     let mut shards = shards;

@@ -13,8 +13,8 @@ use protocol::history::HistoryRules;
 use publisher::HistoryPage;
 use tokio::time::Instant;
 
-use super::{Broker, BrokerError, Position, Receipt};
-use crate::hub::Table;
+use super::{Broker, BrokerError, Handler, Receipt};
+use protocol::history::StreamPosition;
 
 struct Stream {
     epoch: String,
@@ -30,7 +30,7 @@ struct Stream {
 #[derive(Default)]
 struct Store {
     streams: HashMap<String, Stream>,
-    acks: HashMap<String, (String, u64)>,
+    acks: HashMap<String, StreamPosition>,
     /// (channel, message id) -> when to forget it, and the same keys in the order
     /// they expire (the window is the same for all): the oldest goes first.
     seen: HashMap<(String, String), Instant>,
@@ -51,7 +51,7 @@ pub const MAX_SEEN: usize = 100_000;
 const SWEEP_EVERY: u64 = 4096;
 
 pub struct MemoryBroker {
-    table: Arc<Table>,
+    handler: Arc<dyn Handler>,
     rules: HistoryRules,
     idempotency_window: Duration,
     max_bytes: usize,
@@ -109,14 +109,14 @@ impl Store {
 
 impl MemoryBroker {
     pub fn new(
-        table: Arc<Table>,
+        handler: Arc<dyn Handler>,
         rules: HistoryRules,
         idempotency_window: Duration,
         max_bytes: usize,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
-            table,
+            handler,
             rules,
             idempotency_window,
             max_bytes,
@@ -230,8 +230,8 @@ impl Broker for MemoryBroker {
                 r.duplicates += 1;
                 continue;
             };
-            r.nodes += u64::from(self.table.has_interest(&p.channel));
-            r.sessions = r.sessions.map(|s| s + self.table.deliver(&p) as u64);
+            r.nodes += u64::from(self.handler.has_interest(&p.channel));
+            r.sessions = r.sessions.map(|s| s + self.handler.deliver(&p) as u64);
         }
         Ok(r)
     }
@@ -304,9 +304,13 @@ impl Broker for MemoryBroker {
         let (epoch, top) = (stream.epoch.clone(), stream.seq);
         let want = offset.min(top);
         let stored = match store.acks.get(channel) {
-            Some((e, had)) if *e == epoch && *had >= want => *had,
+            Some(had) if had.epoch == epoch && had.offset >= want => had.offset,
             _ => {
-                store.acks.insert(channel.to_owned(), (epoch, want));
+                let at = StreamPosition {
+                    epoch,
+                    offset: want,
+                };
+                store.acks.insert(channel.to_owned(), at);
                 want
             }
         };
@@ -316,16 +320,9 @@ impl Broker for MemoryBroker {
     async fn position(
         &self,
         channel: &str,
-    ) -> Result<(HistoryPage, Option<Position>), BrokerError> {
+    ) -> Result<(HistoryPage, Option<StreamPosition>), BrokerError> {
         let page = self.history(channel, None, 0, 0).await?;
-        let acked = self
-            .store()
-            .acks
-            .get(channel)
-            .map(|(epoch, offset)| Position {
-                epoch: epoch.clone(),
-                offset: *offset,
-            });
+        let acked = self.store().acks.get(channel).cloned();
         Ok((page, acked))
     }
 }
@@ -335,12 +332,28 @@ mod tests {
     use super::*;
     use protocol::Payload;
 
+    /// A node without connections: the broker's view of the hub.
+    struct Nobody;
+
+    impl Handler for Nobody {
+        fn deliver(&self, _: &Publication) -> usize {
+            0
+        }
+        fn check(&self, _: &str, _: &str, _: u64) {}
+        fn has_interest(&self, _: &str) -> bool {
+            false
+        }
+        fn interests(&self) -> Vec<Arc<str>> {
+            Vec::new()
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn quiet_channels_and_old_keys_are_swept() {
         let rules = HistoryRules::parse(["room:* 10 1s"]).unwrap();
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let broker = MemoryBroker::new(
-            Arc::new(Table::new(metrics.clone())),
+            Arc::new(Nobody),
             rules,
             Duration::from_secs(1),
             1 << 20,
@@ -362,7 +375,7 @@ mod tests {
     async fn idempotency_ids_are_forgotten_oldest_first_and_counted() {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let broker = MemoryBroker::new(
-            Arc::new(Table::new(metrics.clone())),
+            Arc::new(Nobody),
             HistoryRules::none(),
             Duration::from_secs(300),
             1 << 20,

@@ -1,12 +1,14 @@
 //! Where publications travel between nodes. A [`Broker`] takes publications from this
 //! node (HTTP API, client publishes) and hands every publication for a channel with
-//! local interest to the hub's [`Table`](crate::hub::Table). The in-memory broker
-//! serves a single node; the Redis broker connects replicas.
+//! local interest up to its [`Handler`] (the hub), which is all it knows of the
+//! layers above. Sessions call it directly for history and acknowledgements. The
+//! in-memory broker serves a single node; the Redis broker connects replicas.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use protocol::Publication;
+use protocol::history::StreamPosition;
 use publisher::HistoryPage;
 use serde::Serialize;
 
@@ -30,13 +32,6 @@ pub struct Receipt {
     pub duplicates: u64,
 }
 
-/// A stored position in a channel's history: an offset within an epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    pub epoch: String,
-    pub offset: u64,
-}
-
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -53,6 +48,24 @@ pub enum BrokerError {
     Quota(String),
 }
 
+/// What a broker reports upward (implemented by the hub's table). Calls come from
+/// the broker's own tasks and must not block.
+pub trait Handler: Send + Sync + 'static {
+    /// A publication for a channel of local interest; returns how many local
+    /// connections it reached.
+    fn deliver(&self, p: &Publication) -> usize;
+
+    /// A channel's history reaches `top` in `epoch` (read after a lost subscription
+    /// came back): subscribers that have not seen that far fill the gap.
+    fn check(&self, channel: &str, epoch: &str, top: u64);
+
+    /// Whether any local connection subscribes to `channel`.
+    fn has_interest(&self, channel: &str) -> bool;
+
+    /// Every channel with local interest (what to subscribe to after a reconnect).
+    fn interests(&self) -> Vec<Arc<str>>;
+}
+
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes each publication to every node interested in its channel, in one
@@ -60,7 +73,7 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, pubs: Vec<Publication>) -> Result<Receipt, BrokerError>;
 
     /// A channel gained its first or lost its last local subscriber. Must not block:
-    /// the broker re-reads the table's interest set to decide what to do.
+    /// the broker re-reads the hub's interest set to decide what to do.
     fn interest_changed(&self, channel: &Arc<str>);
 
     /// Whether the broker can currently deliver (drives `/readyz`).
@@ -89,6 +102,8 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A channel's position (as `history` with `after == None`) and its
     /// acknowledged position, if any, read together.
-    async fn position(&self, channel: &str)
-    -> Result<(HistoryPage, Option<Position>), BrokerError>;
+    async fn position(
+        &self,
+        channel: &str,
+    ) -> Result<(HistoryPage, Option<StreamPosition>), BrokerError>;
 }

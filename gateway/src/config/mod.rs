@@ -575,6 +575,10 @@ pub struct JwtConfig {
     pub leeway: Duration,
 }
 
+/// History rules in demo mode when none are configured (the demo's rooms replay
+/// what was said before one joined).
+const DEMO_HISTORY: [&str; 2] = ["$user:* 100 24h", "room:* 100 1h"];
+
 /// The validated configuration of one gateway node.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -950,7 +954,7 @@ impl Config {
             redis_connections: positive(s.redis_connections.unwrap_or(2), "redis-connections")?,
             demo,
             history: match &s.history {
-                None if demo => HistoryRules::parse(crate::http::demo::DEFAULT_HISTORY.iter())
+                None if demo => HistoryRules::parse(DEMO_HISTORY.iter())
                     .map_err(|e| config_err("history", e))?,
                 None => HistoryRules::default(),
                 Some(rules) => HistoryRules::parse(rules.iter().filter(|r| !r.trim().is_empty()))

@@ -761,11 +761,8 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     use super::*;
-    use crate::auth::{Claims, Verifier};
-    use crate::broker::MemoryBroker;
+    use crate::auth::Claims;
     use crate::config::{Cli, Config};
-    use crate::hub::{Hub, Table};
-    use crate::metrics::Metrics;
     use crate::node::Node;
 
     /// A node of the in-memory broker, in this process.
@@ -773,18 +770,7 @@ mod tests {
         let cli = Cli::try_parse_from(["gateway", "--jwt-secret", "0123456789abcdef0123"])
             .unwrap_or_else(|e| panic!("{e}"));
         let config = Config::from_settings(cli.settings).unwrap_or_else(|e| panic!("{e}"));
-        let metrics = Arc::new(Metrics::new());
-        let table = Arc::new(Table::new(metrics.clone()));
-        let broker = Arc::new(MemoryBroker::new(
-            table.clone(),
-            config.history.clone(),
-            config.idempotency_window,
-            config.history_max_bytes,
-            metrics.clone(),
-        ));
-        let verifier = Verifier::new(&config.jwt, false).unwrap_or_else(|e| panic!("{e}"));
-        let hub = Hub::new(table, broker, metrics.clone());
-        Arc::new(Node::new(config, hub, metrics, verifier).unwrap_or_else(|e| panic!("{e}")))
+        crate::assemble(config).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A connection over an in-memory pipe: its task, and the client's end.

@@ -182,7 +182,7 @@ async fn publish_one(node: &Node, r: PublishRequest) -> Result<Receipt, Failure>
         })
         .collect();
     // One broker call: with Redis, one pipelined round trip for every target.
-    node.hub.publish(pubs).await.map_err(|e| match e {
+    node.broker.publish(pubs).await.map_err(|e| match e {
         BrokerError::Unavailable(_) => Failure::Unavailable(e.to_string()),
         BrokerError::Rejected(_) => Failure::Invalid(e.to_string()),
         BrokerError::Quota(_) => Failure::Quota(e.to_string()),

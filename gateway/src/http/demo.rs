@@ -25,9 +25,6 @@ pub fn rights() -> Vec<String> {
     vec!["room:*".to_owned(), "typing:*".to_owned()]
 }
 
-/// History rules used in demo mode when none are configured.
-pub const DEFAULT_HISTORY: [&str; 2] = ["$user:* 100 24h", "room:* 100 1h"];
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TokenRequest {

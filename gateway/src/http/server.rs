@@ -54,7 +54,7 @@ async fn admin_route(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"status": "draining"}),
                 )
-            } else if !node.hub.ready() {
+            } else if !node.broker.is_ready() {
                 json(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"status": "broker_unavailable"}),

@@ -214,7 +214,7 @@ impl Session {
         limit: usize,
     ) -> Result<HistoryPage, crate::broker::BrokerError> {
         self.node
-            .hub
+            .broker
             .history(channel, after, limit, self.node.config.replay_page_bytes)
             .await
     }
@@ -334,7 +334,7 @@ impl Session {
         };
         // Live delivery must run before history is read, or a message published in
         // between would be in neither.
-        if !self.node.hub.subscribed(&channel).await {
+        if !self.node.broker.subscribed(&channel).await {
             tracing::debug!("live subscription not confirmed before reading history");
         }
         // A base without an epoch is a channel without history yet: all of the
@@ -460,7 +460,7 @@ impl Session {
         // the channel's position (the base of a fresh start, see `recover`).
         let (since, base) = match since {
             Some(s) => (Some(s), None),
-            None => match self.node.hub.position(&personal).await {
+            None => match self.node.broker.position(&personal).await {
                 Ok((_, Some(p))) => (
                     Some(Since {
                         offset: p.offset,
@@ -700,7 +700,7 @@ impl Session {
                 "the personal channel keeps no history",
             );
         }
-        match self.node.hub.ack(&personal, offset).await {
+        match self.node.broker.ack(&personal, offset).await {
             Ok(Some(stored)) => Outcome::Reply(Reply::ok(id, json!({ "offset": stored }))),
             Ok(None) => err(
                 Some(id),
@@ -753,7 +753,7 @@ impl Session {
         self.node.metrics.published("client");
         match self
             .node
-            .hub
+            .broker
             .publish(vec![Publication::new(name, event, payload)])
             .await
         {

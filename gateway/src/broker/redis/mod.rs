@@ -48,10 +48,10 @@ use redis::{ConnectionInfo, IntoConnectionInfo};
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep, timeout};
 
-use super::{Broker, BrokerError, Position, Receipt};
-use crate::hub::Table;
+use super::{Broker, BrokerError, Handler, Receipt};
 use crate::metrics::{Budget, Metrics};
 use cluster::ClusterNodes;
+use protocol::history::StreamPosition;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -189,7 +189,7 @@ struct Shared {
     reader: Publisher,
     /// Liveness probes.
     prober: Publisher,
-    table: Arc<Table>,
+    handler: Arc<dyn Handler>,
     metrics: Arc<Metrics>,
     shards: Vec<Arc<Shard>>,
     /// Largest reply a subscriber connection reads (a message of the largest
@@ -218,7 +218,7 @@ impl RedisBroker {
     /// start (not ready) while Redis is down.
     pub fn start(
         settings: RedisSettings,
-        table: Arc<Table>,
+        handler: Arc<dyn Handler>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BrokerError> {
         let config = |e: String| BrokerError::Unavailable(e);
@@ -290,7 +290,7 @@ impl RedisBroker {
             publisher,
             reader,
             prober,
-            table,
+            handler,
             metrics,
             shards,
             max_reply,
@@ -391,17 +391,14 @@ impl Broker for RedisBroker {
     async fn position(
         &self,
         channel: &str,
-    ) -> Result<(HistoryPage, Option<Position>), BrokerError> {
+    ) -> Result<(HistoryPage, Option<StreamPosition>), BrokerError> {
         let (page, acked) = self
             .shared
             .reader
             .position_channel(channel)
             .await
             .map_err(broker_error)?;
-        Ok((
-            page,
-            acked.map(|(epoch, offset)| Position { epoch, offset }),
-        ))
+        Ok((page, acked))
     }
 }
 

@@ -283,7 +283,7 @@ impl Reader<'_> {
         metrics.received(&self.received);
         match Publication::decode(payload) {
             Ok(p) if self.shared.keys.channel_of(name) == Some(p.channel.as_str()) => {
-                self.shared.table.deliver(&p);
+                self.shared.handler.deliver(&p);
             }
             Ok(_) => {
                 metrics.invalid(BrokerInvalid::ChannelMismatch);
@@ -324,7 +324,7 @@ impl Reader<'_> {
 /// published. One position read per channel, a few at a time.
 async fn recheck(shared: Arc<Shared>, shard: usize) {
     let channels: Vec<Arc<str>> = shared
-        .table
+        .handler
         .interests()
         .into_iter()
         .filter(|c| shard_of(&shared, c) == shard && shared.settings.history.policy(c).is_some())
@@ -335,7 +335,7 @@ async fn recheck(shared: Arc<Shared>, shard: usize) {
             async move {
                 match shared.reader.history(ch, None, 0).await {
                     Ok(page) if !page.epoch.is_empty() && page.top > 0 => {
-                        shared.table.check(ch, &page.epoch, page.top);
+                        shared.handler.check(ch, &page.epoch, page.top);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -373,14 +373,15 @@ impl Commander<'_> {
     async fn serve(&mut self, probe: &str) -> Result<std::convert::Infallible, String> {
         let shared = self.shared;
         let shard = self.shard;
-        // The table is the source of truth: whatever changed meanwhile is in it.
+        // The hub's interest set is the source of truth: whatever changed
+        // meanwhile is in it.
         shard
             .dirty
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         let wanted: Vec<Arc<str>> = shared
-            .table
+            .handler
             .interests()
             .into_iter()
             .filter(|c| shard_of(shared, c) == shard.index)
@@ -522,7 +523,7 @@ impl Commander<'_> {
         let mut to_subscribe = Vec::new();
         let later = Instant::now() + self.shared.settings.unsubscribe_delay;
         for ch in dirty {
-            if self.shared.table.has_interest(&ch) {
+            if self.shared.handler.has_interest(&ch) {
                 self.leaving.remove(&ch);
                 if !self.active.contains(&ch) {
                     to_subscribe.push(ch);
@@ -546,7 +547,7 @@ impl Commander<'_> {
         let mut gone = Vec::new();
         for ch in due {
             self.leaving.remove(&ch);
-            if !self.shared.table.has_interest(&ch) {
+            if !self.shared.handler.has_interest(&ch) {
                 gone.push(ch);
             }
         }
