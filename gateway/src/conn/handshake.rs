@@ -322,7 +322,7 @@ fn connection(
         }
     };
     // Shared with the hub, which writes to it directly while the connection is idle.
-    let outbox = Arc::new(crate::conn::outbox::Outbox::new(
+    let outbox = Arc::new(crate::hub::outbox::Outbox::new(
         node.config.outbound_queue,
         Some(parts.io.into_inner()),
     ));

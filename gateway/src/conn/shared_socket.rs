@@ -3,7 +3,7 @@
 //! The task reads and writes it through tungstenite (client frames, replies,
 //! pings, the close) and writes delivery batches to it directly; the hub writes a
 //! message's frame to it directly while the connection is idle (see
-//! [`Outbox::deliver`](crate::conn::outbox::Outbox::deliver)). Who may write when is
+//! [`Outbox::deliver`](crate::hub::outbox::Outbox::deliver)). Who may write when is
 //! decided under the outbox's lock; this type only lets both hold the socket.
 
 use std::io;
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::conn::outbox::Outbox;
+use crate::hub::outbox::Outbox;
 
 /// The socket as tungstenite's stream: reads as usual, writes through the
 /// connection's outbox (see [`Outbox::write_gated`]).

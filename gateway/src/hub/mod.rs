@@ -8,6 +8,9 @@
 //! local subscriber or loses its last, and the broker reads the hub's interest set
 //! as the source of truth (also after a reconnect).
 
+pub(crate) mod cursor;
+pub(crate) mod outbox;
+
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -17,7 +20,7 @@ use protocol::{Encoding, Publication, frame};
 use slab::Slab;
 
 use crate::broker::{Broker, Handler};
-use crate::conn::outbox::{Delivered, Frame, Item, Outbox, PushError};
+use crate::hub::outbox::{Delivered, Frame, Item, Outbox, PushError};
 use crate::metrics::{Drop, Metrics};
 
 /// One connection's registration on one channel.
@@ -221,7 +224,7 @@ pub fn epoch_tag(epoch: &str) -> u32 {
 fn encode_frame(enc: Encoding, p: &Publication) -> Option<Bytes> {
     let payload = frame::encode_message(enc, p).ok()?;
     let opcode = if enc.is_text() { 1 } else { 2 };
-    Some(crate::conn::outbox::ws_frame(opcode, &payload))
+    Some(crate::hub::outbox::ws_frame(opcode, &payload))
 }
 
 /// The hub as sessions see it: the table, and the broker to tell when a channel

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
 
-use crate::session::cursor::{Cursor, Position};
+use crate::hub::cursor::{Cursor, Position};
 
 /// One frame ready for the socket; the bytes are shared with other recipients.
 #[derive(Clone, Debug)]
