@@ -31,27 +31,29 @@
 //! waits for) and the liveness probes.
 
 mod cluster;
+mod connection;
+mod reader;
 mod resp;
+mod shard;
 mod subscriber;
+mod subscriptions;
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use protocol::Publication;
 use protocol::keys::KeySpace;
-use protocol::topology::channel_hash;
 use publisher::{HistoryPage, PublishError, Publisher, Topology};
-use redis::{ConnectionInfo, IntoConnectionInfo};
-use tokio::sync::Notify;
-use tokio::time::{Instant, sleep, timeout};
+use redis::IntoConnectionInfo;
+use tokio::time::timeout;
 
 use super::{Broker, BrokerError, Handler, Receipt};
 use crate::metrics::{Budget, Metrics};
 use cluster::ClusterNodes;
 use protocol::history::StreamPosition;
+use shard::{Shard, Target, run_shard, shard_of};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,106 +76,6 @@ pub struct RedisSettings {
     pub max_payload: usize,
     pub history: protocol::history::HistoryRules,
     pub idempotency_window: Duration,
-}
-
-/// What one subscriber connection listens to.
-enum Target {
-    /// Classic pub/sub on one instance (the only one, or shard `instance`).
-    Instance {
-        instance: usize,
-        info: ConnectionInfo,
-    },
-    /// Sharded pub/sub for one cluster partition, on the master of its slot.
-    Partition { slot: u16 },
-}
-
-struct Shard {
-    index: usize,
-    target: Target,
-    /// Channels whose local interest changed since the shard last looked.
-    dirty: Mutex<HashSet<Arc<str>>>,
-    wake: Notify,
-    up: AtomicBool,
-    /// Channels Redis confirmed as subscribed on the current connection (and not
-    /// unsubscribed since), so a resuming session can wait until live delivery
-    /// really runs before it reads history (otherwise a message published in
-    /// between would be lost).
-    confirmed: Mutex<HashSet<Arc<str>>>,
-    confirmed_changed: Notify,
-    /// When the probe now on its way was published, if one is.
-    probe_out: Mutex<Option<Instant>>,
-    /// How long the last probe took to come back, in microseconds.
-    probe_rtt_us: AtomicU64,
-}
-
-impl Shard {
-    fn confirm(&self, channels: &[Arc<str>], subscribed: bool) {
-        if channels.is_empty() {
-            return;
-        }
-        let mut c = self.confirmed.lock().unwrap_or_else(|e| e.into_inner());
-        for ch in channels {
-            if subscribed {
-                c.insert(ch.clone());
-            } else {
-                c.remove(ch);
-            }
-        }
-        drop(c);
-        self.confirmed_changed.notify_waiters();
-    }
-
-    fn is_confirmed(&self, channel: &str) -> bool {
-        self.confirmed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(channel)
-    }
-
-    fn probe_state(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
-        self.probe_out.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn probe_sent(&self) {
-        *self.probe_state() = Some(Instant::now());
-    }
-
-    fn probe_lost(&self) {
-        *self.probe_state() = None;
-    }
-
-    /// How long the probe on its way has been travelling.
-    fn probe_age(&self) -> Option<Duration> {
-        self.probe_state().map(|sent| sent.elapsed())
-    }
-
-    /// The probe came back on this connection: everything published before it has
-    /// been read.
-    fn probe_back(&self, shared: &Shared) {
-        if let Some(sent) = self.probe_state().take() {
-            self.probe_rtt_us
-                .store(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
-        }
-        self.report_lag(shared);
-    }
-
-    /// How far behind the read side is: the last probe's round trip, or the age of
-    /// the one on its way if that is longer.
-    fn lag(&self) -> Duration {
-        let rtt = Duration::from_micros(self.probe_rtt_us.load(Ordering::Relaxed));
-        rtt.max(self.probe_age().unwrap_or_default())
-    }
-
-    fn report_lag(&self, shared: &Shared) {
-        shared.metrics.broker.shard_lag(self.index, self.lag());
-        let worst = shared
-            .shards
-            .iter()
-            .map(|s| s.lag())
-            .max()
-            .unwrap_or_default();
-        shared.metrics.broker.lag(worst);
-    }
 }
 
 struct Shared {
@@ -200,17 +102,6 @@ struct Shared {
 pub struct RedisBroker {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-/// The subscriber connection of a channel: a fixed hash (FNV-1a) across the
-/// connections of the instance that owns it, or its cluster partition.
-fn shard_of(shared: &Shared, channel: &str) -> usize {
-    if shared.cluster.is_some() {
-        return shared.keys.partition_of(channel);
-    }
-    let instance = shared.publisher.route(channel);
-    let within = (channel_hash(channel) % shared.per_instance as u64) as usize;
-    instance * shared.per_instance + within
 }
 
 impl RedisBroker {
@@ -266,19 +157,7 @@ impl RedisBroker {
         let shards = targets
             .into_iter()
             .enumerate()
-            .map(|(index, target)| {
-                Arc::new(Shard {
-                    index,
-                    target,
-                    dirty: Mutex::new(HashSet::new()),
-                    wake: Notify::new(),
-                    up: AtomicBool::new(false),
-                    confirmed: Mutex::new(HashSet::new()),
-                    confirmed_changed: Notify::new(),
-                    probe_out: Mutex::new(None),
-                    probe_rtt_us: AtomicU64::new(0),
-                })
-            })
+            .map(|(index, target)| Arc::new(Shard::new(index, target)))
             .collect();
         metrics.broker.set_up(false);
         let max_reply = settings.max_payload.saturating_mul(2) + 64 * 1024;
@@ -407,40 +286,6 @@ fn broker_error(e: PublishError) -> BrokerError {
         PublishError::Unavailable(m) => BrokerError::Unavailable(m),
         PublishError::QuotaExceeded(m) => BrokerError::Quota(m),
         other => BrokerError::Rejected(other.to_string()),
-    }
-}
-
-fn set_up(shared: &Shared, shard: &Shard, up: bool) {
-    shard.up.store(up, Ordering::Release);
-    if !up {
-        shard.probe_lost();
-    }
-    shared.metrics.broker.shard_up(shard.index, up);
-    let all = shared.shards.iter().all(|s| s.up.load(Ordering::Acquire));
-    shared.metrics.broker.set_up(all);
-}
-
-/// Keeps one shard connected for the life of the node.
-async fn run_shard(shared: Arc<Shared>, shard: Arc<Shard>) {
-    let base = Duration::from_millis(100);
-    let mut delay = base;
-    let mut first = true;
-    loop {
-        if !first {
-            shared.metrics.broker.reconnected();
-        }
-        let connected_at = Instant::now();
-        let why = subscriber::serve(&shared, &shard, first).await;
-        set_up(&shared, &shard, false);
-        first = false;
-        if connected_at.elapsed() > Duration::from_secs(30) {
-            delay = base;
-        }
-        tracing::warn!(shard = shard.index, reason = %why, retry_in = ?delay, "redis subscriber connection lost");
-        // Equal jitter: never a tight loop, never a synchronized herd.
-        let half = delay / 2;
-        sleep(half + half.mul_f64(rand::random::<f64>())).await;
-        delay = (delay * 2).min(shared.settings.reconnect_max.max(base));
     }
 }
 

@@ -1,0 +1,108 @@
+//! Opening a subscriber connection: to one instance, or to the master that owns a
+//! cluster partition's slot; authenticated and on the right database.
+
+use bytes::BytesMut;
+use redis::{ConnectionAddr, ConnectionInfo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::resp::{self, Reply};
+use super::shard::{Shard, Target};
+use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, Shared};
+
+/// The two halves of a subscriber connection, whatever carries it (TCP, a Unix
+/// socket).
+pub(super) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+
+pub(super) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Opens a connection to one Redis and authenticates it; returns its halves.
+pub(super) async fn open(info: &ConnectionInfo) -> Result<(ReadHalf, WriteHalf), String> {
+    let (mut rd, mut wr): (ReadHalf, WriteHalf) = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => {
+            let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
+                .await
+                .map_err(|_| format!("connect to {host}:{port} timed out"))?
+                .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        #[cfg(unix)]
+        ConnectionAddr::Unix(path) => {
+            let stream = timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
+                .await
+                .map_err(|_| format!("connect to {} timed out", path.display()))?
+                .map_err(|e| format!("connect to {}: {e}", path.display()))?;
+            let (r, w) = stream.into_split();
+            (Box::new(r), Box::new(w))
+        }
+        _ => return Err("this kind of redis address is not supported".into()),
+    };
+    let settings = info.redis_settings();
+    let mut out = BytesMut::new();
+    let mut expected = Vec::new();
+    if let Some(password) = settings.password() {
+        match settings.username() {
+            Some(user) => resp::command(&mut out, &["AUTH", user, password]),
+            None => resp::command(&mut out, &["AUTH", password]),
+        }
+        expected.push("AUTH");
+    }
+    if settings.db() != 0 {
+        resp::command(&mut out, &["SELECT", &settings.db().to_string()]);
+        expected.push("SELECT");
+    }
+    if expected.is_empty() {
+        return Ok((rd, wr));
+    }
+    let handshake = async {
+        wr.write_all(&out).await.map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::with_capacity(256);
+        for what in expected {
+            let reply = loop {
+                if let Some(r) = resp::parse(&mut buf, 64 * 1024).map_err(|e| e.to_string())? {
+                    break r;
+                }
+                if rd.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("connection closed during the handshake".to_string());
+                }
+            };
+            if let Reply::Error(e) = reply {
+                // The error text never contains the password.
+                return Err(format!("{what} refused: {}", String::from_utf8_lossy(&e)));
+            }
+        }
+        Ok(())
+    };
+    timeout(COMMAND_TIMEOUT, handshake)
+        .await
+        .map_err(|_| "handshake timed out".to_string())??;
+    Ok((rd, wr))
+}
+
+/// Opens the connection a shard listens on; returns it and where it goes.
+pub(super) async fn connect(
+    shared: &Shared,
+    shard: &Shard,
+) -> Result<(ReadHalf, WriteHalf, String), String> {
+    match &shard.target {
+        Target::Instance { instance, info } => {
+            let (rd, wr) = open(info).await?;
+            Ok((rd, wr, format!("instance {instance}")))
+        }
+        Target::Partition { slot } => {
+            let nodes = shared
+                .cluster
+                .as_ref()
+                .ok_or_else(|| "no cluster configured".to_string())?;
+            let (host, port) = timeout(CONNECT_TIMEOUT * 2, nodes.owner(*slot))
+                .await
+                .map_err(|_| "cluster slot lookup timed out".to_string())?
+                .map_err(|e| format!("cluster slot lookup: {e}"))?;
+            let (rd, wr) = open(&nodes.info(&host, port)).await?;
+            Ok((rd, wr, format!("{host}:{port} slot {slot}")))
+        }
+    }
+}
