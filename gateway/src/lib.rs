@@ -113,7 +113,7 @@ pub async fn serve(
         tracing::info!(url = %format!("http://{at}/demo/"), "demo app");
     }
     let public_task = tokio::spawn(http::server::serve_public(public, node.clone()));
-    let admin_task = tokio::spawn(http::server::serve_admin(admin, node.clone()));
+    let admin_task = tokio::spawn(http::admin::serve_admin(admin, node.clone()));
     shutdown.await;
     drain(&node).await;
     public_task.abort();

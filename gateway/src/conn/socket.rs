@@ -351,10 +351,10 @@ mod tests {
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     use super::*;
-    use tokio::time::timeout;
     use crate::auth::Claims;
     use crate::config::{Cli, Config};
     use crate::node::Node;
+    use tokio::time::timeout;
 
     /// A node of the in-memory broker, in this process.
     fn node() -> Arc<Node> {

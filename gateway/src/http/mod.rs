@@ -1,8 +1,8 @@
-//! The HTTP side of a node: the listeners ([`server`]: the public one, which
-//! upgrades WebSocket connections and serves the publish [`api`] and the [`demo`],
-//! and the admin one), and the plumbing they share: JSON error bodies and small
-//! helpers.
+//! The HTTP side of a node: the public listener ([`server`]: WebSocket upgrades,
+//! the publish [`api`], the [`demo`]), the [`admin`] listener (health, readiness,
+//! metrics), and the plumbing they share: JSON error bodies and small helpers.
 
+pub(crate) mod admin;
 pub mod api;
 pub(crate) mod demo;
 pub(crate) mod server;

@@ -1,6 +1,6 @@
-//! Listeners: the public one (WebSocket upgrades and the publish API) and the admin
-//! one (health, readiness, metrics). Each accepted TCP connection is served by hyper
-//! with upgrades enabled; the upgrade hands the socket to its own task.
+//! The public listener: WebSocket upgrades, the publish API and the demo. Each
+//! accepted TCP connection is served by hyper with upgrades enabled; the upgrade
+//! hands the socket to its own task.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::http::{Body, error, json, text};
+use crate::http::{Body, error, json};
 use crate::node::Node;
 
 async fn route(req: Request<Incoming>, node: Arc<Node>) -> Result<Response<Body>, Infallible> {
@@ -38,36 +38,6 @@ async fn route(req: Request<Incoming>, node: Arc<Node>) -> Result<Response<Body>
         "/ws" => crate::conn::handshake::upgrade(req, node),
         "/api/v1/publish" => crate::http::api::handle(req, node, false).await,
         "/api/v1/publish/batch" => crate::http::api::handle(req, node, true).await,
-        _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
-    })
-}
-
-async fn admin_route(
-    req: Request<Incoming>,
-    node: Arc<Node>,
-) -> Result<Response<Body>, Infallible> {
-    Ok(match req.uri().path() {
-        "/healthz" => json(StatusCode::OK, &json!({"status": "ok"})),
-        "/readyz" => {
-            if node.is_draining() {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"status": "draining"}),
-                )
-            } else if !node.broker.is_ready() {
-                json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"status": "broker_unavailable"}),
-                )
-            } else {
-                json(StatusCode::OK, &json!({"status": "ready"}))
-            }
-        }
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            node.metrics.render(),
-        ),
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     })
 }
@@ -127,25 +97,6 @@ pub async fn serve_public(listener: TcpListener, node: Arc<Node>) {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "http connection ended with an error");
             }
-        });
-    }
-}
-
-/// Accepts admin connections until the task is dropped.
-pub async fn serve_admin(listener: TcpListener, node: Arc<Node>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            continue;
-        };
-        let node = node.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| admin_route(req, node.clone()));
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
         });
     }
 }
