@@ -13,20 +13,34 @@ export interface Ended {
   ambiguous?: boolean;
 }
 
+// The names of protocol::close::CODES (docs/protocol.md section 8), used as the
+// reason when a close frame carries none; test/policy.test.ts checks them against
+// test/fixtures/close-codes.json, which the protocol crate writes.
 const CLOSE_NAMES: Record<number, string> = {
   1000: 'normal',
-  1001: 'going away',
-  1002: 'protocol error',
-  1006: 'abnormal closure',
-  1007: 'invalid payload',
-  1008: 'policy violation',
-  1009: 'message too big',
-  1011: 'internal error',
-  4001: 'token expired',
-  4002: 'slow consumer',
-  4003: 'heartbeat timeout',
+  1001: 'going_away',
+  1002: 'protocol_error',
+  1006: 'abnormal',
+  1007: 'invalid_payload',
+  1008: 'policy_violation',
+  1009: 'message_too_big',
+  1011: 'internal_error',
+  4001: 'token_expired',
+  4002: 'slow_consumer',
+  4003: 'heartbeat_timeout',
   4004: 'unauthorized',
+  4005: 'resync',
 };
+
+/** The protocol's name of a close code (`undefined` for codes it does not define). */
+export function closeName(code: number): string | undefined {
+  return CLOSE_NAMES[code];
+}
+
+/** Every close code the client has a name for. */
+export function namedCloseCodes(): number[] {
+  return Object.keys(CLOSE_NAMES).map(Number);
+}
 
 export function lost(reason: string, ambiguous = false): Ended {
   return { reason, action: onConnectionLost(), ambiguous };
@@ -34,7 +48,7 @@ export function lost(reason: string, ambiguous = false): Ended {
 
 export function closed(code: number, reason: string): Ended {
   const action = onClose(code);
-  const e: Ended = { code, reason: reason || CLOSE_NAMES[code] || `close code ${code}`, action };
+  const e: Ended = { code, reason: reason || closeName(code) || `close code ${code}`, action };
   if (action === 'stop') e.terminal = new ServerClosedError(code, reason);
   return e;
 }

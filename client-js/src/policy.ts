@@ -1,6 +1,8 @@
 // What the client does after a connection ends or a handshake is refused, following
-// the close codes (docs/protocol.md sections 8 and 13). Same table as the Rust
-// client's `policy` module.
+// the close codes (docs/protocol.md sections 3, 8 and 13). The table is the protocol
+// crate's (protocol::close::CODES and HANDSHAKE_STATUSES, which the Rust client uses
+// as they are); test/policy.test.ts checks these functions against
+// test/fixtures/close-codes.json, which the protocol crate writes from it.
 
 /**
  * - `promptly`: reconnect at once after a small random delay (node draining); not a

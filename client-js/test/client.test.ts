@@ -263,7 +263,7 @@ test('close codes: 4002 and 4003 reconnect with backoff', async () => {
     of('reconnecting').map((r) => r.delayMs),
     [20, 40],
   );
-  assert.equal(of('disconnected')[1]?.reason, 'heartbeat timeout');
+  assert.equal(of('disconnected')[1]?.reason, 'heartbeat_timeout', 'close::name when the frame has no reason');
   await client.close();
 });
 

@@ -1,42 +1,51 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { onClose, onConnectionLost, onHandshakeStatus } from '../src/policy.js';
-import { handshakeStatus } from '../src/ended.js';
+import { onClose, onConnectionLost, onHandshakeStatus, type Reconnect } from '../src/policy.js';
+import { closed, closeName, handshakeStatus, namedCloseCodes } from '../src/ended.js';
+import { ROOT } from './harness.js';
 
-test('close codes follow docs/protocol.md section 13 (the Rust client table)', () => {
-  const table: [number, string][] = [
-    [1000, 'stop'],
-    [1001, 'promptly'],
-    [1002, 'stop'],
-    [1005, 'backoff'],
-    [1006, 'backoff'],
-    [1007, 'stop'],
-    [1008, 'stop'],
-    [1009, 'stop'],
-    [1011, 'backoff'],
-    [4001, 'new_token'],
-    [4002, 'backoff'],
-    [4003, 'backoff'],
-    [4004, 'new_token'],
-    [4005, 'promptly'],
-    [4999, 'backoff'],
-  ];
-  for (const [code, want] of table) assert.equal(onClose(code), want, `close code ${code}`);
-  assert.equal(onConnectionLost(), 'backoff');
+// Written by the protocol crate from protocol::close (protocol/tests/client_fixtures.rs):
+// the one table of close codes, their names and what a client does on each.
+interface CloseCodes {
+  close_codes: { code: number; name: string; reconnect: Reconnect }[];
+  other_close_code: Reconnect;
+  connection_lost: Reconnect;
+  handshake_statuses: { status: number; reconnect: Reconnect }[];
+  other_handshake_status: Reconnect;
+}
+const table = JSON.parse(readFileSync(`${ROOT}/test/fixtures/close-codes.json`, 'utf8')) as CloseCodes;
+
+test('close codes react as protocol::close::CODES says', () => {
+  assert.ok(table.close_codes.length >= 13);
+  for (const c of table.close_codes) assert.equal(onClose(c.code), c.reconnect, `close code ${c.code} (${c.name})`);
+  // A code the protocol does not define (a newer server's, a proxy's).
+  for (const code of [1005, 1012, 3000, 4000, 4999]) {
+    assert.ok(!table.close_codes.some((c) => c.code === code));
+    assert.equal(onClose(code), table.other_close_code, `close code ${code}`);
+  }
+  assert.equal(onConnectionLost(), table.connection_lost);
 });
 
-test('handshake statuses', () => {
-  const table: [number, string][] = [
-    [401, 'new_token'],
-    [400, 'stop'],
-    [403, 'stop'],
-    [404, 'stop'],
-    [429, 'backoff'],
-    [500, 'backoff'],
-    [502, 'backoff'],
-    [503, 'promptly'],
-  ];
-  for (const [status, want] of table) assert.equal(onHandshakeStatus(status), want, `status ${status}`);
+test('close code names are the protocol crate\'s, for exactly its codes', () => {
+  for (const c of table.close_codes) assert.equal(closeName(c.code), c.name, `close code ${c.code}`);
+  assert.deepEqual(
+    namedCloseCodes().sort((a, b) => a - b),
+    table.close_codes.map((c) => c.code),
+  );
+  assert.equal(closeName(4999), undefined);
+  // The name is the reason of a close frame that carries none.
+  assert.equal(closed(4005, '').reason, 'resync');
+  assert.equal(closed(1001, 'draining').reason, 'draining');
+  assert.equal(closed(4999, '').reason, 'close code 4999');
+});
+
+test('refused handshakes react as protocol::close::HANDSHAKE_STATUSES says', () => {
+  for (const h of table.handshake_statuses) assert.equal(onHandshakeStatus(h.status), h.reconnect, `status ${h.status}`);
+  for (const status of [408, 429, 500, 502, 504]) {
+    assert.ok(!table.handshake_statuses.some((h) => h.status === status));
+    assert.equal(onHandshakeStatus(status), table.other_handshake_status, `status ${status}`);
+  }
 });
 
 test("reads the status of a refused upgrade from Node ws's error event", () => {
