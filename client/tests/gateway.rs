@@ -28,7 +28,7 @@ fn fast(b: client::ClientBuilder) -> client::ClientBuilder {
 
 #[tokio::test]
 async fn connect_subscribe_and_receive_a_published_message() {
-    let gw = Gateway::start().await;
+    let gw = gateway().start().await;
     for enc in [Encoding::Json, Encoding::MsgPack] {
         let tok = token("alice", &["news"], &[], 600);
         let (client, mut events) = fast(Client::builder(gw.ws_url()))
@@ -106,7 +106,7 @@ async fn connect_subscribe_and_receive_a_published_message() {
 
 #[tokio::test]
 async fn publish_round_trip_and_heartbeats() {
-    let gw = Gateway::builder()
+    let gw = gateway()
         .args(&["--heartbeat-interval", "100ms"])
         .start()
         .await;
@@ -139,7 +139,7 @@ async fn publish_round_trip_and_heartbeats() {
 
 #[tokio::test]
 async fn a_request_without_reply_times_out() {
-    let gw = Gateway::start().await;
+    let gw = gateway().start().await;
     let tok = token("carol", &[], &["room:*"], 600);
     let (client, mut events) = fast(Client::builder(gw.ws_url()))
         .token(tok)
@@ -165,7 +165,7 @@ async fn a_request_without_reply_times_out() {
 #[tokio::test]
 async fn publishes_while_disconnected_are_delivered_in_order_after_reconnect() {
     let port = free_port();
-    let mut gw = Gateway::builder().port(port).node("first").start().await;
+    let mut gw = gateway().port(port).node("first").start().await;
     let tok = token("dave", &["room:*"], &["room:*"], 600);
     let (client, mut events) = fast(Client::builder(gw.ws_url()))
         .token(tok)
@@ -218,7 +218,7 @@ async fn publishes_while_disconnected_are_delivered_in_order_after_reconnect() {
     assert!(!publishing.is_finished());
 
     // The node comes back on the same address.
-    let _gw2 = Gateway::builder().port(port).node("second").start().await;
+    let _gw2 = gateway().port(port).node("second").start().await;
     let (node, _) = connected(&mut events).await;
     assert_eq!(node, "second");
     let results = tokio::time::timeout(WAIT, publishing)
@@ -261,7 +261,7 @@ async fn offline_queue_overflow_is_reported() {
 
 #[tokio::test]
 async fn no_reconnect_loop_after_a_401() {
-    let gw = Gateway::start().await;
+    let gw = gateway().start().await;
     let expired = token("frank", &[], &[], -60);
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();
@@ -309,8 +309,8 @@ async fn no_reconnect_loop_after_a_401() {
 
 #[tokio::test]
 async fn going_away_moves_to_the_other_node_promptly() {
-    let mut a = Gateway::builder().node("node-a").start().await;
-    let b = Gateway::builder().node("node-b").start().await;
+    let mut a = gateway().node("node-a").start().await;
+    let b = gateway().node("node-b").start().await;
     let tok = token("gina", &["news"], &[], 600);
     // A long backoff: only a prompt reconnect can pass the time check below.
     let (client, mut events) = Client::builder(vec![a.ws_url(), b.ws_url()])
@@ -357,7 +357,7 @@ async fn going_away_moves_to_the_other_node_promptly() {
 
 #[tokio::test]
 async fn token_expiry_refreshes_and_reconnects_with_the_new_token() {
-    let gw = Gateway::start().await;
+    let gw = gateway().start().await;
     // Expires within 1-2 s; the gateway closes with 4001 (leeway 0).
     let short = token("hank", &["news"], &[], 2);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -401,7 +401,7 @@ async fn token_expiry_refreshes_and_reconnects_with_the_new_token() {
 
 #[tokio::test]
 async fn proactive_refresh_keeps_the_connection() {
-    let gw = Gateway::start().await;
+    let gw = gateway().start().await;
     let short = token("ivy", &[], &[], 2);
     let calls = Arc::new(AtomicUsize::new(0));
     let c = calls.clone();

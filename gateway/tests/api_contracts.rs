@@ -228,21 +228,12 @@ fn same_shape(want: &Value, got: &Value, at: &str, problems: &mut Vec<String>) {
     }
 }
 
-/// A gateway started without the test defaults (no API key at all).
-struct Bare(testkit::gateway::Spawned);
-
-impl Drop for Bare {
-    fn drop(&mut self) {
-        let _ = self.0.child.kill();
-        let _ = self.0.child.wait();
-    }
-}
-
 /// Gateways in the configurations the replays ask for, started on first use.
 #[derive(Default)]
 struct Fleet {
     gateways: HashMap<String, Gateway>,
-    bare: Option<Bare>,
+    /// A gateway without API keys.
+    bare: Option<Gateway>,
     redis: Vec<RedisServer>,
     /// Connections held open (per-user limit, a drain that must not end early).
     held: Vec<Client>,
@@ -253,20 +244,9 @@ impl Fleet {
     async fn addrs(&mut self, kind: &str) -> (SocketAddr, SocketAddr) {
         if kind == "no-api-keys" {
             if self.bare.is_none() {
-                let mut cmd = testkit::gateway::command(env!("CARGO_BIN_EXE_gateway"));
-                cmd.args([
-                    "--jwt-secret",
-                    support::SECRET,
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--admin-listen",
-                    "127.0.0.1:0",
-                    "--log-format",
-                    "json",
-                ]);
-                self.bare = Some(Bare(testkit::gateway::spawn(cmd).await));
+                self.bare = Some(Gateway::builder().unset("--api-keys").start().await);
             }
-            let b = &self.bare.as_ref().unwrap().0;
+            let b = self.bare.as_ref().unwrap();
             return (b.addr, b.admin);
         }
         let gw = self.get(kind).await;

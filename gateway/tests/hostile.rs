@@ -116,7 +116,7 @@ async fn deeply_nested_messagepack_is_refused_not_a_crash() {
     c.ws.send(Message::Binary(frame.into())).await.unwrap();
     let r = c.any_reply().await;
     assert_eq!(r.error.unwrap().code, ErrorCode::BadFrame);
-    assert!(gw.child_alive(), "the gateway survived");
+    assert!(gw.is_running(), "the gateway survived");
     assert_eq!(gw.admin_get("/healthz").await.0, 200);
 }
 
@@ -452,9 +452,7 @@ fn startup_refuses_oct_keys_and_hides_redis_passwords() {
 /// Runs the gateway with `args`, expecting it to refuse to start: its exit code and
 /// stderr (one that starts anyway is stopped after 5 s and reported as such).
 fn refused(args: &[&str]) -> (Option<i32>, String) {
-    let bin = std::env::var("TIDINGS_GATEWAY_BIN")
-        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_gateway").to_owned());
-    let mut child = std::process::Command::new(bin)
+    let mut child = testkit::gateway::command()
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

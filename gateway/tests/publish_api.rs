@@ -4,16 +4,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use protocol::Encoding;
 use serde_json::{Value, json};
-use support::{API_KEY, Client, Connect, Gateway, SECRET, WAIT, token};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::{API_KEY, Client, Connect, Gateway, token};
 
 /// How long a message that should not come is waited for.
 const QUIET: Duration = Duration::from_millis(150);
@@ -481,15 +477,7 @@ async fn only_post_is_allowed() {
 
 /// The status line and headers of a bodiless request's response.
 async fn response_head(addr: SocketAddr, method: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("http response timed out")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
+    let text = testkit::gateway::http_exchange(addr, method, path, &[], "").await;
     text.split_once("\r\n\r\n")
         .map(|(h, _)| h.to_owned())
         .unwrap_or(text)
@@ -540,7 +528,11 @@ async fn payload_over_the_limit_gets_413() {
 
 #[tokio::test]
 async fn without_api_keys_the_api_is_not_found() {
-    let gw = KeylessGateway::start();
+    let gw = Gateway::builder()
+        .unset("--api-keys")
+        .node("keyless")
+        .start()
+        .await;
     for path in ["/api/v1/publish", "/api/v1/publish/batch"] {
         let auth = auth();
         let (status, resp) = support::http_request(
@@ -660,82 +652,5 @@ async fn api_publish_reaches_clients_that_used_other_token_transports() {
             m.payload.parse::<Value>().unwrap(),
             json!({"k": [true, false]})
         );
-    }
-}
-
-/// A gateway started without `--api-keys` (the support builder always passes one).
-struct KeylessGateway {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl KeylessGateway {
-    fn start() -> Self {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gateway"));
-        for (k, _) in std::env::vars() {
-            if k.starts_with("TIDINGS_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .args([
-                "--jwt-secret",
-                SECRET,
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-                "--log",
-                "info",
-                "--node-id",
-                "keyless",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gateway");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            let mut seen = Vec::new();
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "listening"
-                    && let (Some(tx), Some(addr)) = (tx.take(), v["addr"].as_str())
-                {
-                    let _ = tx.send(Ok(addr.to_owned()));
-                }
-                seen.push(line);
-            }
-            if let Some(tx) = tx {
-                let _ = tx.send(Err(seen.join("\n")));
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(Ok(addr)) => addr.parse().unwrap(),
-            Ok(Err(logs)) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("gateway without API keys did not start; logs:\n{logs}");
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("gateway without API keys did not start in time");
-            }
-        };
-        Self { child, addr }
-    }
-}
-
-impl Drop for KeylessGateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -44,18 +44,10 @@ async fn a_second_interrupt_exits_without_waiting_for_the_drain() {
 #[tokio::test]
 async fn max_connections_is_lowered_to_fit_the_open_file_limit() {
     // 320 open files leave 64: 8 for pending connections, 56 for clients.
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(r#"ulimit -n 320 && exec "$0" "$@""#)
-        .arg(env!("CARGO_BIN_EXE_gateway"))
-        .args(Gateway::default_args());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TIDINGS_") {
-            cmd.env_remove(k);
-        }
-    }
-    let spawned = testkit::gateway::spawn(cmd).await;
-    let gw = Gateway::from_spawned(spawned);
+    let gw = Gateway::builder()
+        .wrapped_in("bash", ["-c", r#"ulimit -n 320 && exec "$0" "$@""#])
+        .start()
+        .await;
     support::eventually("a warning names the open-file limit", || async {
         gw.logs().contains("open-file limit")
     })

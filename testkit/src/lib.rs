@@ -1,6 +1,8 @@
-//! Test harness shared by the Tidings crates: real `redis-server` processes on free
-//! ports (single servers, several independent ones, or a Redis Cluster) and TCP proxies that inject faults: connections that silently stop forwarding,
-//! added delay, freezes and cuts. Tests never use a server on 6379.
+//! Test harness shared by the Tidings crates: real gateway processes with the test
+//! defaults ([`TestGateway`]), real `redis-server` processes on free ports (single
+//! servers, several independent ones, or a Redis Cluster) and TCP proxies that
+//! inject faults: connections that silently stop forwarding, added delay, freezes
+//! and cuts. Tests never use a server on 6379.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::{Child, Command, Stdio};
@@ -14,6 +16,7 @@ mod proxy;
 
 pub use cluster::RedisCluster;
 pub use fault::FaultProxy;
+pub use gateway::{GatewayBuilder, TestGateway};
 pub use hold::HoldProxy;
 pub use proxy::FreezeProxy;
 

@@ -7,8 +7,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -21,7 +20,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::support::{self, WAIT};
+use crate::support::{self, Gateway, WAIT};
 
 /// A valid `Sec-WebSocket-Key` (16 bytes, base64).
 pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
@@ -164,54 +163,18 @@ pub async fn upgrade_bearer(addr: SocketAddr, token: &str) -> RawResponse {
 }
 
 /// A gateway process started with exactly the given key settings (unlike
-/// `support::Gateway`, no `--jwt-secret` is added); killed on drop.
-pub struct Node {
-    child: Child,
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
-}
+/// `support::Gateway`, no `--jwt-secret` or `--api-keys` is added); killed on drop.
+pub struct Node(Gateway);
 
 impl Node {
     pub async fn start(args: &[&str]) -> Node {
-        let mut cmd = gateway_command();
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--jwt-leeway",
-            "0s",
-            "--drain-period",
-            "1s",
-            "--node-id",
-            "test-node",
-        ])
-        .args(args);
-        let testkit::gateway::Spawned {
-            child,
-            addr,
-            admin,
-            logs,
-        } = testkit::gateway::spawn(cmd).await;
-        Node {
-            child,
-            addr,
-            admin,
-            logs,
-        }
-    }
-
-    pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-
-    pub async fn metric(&self, sample: &str) -> f64 {
-        let (status, body) = support::http_request(self.admin, "GET", "/metrics", &[], "").await;
-        assert_eq!(status, 200);
-        support::metric_value(&body, sample)
+        let gw = Gateway::builder()
+            .unset("--jwt-secret")
+            .unset("--api-keys")
+            .args(args)
+            .start()
+            .await;
+        Node(gw)
     }
 
     pub async fn attempts(&self, result: &str) -> f64 {
@@ -219,10 +182,11 @@ impl Node {
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Node {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.0
     }
 }
 
@@ -232,7 +196,7 @@ pub fn attempts(result: &str) -> String {
 }
 
 fn gateway_command() -> Command {
-    let mut cmd = testkit::gateway::command(env!("CARGO_BIN_EXE_gateway"));
+    let mut cmd = testkit::gateway::command();
     cmd.stdin(Stdio::null());
     cmd
 }

@@ -1,10 +1,10 @@
-//! Shared helpers for the black-box tests: start real gateway processes on port 0,
-//! mint tokens, talk to them with a real WebSocket client and plain HTTP.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Shared helpers for the black-box tests: real gateway processes with the test
+//! defaults ([`testkit::TestGateway`], run from this package's build or
+//! `TIDINGS_GATEWAY_BIN`), tokens, a real WebSocket client and plain HTTP.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -12,7 +12,6 @@ use protocol::frame::{
     ClientFrame, Message as MessageFrame, Reply, ServerFrame, Welcome, decode_server,
 };
 use protocol::{Encoding, Payload};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -20,280 +19,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "test-secret-0123456789";
-pub const API_KEY: &str = "test-api-key-0123456789";
-/// How long any single expected event may take before a test fails.
-pub const WAIT: Duration = Duration::from_secs(5);
-
-/// A gateway process started for one test; killed on drop.
-pub struct Gateway {
-    child: Child,
-    pub addr: SocketAddr,
-    pub admin: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-pub struct GatewayBuilder {
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-}
-
-impl GatewayBuilder {
-    /// Adds command-line arguments (later ones win over the defaults).
-    pub fn args(mut self, args: &[&str]) -> Self {
-        self.args.extend(args.iter().map(|s| s.to_string()));
-        self
-    }
-
-    pub fn env(mut self, k: &str, v: &str) -> Self {
-        self.env.push((k.into(), v.into()));
-        self
-    }
-
-    pub async fn start(self) -> Gateway {
-        // TIDINGS_GATEWAY_BIN runs the tests against another build (e.g. a release
-        // binary, or an older one to see a test fail before its fix).
-        let bin = std::env::var("TIDINGS_GATEWAY_BIN")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_gateway").to_owned());
-        let mut cmd = testkit::gateway::command(bin);
-        cmd.args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let testkit::gateway::Spawned {
-            child,
-            addr,
-            admin,
-            logs,
-        } = testkit::gateway::spawn(cmd).await;
-        Gateway {
-            child,
-            addr,
-            admin,
-            logs,
-        }
-    }
-}
-
-impl Gateway {
-    /// The arguments every test gateway starts with (later ones win).
-    pub fn default_args() -> Vec<String> {
-        [
-            "--jwt-secret",
-            SECRET,
-            "--api-keys",
-            API_KEY,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--log",
-            "info",
-            "--jwt-leeway",
-            "0s",
-            "--drain-period",
-            "1s",
-            "--node-id",
-            "test-node",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    }
-
-    pub fn builder() -> GatewayBuilder {
-        GatewayBuilder {
-            args: Self::default_args(),
-            env: Vec::new(),
-        }
-    }
-
-    /// A gateway started some other way (e.g. under a shell's `ulimit`).
-    pub fn from_spawned(s: testkit::gateway::Spawned) -> Gateway {
-        Gateway {
-            child: s.child,
-            addr: s.addr,
-            admin: s.admin,
-            logs: s.logs,
-        }
-    }
-
-    /// A gateway with the test defaults.
-    pub async fn start() -> Gateway {
-        Self::builder().start().await
-    }
-
-    pub fn ws_url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether the process is still running.
-    pub fn child_alive(&mut self) -> bool {
-        self.child.try_wait().map(|s| s.is_none()).unwrap_or(false)
-    }
-
-    pub fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-
-    /// Sends a Unix signal (e.g. "TERM", "INT", "KILL").
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{sig}"), self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    /// Waits for the process to exit.
-    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not exit within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub async fn metrics(&self) -> String {
-        let (status, body) = http_request(self.admin, "GET", "/metrics", &[], "").await;
-        assert_eq!(status, 200);
-        body
-    }
-
-    /// The value of one sample, e.g. `tidings_connections` or
-    /// `tidings_closes_total{code="4002"}`; 0 when absent.
-    pub async fn metric(&self, sample: &str) -> f64 {
-        metric_value(&self.metrics().await, sample)
-    }
-
-    /// Polls a metric until `pred` holds (or fails after [`WAIT`]).
-    pub async fn wait_metric(&self, sample: &str, pred: impl Fn(f64) -> bool) -> f64 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let v = self.metric(sample).await;
-            if pred(v) {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "metric {sample} stuck at {v}");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// A request on the public listener.
-    pub async fn http(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (u16, String) {
-        http_request(self.addr, method, path, headers, body).await
-    }
-
-    pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        http_request(self.admin, "GET", path, &[], "").await
-    }
-
-    /// A POST of a raw JSON `body` to an API `path` with the test API key.
-    pub async fn post_api(&self, path: &str, body: &str) -> (u16, String) {
-        let auth = format!("Bearer {API_KEY}");
-        self.http(
-            "POST",
-            path,
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body,
-        )
-        .await
-    }
-
-    /// `POST /api/v1/publish` with the test API key; returns status and JSON body.
-    pub async fn publish(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let auth = format!("Bearer {API_KEY}");
-        let (s, b) = self
-            .http(
-                "POST",
-                "/api/v1/publish",
-                &[
-                    ("Authorization", &auth),
-                    ("Content-Type", "application/json"),
-                ],
-                &body.to_string(),
-            )
-            .await;
-        (
-            s,
-            serde_json::from_str(&b).unwrap_or(serde_json::Value::Null),
-        )
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn metric_value(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
-}
-
-/// A minimal HTTP/1.1 request with `Connection: close`; returns status and body.
-pub async fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    req.push_str(body);
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("http response timed out")
-        .unwrap();
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
+pub use testkit::gateway::{API_KEY, SECRET, http_request, metric_value};
+pub use testkit::{GatewayBuilder, RedisServer, TestGateway as Gateway, WAIT};
 
 /// Mints an HS256 token with the test secret.
 pub fn token(sub: &str, subscribe: &[&str], publish: &[&str], ttl_secs: u64) -> String {
@@ -786,32 +513,6 @@ where
     }
 }
 
-pub use testkit::RedisServer;
-
-/// Gateway arguments that attach it to a test Redis with short delays.
-pub fn redis_args(redis: &RedisServer, node: &str) -> Vec<String> {
-    redis_url_args(&redis.url(), node)
-}
-
-/// Like [`redis_args`] for any Redis URL (e.g. a proxy in front of the test Redis).
-pub fn redis_url_args(url: &str, node: &str) -> Vec<String> {
-    [
-        "--redis-url",
-        url,
-        "--node-id",
-        node,
-        "--redis-unsubscribe-delay",
-        "100ms",
-        "--redis-probe-interval",
-        "500ms",
-        "--redis-reconnect-max",
-        "500ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 /// Starts `n` gateways named node0, node1, ..., each built by `configure` from the
 /// default builder and its name, and waits until every one is ready.
 pub async fn ready_nodes(
@@ -833,45 +534,6 @@ pub async fn ready_nodes(
         .await;
     }
     v
-}
-
-impl GatewayBuilder {
-    pub fn redis(mut self, redis: &RedisServer, node: &str) -> Self {
-        self.args.extend(redis_args(redis, node));
-        self
-    }
-
-    pub fn redis_url(mut self, url: &str, node: &str) -> Self {
-        self.args.extend(redis_url_args(url, node));
-        self
-    }
-
-    /// Attaches the gateway to several independent Redis instances (sharded mode).
-    pub fn redis_sharded(mut self, shards: &[RedisServer], node: &str) -> Self {
-        let urls: Vec<String> = shards.iter().map(RedisServer::url).collect();
-        self.args.extend(redis_url_args(&urls.join(","), node));
-        self.args
-            .extend(["--redis-mode".to_string(), "sharded".to_string()]);
-        self
-    }
-
-    /// Attaches the gateway to a Redis Cluster (its seed nodes) with `partitions`.
-    pub fn redis_cluster(
-        mut self,
-        cluster: &testkit::RedisCluster,
-        partitions: usize,
-        node: &str,
-    ) -> Self {
-        self.args
-            .extend(redis_url_args(&cluster.urls().join(","), node));
-        self.args.extend([
-            "--redis-mode".to_string(),
-            "cluster".to_string(),
-            "--redis-cluster-partitions".to_string(),
-            partitions.to_string(),
-        ]);
-        self
-    }
 }
 
 /// Connects a JSON client with a bearer token to a gateway address (for tasks that
