@@ -3,11 +3,7 @@
 //! attaches to, or an nginx with Nchan (`--server nchan`, see [`crate::nchan`]),
 //! plus the Redis queries a run needs (its pid, subscription counts).
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -16,19 +12,6 @@ use tokio::time::Instant;
 use crate::cli::{Common, ServerKind};
 use crate::conn::Target;
 use crate::nchan::Nginx;
-
-/// A gateway started for the run; killed on drop.
-struct GatewayProc {
-    child: Child,
-    logs: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl Drop for GatewayProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The gateways and Redis (or the nginx with Nchan) of one run.
 pub struct Env {
@@ -44,7 +27,7 @@ pub struct Env {
     pub secret: String,
     pub api_key: String,
     pub spawned: bool,
-    gateways: Vec<GatewayProc>,
+    gateways: Vec<testkit::TestGateway>,
     _redis: Option<testkit::RedisServer>,
     pub nginx: Option<Nginx>,
 }
@@ -91,9 +74,9 @@ impl Env {
         match &c.spawn_gateway {
             Some(path) => {
                 for i in 0..c.gateways.unwrap_or(1) {
-                    let (gw, addr) = spawn_gateway(path, i, c, &env).await?;
-                    env.gateway_pids.push(gw.child.id());
-                    env.targets.push(Target::parse(&format!("ws://{addr}/ws"))?);
+                    let gw = spawn_gateway(path, i, c, &env).await?;
+                    env.gateway_pids.push(gw.pid());
+                    env.targets.push(Target::parse(&gw.ws_url())?);
                     env.gateways.push(gw);
                 }
             }
@@ -114,15 +97,10 @@ impl Env {
             return Some(why);
         }
         for g in &mut self.gateways {
-            if let Ok(Some(status)) = g.child.try_wait() {
-                let logs: Vec<String> = g
-                    .logs
-                    .lock()
-                    .map(|l| l.iter().cloned().collect())
-                    .unwrap_or_default();
+            if let Some(status) = g.try_wait() {
                 return Some(format!(
                     "gateway exited with {status}; last logs:\n{}",
-                    logs.join("\n")
+                    g.logs()
                 ));
             }
         }
@@ -139,86 +117,36 @@ fn which(cmd: &str) -> Result<()> {
     }
 }
 
+/// Starts gateway `i` of the run: testkit's test gateway (loopback, port 0, JSON
+/// log) with the run's credentials and the gateway's own timings, then the run's
+/// gateway arguments.
 async fn spawn_gateway(
     path: &Path,
     i: usize,
     c: &Common,
     env: &Env,
-) -> Result<(GatewayProc, String)> {
+) -> Result<testkit::TestGateway> {
     if !path.is_file() {
         bail!(
             "no gateway binary at {} (build it: cargo build --release -p gateway)",
             path.display()
         );
     }
-    let mut cmd = Command::new(path);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TIDINGS_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(["--jwt-secret", &env.secret, "--api-keys", &env.api_key])
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(["--log-format", "json", "--log", "info"])
-        .args(["--node-id", &format!("loadtest-gw-{i}")]);
+    let mut gw = testkit::TestGateway::builder()
+        .bin(path)
+        .gateway_timings()
+        .jwt_secret(&env.secret)
+        .api_keys(&env.api_key)
+        .node(&format!("loadtest-gw-{i}"))
+        // The gateway's log is read for the whole run; the last lines are kept.
+        .log_tail(50);
     if let Some(url) = &env.redis_url {
-        cmd.args(["--redis-url", url]);
+        gw = gw.set("--redis-url", url);
     }
     if let Some(rules) = &c.history {
-        cmd.arg(format!("--history={}", rules.join(",")));
+        gw = gw.arg(format!("--history={}", rules.join(",")));
     }
-    cmd.args(&c.gateway_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", path.display()))?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| anyhow!("gateway stderr"))?;
-    let logs = Arc::new(Mutex::new(VecDeque::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = logs.clone();
-    // Keep reading the gateway's log for the whole run so it never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && (v["message"] == "listening" || v["fields"]["message"] == "listening")
-            {
-                let addr = v["addr"]
-                    .as_str()
-                    .or(v["fields"]["addr"].as_str())
-                    .map(str::to_owned);
-                if let (Some(tx), Some(addr)) = (tx.take(), addr) {
-                    let _ = tx.send(addr);
-                }
-            }
-            if let Ok(mut l) = sink.lock() {
-                if l.len() >= 50 {
-                    l.pop_front();
-                }
-                l.push_back(line);
-            }
-        }
-    });
-    let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(20))).await?;
-    let mut gw = GatewayProc { child, logs };
-    match got {
-        Ok(addr) => Ok((gw, addr)),
-        Err(_) => {
-            let _ = gw.child.kill();
-            let logs: Vec<String> = gw
-                .logs
-                .lock()
-                .map(|l| l.iter().cloned().collect())
-                .unwrap_or_default();
-            bail!("gateway did not start; logs:\n{}", logs.join("\n"))
-        }
-    }
+    Ok(gw.args(&c.gateway_args).try_start().await?)
 }
 
 async fn redis_conn(url: &str) -> Result<redis::aio::MultiplexedConnection> {

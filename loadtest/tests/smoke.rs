@@ -5,35 +5,12 @@
 //! timed tests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-
 use clap::Parser;
 use loadtest::{Cli, Report};
 use testkit::RedisServer;
 
-/// The gateway binary next to this test's target directory (tests run from
-/// target/<profile>/deps/; `cargo test --workspace` builds the gateway there), or
-/// the one `TIDINGS_GATEWAY_BIN` names (as for the gateway's black-box tests).
-fn gateway_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("TIDINGS_GATEWAY_BIN") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary in target/<profile>/deps");
-    let bin = profile_dir.join("gateway");
-    assert!(
-        bin.is_file(),
-        "no gateway binary at {}: run cargo build -p gateway first",
-        bin.display()
-    );
-    bin
-}
-
 async fn run(redis: &RedisServer, args: &[&str]) -> Report {
-    let gateway = gateway_bin();
+    let gateway = testkit::gateway::gateway_bin();
     let url = redis.url();
     let mut full: Vec<String> = vec!["loadtest".into()];
     full.extend(args.iter().map(|s| s.to_string()));
@@ -341,7 +318,7 @@ async fn recovery_reports_what_the_gap_lost() {
 /// installed) and the floor, checks them all, and writes its table and reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_runs_every_column() {
-    let gateway = gateway_bin();
+    let gateway = testkit::gateway::gateway_bin();
     let dir = std::env::temp_dir().join(format!("loadtest-compare-{}", std::process::id()));
     let columns = if loadtest::nchan::installed() {
         "tidings,nchan,floor"

@@ -1,8 +1,8 @@
 //! The processes of a chaos run: one redis-server with AOF (`--appendonly yes
 //! --appendfsync always`) and N gateways, all on fixed loopback ports below the
 //! kernel's ephemeral range (so a restart finds its port free, and no outgoing
-//! connection takes it meanwhile), each gateway talking to Redis through its own
-//! [`testkit::FaultProxy`]. Processes are signalled by pid only (SIGKILL through
+//! connection takes it meanwhile), each gateway (a [`testkit::TestGateway`])
+//! talking to Redis through its own [`testkit::FaultProxy`]. Processes are signalled by pid only (SIGKILL through
 //! `Child::kill`, SIGTERM through `kill -TERM <pid>`), logs go to one file per
 //! process start, and an RSS sampler reads `/proc` of whatever pid is current.
 
@@ -292,36 +292,36 @@ async fn ping(url: &str) -> Result<()> {
     Ok(())
 }
 
-/// One gateway slot: the same ports and arguments for every start.
+/// One gateway slot: the same ports and settings for every start.
 pub struct GatewayProc {
     pub idx: usize,
     pub port: u16,
     pub admin_port: u16,
-    bin: PathBuf,
-    args: Vec<String>,
+    gateway: testkit::GatewayBuilder,
     log_dir: PathBuf,
-    child: Option<Child>,
+    running: Option<testkit::TestGateway>,
     pub pid: Arc<AtomicU32>,
     pub starts: u32,
     pub log: PathBuf,
 }
 
 impl GatewayProc {
+    /// The slot of `gateway` on these ports.
     pub fn new(
         idx: usize,
         (port, admin_port): (u16, u16),
-        bin: &Path,
-        args: Vec<String>,
+        gateway: testkit::GatewayBuilder,
         log_dir: &Path,
     ) -> GatewayProc {
         GatewayProc {
             idx,
             port,
             admin_port,
-            bin: bin.to_owned(),
-            args,
+            gateway: gateway
+                .port(port)
+                .admin_listen(&format!("127.0.0.1:{admin_port}")),
             log_dir: log_dir.to_owned(),
-            child: None,
+            running: None,
             pid: Arc::new(AtomicU32::new(0)),
             starts: 0,
             log: PathBuf::new(),
@@ -336,8 +336,9 @@ impl GatewayProc {
         SocketAddr::from(([127, 0, 0, 1], self.admin_port))
     }
 
-    /// Starts the gateway and waits until its admin port answers `/healthz`;
-    /// retries a few times (e.g. while the old process' port is released).
+    /// Starts the gateway (its log in a file of its own) and waits until its admin
+    /// port answers `/healthz`; retries a few times (e.g. while the old process'
+    /// port is released).
     pub async fn spawn(&mut self) -> Result<Duration> {
         let start = Instant::now();
         let mut last = String::new();
@@ -346,41 +347,30 @@ impl GatewayProc {
             self.log = self
                 .log_dir
                 .join(format!("gw{}.{}.log", self.idx, self.starts));
-            let file = std::fs::File::create(&self.log)
-                .with_context(|| format!("cannot create {}", self.log.display()))?;
-            let mut cmd = Command::new(&self.bin);
-            for (k, _) in std::env::vars() {
-                if k.starts_with("TIDINGS_") {
-                    cmd.env_remove(k);
+            let gateway = self.gateway.clone().log_file(&self.log).log_tail(20);
+            match gateway.try_start().await {
+                Ok(gw) => {
+                    self.pid.store(gw.pid(), Ordering::SeqCst);
+                    self.running = Some(gw);
+                    let deadline = Instant::now() + Duration::from_secs(20);
+                    loop {
+                        if let Ok((200, _)) = http_get(self.admin(), "/healthz").await {
+                            return Ok(start.elapsed());
+                        }
+                        if let Some(s) = self.exited() {
+                            last = format!("exited with {s}: {}", tail(&self.log, 20));
+                            break;
+                        }
+                        if Instant::now() >= deadline {
+                            last = format!("no /healthz within 20 s: {}", tail(&self.log, 20));
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                 }
+                Err(e) => last = e.to_string(),
             }
-            let child = cmd
-                .args(&self.args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(file))
-                .spawn()
-                .with_context(|| format!("cannot start {}", self.bin.display()))?;
-            self.pid.store(child.id(), Ordering::SeqCst);
-            self.child = Some(child);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok((200, _)) = http_get(self.admin(), "/healthz").await {
-                    return Ok(start.elapsed());
-                }
-                if let Some(s) = self.exited() {
-                    last = format!("exited with {s}: {}", tail(&self.log, 20));
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    last = format!("no /healthz within 20 s: {}", tail(&self.log, 20));
-                    self.kill_now();
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            self.child = None;
-            self.pid.store(0, Ordering::SeqCst);
+            self.kill_now();
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         bail!(
@@ -391,28 +381,21 @@ impl GatewayProc {
     }
 
     fn kill_now(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // Dropping the gateway kills it.
+        self.running = None;
         self.pid.store(0, Ordering::SeqCst);
     }
 
     /// Whether it exited by itself; with its status.
     pub fn exited(&mut self) -> Option<String> {
-        let c = self.child.as_mut()?;
-        match c.try_wait() {
-            Ok(Some(s)) => Some(s.to_string()),
-            _ => None,
-        }
+        Some(self.running.as_mut()?.try_wait()?.to_string())
     }
 
     /// SIGKILL; returns the pid it had.
     pub async fn kill(&mut self) -> Result<u32> {
         let pid = self.pid.load(Ordering::SeqCst);
-        if let Some(mut c) = self.child.take() {
-            c.kill()?;
-            wait_exit(&mut c, Duration::from_secs(10)).await?;
+        if let Some(mut gw) = self.running.take() {
+            gw.kill();
         }
         self.pid.store(0, Ordering::SeqCst);
         Ok(pid)
@@ -422,15 +405,15 @@ impl GatewayProc {
     /// Returns the pid, how long it took and whether it had to be killed.
     pub async fn term(&mut self, within: Duration) -> Result<(u32, Duration, bool)> {
         let pid = self.pid.load(Ordering::SeqCst);
-        let Some(mut c) = self.child.take() else {
+        let Some(mut gw) = self.running.take() else {
             return Ok((pid, Duration::ZERO, false));
         };
         sigterm(pid).await?;
-        let r = match wait_exit(&mut c, within).await? {
-            Some((_, took)) => (pid, took, false),
+        let start = Instant::now();
+        let r = match gw.exit_within(within).await {
+            Some(_) => (pid, start.elapsed(), false),
             None => {
-                c.kill()?;
-                wait_exit(&mut c, Duration::from_secs(10)).await?;
+                gw.kill();
                 (pid, within, true)
             }
         };

@@ -20,7 +20,7 @@ pub mod plan;
 pub mod pool;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -334,45 +334,26 @@ fn per_fifty(n: usize) -> usize {
     n.div_ceil(50).max(1)
 }
 
-fn gateway_args(
-    a: &ChaosArgs,
-    idx: usize,
-    (port, admin): (u16, u16),
-    proxy_url: &str,
-) -> Vec<String> {
+/// Gateway `idx` of the run, talking to Redis through `proxy_url`: testkit's test
+/// gateway with the run's credentials, short heartbeats and Redis timings (ports
+/// are set by [`GatewayProc`]).
+fn gateway(a: &ChaosArgs, idx: usize, bin: &Path, proxy_url: &str) -> testkit::GatewayBuilder {
     let c = &a.common;
-    let mut args: Vec<String> = [
-        "--jwt-secret",
-        &c.jwt_secret,
-        "--api-keys",
-        &c.api_key,
-        "--log-format",
-        "json",
-        "--log",
-        "info",
-        "--redis-url",
-        proxy_url,
-        "--heartbeat-interval",
-        "2s",
-        "--drain-period",
-        "1s",
-        "--redis-probe-interval",
-        "1s",
-        "--redis-reconnect-max",
-        "1s",
-        "--redis-unsubscribe-delay",
-        "1s",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    args.push(format!("--listen=127.0.0.1:{port}"));
-    args.push(format!("--admin-listen=127.0.0.1:{admin}"));
-    args.push(format!("--node-id=chaos-gw-{idx}"));
-    args.push(format!("--history={}", plan::HISTORY_RULES.join(",")));
-    // Given last: the gateway takes the last value of a repeated flag.
-    args.extend(c.gateway_args.iter().cloned());
-    args
+    testkit::TestGateway::builder()
+        .bin(bin)
+        .gateway_timings()
+        .jwt_secret(&c.jwt_secret)
+        .api_keys(&c.api_key)
+        .node(&format!("chaos-gw-{idx}"))
+        .set("--redis-url", proxy_url)
+        .set("--heartbeat-interval", "2s")
+        .drain_period("1s")
+        .set("--redis-probe-interval", "1s")
+        .set("--redis-reconnect-max", "1s")
+        .set("--redis-unsubscribe-delay", "1s")
+        .arg(format!("--history={}", plan::HISTORY_RULES.join(",")))
+        // Given last: the gateway takes the last value of a repeated flag.
+        .args(&c.gateway_args)
 }
 
 /// Runs the chaos scenario.
@@ -442,8 +423,7 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
     for i in 0..gateways {
         let proxy = Arc::new(testkit::FaultProxy::start(redis.addr()).await);
         let pair = (ports[1 + 2 * i], ports[2 + 2 * i]);
-        let args = gateway_args(a, i, pair, &proxy.url());
-        let mut g = GatewayProc::new(i, pair, &bin, args, &log_dir);
+        let mut g = GatewayProc::new(i, pair, gateway(a, i, &bin, &proxy.url()), &log_dir);
         g.spawn().await?;
         proxies.push(proxy);
         gws.push(g);
