@@ -32,7 +32,7 @@ pub struct Verifiers {
 fn verifier(args: &[&str]) -> Verifier {
     let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
     let config = Config::from_settings(cli.settings).unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    Verifier::new(&config.jwt, false).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    Verifier::new(&config.auth.jwt, false).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
 
 pub fn verifiers() -> &'static Verifiers {

@@ -74,13 +74,16 @@ fn parse_alg(name: &str) -> Result<Algorithm, GatewayError> {
     name.trim()
         .parse::<Algorithm>()
         .map_err(|_| GatewayError::Config {
-            setting: "jwt-algorithms",
+            setting: "jwt-algorithms".into(),
             message: format!("unknown algorithm `{name}`"),
         })
 }
 
 fn cfg(setting: &'static str, message: String) -> GatewayError {
-    GatewayError::Config { setting, message }
+    GatewayError::Config {
+        setting: setting.into(),
+        message,
+    }
 }
 
 fn load_pem(path: &Path) -> Result<Key, GatewayError> {

@@ -5,10 +5,7 @@ use protocol::close;
 pub enum GatewayError {
     /// A setting is invalid; `setting` is its long flag name.
     #[error("invalid setting `{setting}`: {message}")]
-    Config {
-        setting: &'static str,
-        message: String,
-    },
+    Config { setting: String, message: String },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,

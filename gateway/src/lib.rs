@@ -54,18 +54,18 @@ impl Listeners {
     /// and send buffer).
     pub async fn bind(config: &Config) -> Result<Self, GatewayError> {
         let public = bind(
-            config.listen,
-            config.listen_backlog,
-            config.socket_send_buffer,
+            config.listeners.public,
+            config.listeners.backlog,
+            config.listeners.socket_send_buffer,
         )
         .map_err(|source| GatewayError::Bind {
-            addr: config.listen,
+            addr: config.listeners.public,
             source,
         })?;
-        let admin = TcpListener::bind(config.admin_listen)
+        let admin = TcpListener::bind(config.listeners.admin)
             .await
             .map_err(|source| GatewayError::Bind {
-                addr: config.admin_listen,
+                addr: config.listeners.admin,
                 source,
             })?;
         Ok(Self { public, admin })
@@ -89,19 +89,19 @@ pub async fn serve(
     let node = assemble(config)?;
     let Listeners { public, admin } = listeners;
     let addr = public.local_addr().map_err(|source| GatewayError::Bind {
-        addr: node.config.listen,
+        addr: node.config.listeners.public,
         source,
     })?;
     let admin_addr = admin.local_addr().map_err(|source| GatewayError::Bind {
-        addr: node.config.admin_listen,
+        addr: node.config.listeners.admin,
         source,
     })?;
     tracing::info!(
         %addr,
         %admin_addr,
-        node = %node.config.node_id,
+        node = %node.config.node.id,
         broker = if node.config.redis.is_some() { "redis" } else { "memory" },
-        redis_mode = node.config.redis.as_ref().map(|_| node.config.redis_mode.name()),
+        redis_mode = node.config.redis.as_ref().map(|r| r.mode.name()),
         "listening"
     );
     if node.config.demo {
@@ -125,44 +125,31 @@ pub async fn serve(
 /// A node with its broker (in memory, or Redis as configured), ready to serve.
 pub(crate) fn assemble(config: Config) -> Result<Arc<Node>, GatewayError> {
     let metrics = Arc::new(Metrics::new());
-    let verifier = auth::Verifier::new(&config.jwt, config.demo)?;
+    let verifier = auth::Verifier::new(&config.auth.jwt, config.demo)?;
     let table = Arc::new(Table::new(metrics.clone()));
     let broker: Arc<dyn Broker> = match &config.redis {
         None => {
             metrics.broker.set_up(true);
             Arc::new(MemoryBroker::new(
                 table.clone(),
-                config.history.clone(),
-                config.idempotency_window,
-                config.history_max_bytes,
+                &config.history,
                 metrics.clone(),
             ))
         }
-        Some(topology) => {
-            let settings = broker::RedisSettings {
-                topology: topology.clone(),
-                namespace: config.redis_namespace.clone(),
-                node_id: config.node_id.clone(),
-                subscribers: config.redis_subscribers,
-                unsubscribe_delay: config.redis_unsubscribe_delay,
-                probe_interval: config.redis_probe_interval,
-                reconnect_max: config.redis_reconnect_max,
-                max_lag: config.redis_max_lag,
-                connections: config.redis_connections,
-                max_payload: config.max_payload_size,
-                history: config.history.clone(),
-                idempotency_window: config.idempotency_window,
-            };
-            Arc::new(broker::RedisBroker::start(
-                settings,
-                table.clone(),
-                metrics.clone(),
-            )?)
-        }
+        Some(redis) => Arc::new(broker::RedisBroker::start(
+            redis.clone(),
+            &config.history,
+            broker::NodeContext {
+                node_id: config.node.id.clone(),
+                max_payload: config.conn.max_payload_size,
+            },
+            table.clone(),
+            metrics.clone(),
+        )?),
     };
     let node =
         Node::new(config, table, broker, metrics, verifier).map_err(|e| GatewayError::Config {
-            setting: "protocol",
+            setting: "protocol".into(),
             message: e.to_string(),
         })?;
     Ok(Arc::new(node))
@@ -187,20 +174,20 @@ fn limit_to_open_files(config: &mut Config) {
         return;
     };
     let usable = limit.saturating_sub(RESERVED_FDS).max(2);
-    let pending = config.max_pending_connections.min((usable / 8).max(1));
-    let connections = config.max_connections.min(usable - pending);
-    if pending < config.max_pending_connections || connections < config.max_connections {
+    let pending = config.listeners.max_pending.min((usable / 8).max(1));
+    let connections = config.conn.max_connections.min(usable - pending);
+    if pending < config.listeners.max_pending || connections < config.conn.max_connections {
         tracing::warn!(
-            max_connections = config.max_connections,
-            max_pending_connections = config.max_pending_connections,
+            max_connections = config.conn.max_connections,
+            max_pending_connections = config.listeners.max_pending,
             open_files_limit = limit,
             effective_max_connections = connections,
             effective_max_pending_connections = pending,
             "the settings are above what the open-file limit (ulimit -n) allows; \
              connections beyond {connections} are refused with 429"
         );
-        config.max_pending_connections = pending;
-        config.max_connections = connections;
+        config.listeners.max_pending = pending;
+        config.conn.max_connections = connections;
     }
 }
 
@@ -231,7 +218,7 @@ fn bind(
 /// period, so the remaining nodes see a steady trickle of reconnects, not a storm.
 async fn drain(node: &Arc<Node>) {
     node.start_draining();
-    let period = node.config.drain_period;
+    let period = node.config.node.drain_period;
     let mut targets = node.hub.table().outboxes(protocol::channel::BROADCAST);
     targets.shuffle(&mut rand::rng());
     tracing::info!(connections = targets.len(), period = ?period, "draining");
@@ -291,20 +278,21 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 's
 
 /// Installs the tracing subscriber in the configured format.
 pub fn init_tracing(config: &Config) -> Result<(), GatewayError> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&config.log).map_err(|e| GatewayError::Config {
-            setting: "log",
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.node.log).map_err(|e| {
+        GatewayError::Config {
+            setting: "log".into(),
             message: e.to_string(),
-        })?;
+        }
+    })?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let result = match config.log_format {
+    let result = match config.node.log_format {
         config::LogFormat::Human => builder.try_init(),
         config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     result.map_err(|e| GatewayError::Config {
-        setting: "log",
+        setting: "log".into(),
         message: e.to_string(),
     })
 }

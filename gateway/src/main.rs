@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use gateway::config::{Cli, Command};
 
 /// Errors end the process with one line on stderr (no backtrace, whatever
@@ -22,7 +21,7 @@ fn main() -> ExitCode {
 }
 
 fn start() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_args();
     if let Some(Command::MintToken(m)) = cli.command {
         if m.secret.len() < 16 {
             anyhow::bail!(
@@ -43,7 +42,7 @@ fn start() -> anyhow::Result<()> {
     let config = gateway::Config::from_settings(cli.settings)?;
     gateway::init_tracing(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads)
+        .worker_threads(config.node.worker_threads)
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;

@@ -86,21 +86,25 @@ impl Node {
     ) -> Result<Self, ProtocolError> {
         let hub = Hub::new(table, broker.clone(), metrics.clone());
         let mut ws_config = WebSocketConfig::default();
-        ws_config.read_buffer_size = config.ws_read_buffer;
+        ws_config.read_buffer_size = config.conn.ws_read_buffer;
         // Every batch ends with a flush, so small frames of one batch (a heartbeat's
         // WebSocket ping and `ping` frame, a burst of messages) share one write
         // syscall; kept small because the buffer's capacity stays with the connection.
         ws_config.write_buffer_size = 512;
-        ws_config.max_write_buffer_size =
-            config.max_message_size.max(config.max_payload_size) * 4 + 64 * 1024;
-        ws_config.max_message_size = Some(config.max_message_size);
-        ws_config.max_frame_size = Some(config.max_message_size);
+        ws_config.max_write_buffer_size = config
+            .conn
+            .max_message_size
+            .max(config.conn.max_payload_size)
+            * 4
+            + 64 * 1024;
+        ws_config.max_message_size = Some(config.conn.max_message_size);
+        ws_config.max_frame_size = Some(config.conn.max_message_size);
         let limits = Limits {
-            max_message_bytes: config.max_message_size as u64,
-            max_payload_bytes: config.max_payload_size as u64,
-            max_channels: config.max_channels,
-            rate_per_sec: config.rate_limit,
-            rate_burst: config.rate_burst,
+            max_message_bytes: config.conn.max_message_size as u64,
+            max_payload_bytes: config.conn.max_payload_size as u64,
+            max_channels: config.conn.max_channels,
+            rate_per_sec: config.conn.rate_limit,
+            rate_burst: config.conn.rate_burst,
         };
         let ping_json = Utf8Bytes::try_from(ServerFrame::Ping.encode(Encoding::Json)?)
             .map_err(|e| ProtocolError::Encode(e.to_string()))?;
@@ -143,7 +147,7 @@ impl Node {
     /// are already in progress.
     pub fn pending_connection(&self) -> Option<Pending> {
         let prev = self.pending.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.config.max_pending_connections {
+        if prev >= self.config.listeners.max_pending {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
@@ -161,7 +165,7 @@ impl Node {
     /// Reserves a connection slot against the node and per-user limits.
     pub fn reserve(self: &Arc<Self>, user: &str) -> Result<Slot, SlotError> {
         let prev = self.connections.fetch_add(1, Ordering::AcqRel);
-        if prev >= self.config.max_connections {
+        if prev >= self.config.conn.max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(SlotError::NodeFull);
         }
@@ -171,7 +175,7 @@ impl Node {
             None => Arc::from(user),
         };
         let n = users.entry(user.clone()).or_insert(0);
-        if *n >= self.config.max_connections_per_user {
+        if *n >= self.config.conn.max_per_user {
             drop(users);
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(SlotError::UserFull);

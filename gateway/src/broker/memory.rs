@@ -14,6 +14,7 @@ use publisher::HistoryPage;
 use tokio::time::Instant;
 
 use super::{Broker, BrokerError, Handler, Receipt};
+use crate::config::HistoryConfig;
 use protocol::history::StreamPosition;
 
 struct Stream {
@@ -110,16 +111,14 @@ impl Store {
 impl MemoryBroker {
     pub fn new(
         handler: Arc<dyn Handler>,
-        rules: HistoryRules,
-        idempotency_window: Duration,
-        max_bytes: usize,
+        history: &HistoryConfig,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             handler,
-            rules,
-            idempotency_window,
-            max_bytes,
+            rules: history.rules.clone(),
+            idempotency_window: history.idempotency_window,
+            max_bytes: history.max_bytes,
             metrics,
             store: Mutex::new(Store::default()),
         }
@@ -332,6 +331,18 @@ mod tests {
     use super::*;
     use protocol::Payload;
 
+    fn history(rules: HistoryRules, idempotency_window: Duration) -> HistoryConfig {
+        HistoryConfig {
+            rules,
+            max_bytes: 1 << 20,
+            idempotency_window,
+            recovery_limit: 1000,
+            replay_page_bytes: 1 << 18,
+            resume_rate: 5,
+            resume_burst: 20,
+        }
+    }
+
     /// A node without connections: the broker's view of the hub.
     struct Nobody;
 
@@ -354,9 +365,7 @@ mod tests {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let broker = MemoryBroker::new(
             Arc::new(Nobody),
-            rules,
-            Duration::from_secs(1),
-            1 << 20,
+            &history(rules, Duration::from_secs(1)),
             metrics,
         );
         let mut p = Publication::new("room:1", "e", Payload::null());
@@ -376,9 +385,7 @@ mod tests {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let broker = MemoryBroker::new(
             Arc::new(Nobody),
-            HistoryRules::none(),
-            Duration::from_secs(300),
-            1 << 20,
+            &history(HistoryRules::none(), Duration::from_secs(300)),
             metrics.clone(),
         );
         let publish = |id: usize| {

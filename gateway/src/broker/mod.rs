@@ -16,7 +16,7 @@ mod memory;
 mod redis;
 
 pub use memory::MemoryBroker;
-pub use redis::{RedisBroker, RedisSettings};
+pub use redis::{NodeContext, RedisBroker};
 
 /// What a publish reached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

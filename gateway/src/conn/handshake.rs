@@ -182,12 +182,12 @@ fn check(req: &Request<Incoming>, node: &Arc<Node>) -> Result<Accepted, Refusal>
             Attempt::Draining,
         ));
     }
-    if !node.config.allowed_origins.is_empty()
+    if !node.config.auth.allowed_origins.is_empty()
         && let Some(origin) = h.get(header::ORIGIN)
     {
         let ok = origin
             .to_str()
-            .map(|o| origin_allowed(&node.config.allowed_origins, o))
+            .map(|o| origin_allowed(&node.config.auth.allowed_origins, o))
             .unwrap_or(false);
         if !ok {
             return Err(refuse(
@@ -323,7 +323,7 @@ fn connection(
     };
     // Shared with the hub, which writes to it directly while the connection is idle.
     let outbox = Arc::new(crate::hub::outbox::Outbox::new(
-        node.config.outbound_queue,
+        node.config.conn.outbound_queue,
         Some(parts.io.into_inner()),
     ));
     let Some(stream) = crate::conn::shared_socket::SharedSocket::new(outbox.clone()) else {

@@ -62,10 +62,10 @@ where
     let mut w = Writer {
         ws,
         outbox: session.outbox().clone(),
-        stall: node.config.heartbeat_interval * 2,
+        stall: node.config.conn.heartbeat_interval * 2,
     };
     async move {
-        let interval = node.config.heartbeat_interval;
+        let interval = node.config.conn.heartbeat_interval;
         let mut hb = Heartbeat::new(
             Instant::now(),
             interval,

@@ -139,7 +139,7 @@ fn cost(r: &PublishRequest) -> usize {
 /// The refusal of a request (all of a batch) that would write more than the
 /// budget; `None` when it fits.
 fn over_budget(node: &Node, cost: usize) -> Option<Response<Body>> {
-    let max = node.config.max_publish_bytes;
+    let max = node.config.api.max_publish_bytes;
     if cost <= max {
         return None;
     }
@@ -161,10 +161,10 @@ async fn publish_one(node: &Node, r: PublishRequest) -> Result<Receipt, Failure>
         .unwrap_or_else(|| envelope::DEFAULT_EVENT.to_owned());
     envelope::validate_event(&event).map_err(Failure::Invalid)?;
     let payload = r.payload.unwrap_or_else(Payload::null);
-    if payload.len() > node.config.max_payload_size {
+    if payload.len() > node.config.conn.max_payload_size {
         return Err(Failure::TooLarge(format!(
             "payload is larger than {} bytes",
-            node.config.max_payload_size
+            node.config.conn.max_payload_size
         )));
     }
     if let Some(id) = &r.id
@@ -221,7 +221,7 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Res
             .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
         return resp;
     }
-    if node.config.api_keys.is_empty() {
+    if node.config.api.keys.is_empty() {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -229,7 +229,7 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Res
         );
     }
     match bearer(req.headers()) {
-        Some(k) if key_matches(&node.config.api_keys, k) => {}
+        Some(k) if key_matches(&node.config.api.keys, k) => {}
         _ => {
             return error(
                 StatusCode::UNAUTHORIZED,
@@ -239,17 +239,18 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Res
         }
     }
     let limit = if batch {
-        MAX_BATCH * (node.config.max_payload_size + 4096)
+        MAX_BATCH * (node.config.conn.max_payload_size + 4096)
     } else {
-        node.config.max_payload_size + 16 * 1024
+        node.config.conn.max_payload_size + 16 * 1024
     };
     // The body must arrive within the handshake timeout, like the head: a client
     // that announces a body and sends it slowly (or never) does not hold the
     // connection.
-    let body = match crate::http::read_body(req, limit, node.config.handshake_timeout).await {
-        Ok(b) => b,
-        Err(answer) => return *answer,
-    };
+    let body =
+        match crate::http::read_body(req, limit, node.config.listeners.handshake_timeout).await {
+            Ok(b) => b,
+            Err(answer) => return *answer,
+        };
     if !batch {
         let r: PublishRequest = match serde_json::from_slice(&body) {
             Ok(r) => r,

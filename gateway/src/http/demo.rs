@@ -79,24 +79,25 @@ fn asset(name: &str) -> Response<Body> {
 }
 
 async fn mint(req: Request<Incoming>, node: &Node) -> Response<Body> {
-    let Some(secret) = node.config.jwt.secret.as_deref() else {
+    let Some(secret) = node.config.auth.jwt.secret.as_deref() else {
         return error(
             StatusCode::NOT_FOUND,
             "not_found",
             "demo tokens need --jwt-secret",
         );
     };
-    let body = match crate::http::read_body(req, 1024, node.config.handshake_timeout).await {
-        Ok(b) => b,
-        Err(answer) if answer.status() == StatusCode::REQUEST_TIMEOUT => return *answer,
-        Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                "body must be JSON of at most 1024 bytes",
-            );
-        }
-    };
+    let body =
+        match crate::http::read_body(req, 1024, node.config.listeners.handshake_timeout).await {
+            Ok(b) => b,
+            Err(answer) if answer.status() == StatusCode::REQUEST_TIMEOUT => return *answer,
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "body must be JSON of at most 1024 bytes",
+                );
+            }
+        };
     let r: TokenRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

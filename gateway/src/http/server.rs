@@ -85,7 +85,7 @@ pub async fn serve_public(listener: TcpListener, node: Arc<Node>) {
         let node = node.clone();
         tokio::spawn(async move {
             let _pending = pending;
-            let timeout = node.config.handshake_timeout;
+            let timeout = node.config.listeners.handshake_timeout;
             let svc = service_fn(move |req| route(req, node.clone()));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())

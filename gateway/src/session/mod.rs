@@ -38,15 +38,15 @@ const ABUSE: Rate = Rate {
 /// The buckets' rates live in the configuration, not in each connection's buckets.
 fn message_rate(node: &Node) -> Rate {
     Rate {
-        per_sec: node.config.rate_limit as f32,
-        capacity: node.config.rate_burst as f32,
+        per_sec: node.config.conn.rate_limit as f32,
+        capacity: node.config.conn.rate_burst as f32,
     }
 }
 
 fn resume_rate(node: &Node) -> Rate {
     Rate {
-        per_sec: node.config.resume_rate as f32,
-        capacity: node.config.resume_burst as f32,
+        per_sec: node.config.history.resume_rate as f32,
+        capacity: node.config.history.resume_burst as f32,
     }
 }
 
@@ -188,10 +188,10 @@ impl Session {
     pub fn welcome(&self, personal: &PersonalState) -> ServerFrame {
         ServerFrame::Welcome(Welcome {
             session: format!("{:016x}", self.id),
-            node: self.node.config.node_id.clone(),
+            node: self.node.config.node.id.clone(),
             user: self.user().to_string(),
             channel: self.subs[0].channel.to_string(),
-            heartbeat_ms: self.node.config.heartbeat_interval.as_millis() as u64,
+            heartbeat_ms: self.node.config.conn.heartbeat_interval.as_millis() as u64,
             expires_at: self.expires_at,
             limits: self.node.limits.clone(),
             epoch: personal.epoch.clone(),

@@ -50,6 +50,7 @@ use redis::IntoConnectionInfo;
 use tokio::time::timeout;
 
 use super::{Broker, BrokerError, Handler, Receipt};
+use crate::config::{HistoryConfig, RedisConfig};
 use crate::metrics::{Budget, Metrics};
 use cluster::ClusterNodes;
 use protocol::history::StreamPosition;
@@ -58,28 +59,19 @@ use shard::{Shard, Target, run_shard, shard_of};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Settings of the Redis broker (from the gateway config).
+/// What the Redis broker needs of the node besides Redis' own settings.
 #[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// Where Redis lives: one instance, several independent ones, or a cluster.
-    pub topology: Topology,
-    pub namespace: String,
+pub struct NodeContext {
+    /// Names this node's probe channels.
     pub node_id: String,
-    pub subscribers: usize,
-    pub unsubscribe_delay: Duration,
-    pub probe_interval: Duration,
-    pub reconnect_max: Duration,
-    /// A read side further behind than this makes the node not ready.
-    pub max_lag: Duration,
-    /// Multiplexed command connections per instance, for each of publishes and reads.
-    pub connections: usize,
+    /// Largest payload a publish may carry.
     pub max_payload: usize,
-    pub history: protocol::history::HistoryRules,
-    pub idempotency_window: Duration,
 }
 
 struct Shared {
-    settings: RedisSettings,
+    redis: RedisConfig,
+    node: NodeContext,
+    history: HistoryConfig,
     keys: KeySpace,
     /// Subscriber connections per instance (standalone and sharded modes).
     per_instance: usize,
@@ -108,30 +100,32 @@ impl RedisBroker {
     /// Starts the shard tasks; connecting happens in the background, so a node can
     /// start (not ready) while Redis is down.
     pub fn start(
-        settings: RedisSettings,
+        redis: RedisConfig,
+        history: &HistoryConfig,
+        node: NodeContext,
         handler: Arc<dyn Handler>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, BrokerError> {
         let config = |e: String| BrokerError::Unavailable(e);
         let build = |connections: usize| {
-            Publisher::with_topology(settings.topology.clone())
-                .namespace(settings.namespace.clone())
-                .max_payload(settings.max_payload)
-                .history(settings.history.clone())
-                .idempotency_window(settings.idempotency_window)
+            Publisher::with_topology(redis.topology.clone())
+                .namespace(redis.namespace.clone())
+                .max_payload(node.max_payload)
+                .history(history.rules.clone())
+                .idempotency_window(history.idempotency_window)
                 .connections(connections)
                 .build()
                 .map_err(|e| config(e.to_string()))
         };
-        let publisher = build(settings.connections)?;
-        let reader = build(settings.connections)?;
+        let publisher = build(redis.connections)?;
+        let reader = build(redis.connections)?;
         let prober = build(1)?;
         let keys = publisher.keys().clone();
-        let per_instance = settings.subscribers.max(1);
+        let per_instance = redis.subscribers.max(1);
         let mut targets = Vec::new();
-        let cluster = match &settings.topology {
+        let cluster = match &redis.topology {
             Topology::Standalone(_) | Topology::Sharded(_) => {
-                for (instance, url) in settings.topology.urls().iter().enumerate() {
+                for (instance, url) in redis.topology.urls().iter().enumerate() {
                     let info = url.as_str().into_connection_info().map_err(|_| {
                         config(format!("{}: not a redis URL", publisher::redact_url(url)))
                     })?;
@@ -160,9 +154,11 @@ impl RedisBroker {
             .map(|(index, target)| Arc::new(Shard::new(index, target)))
             .collect();
         metrics.broker.set_up(false);
-        let max_reply = settings.max_payload.saturating_mul(2) + 64 * 1024;
+        let max_reply = node.max_payload.saturating_mul(2) + 64 * 1024;
         let shared = Arc::new(Shared {
-            settings,
+            redis,
+            node,
+            history: history.clone(),
             keys,
             per_instance,
             cluster,
@@ -222,7 +218,7 @@ impl Broker for RedisBroker {
     }
 
     fn is_ready(&self) -> bool {
-        let max_lag = self.shared.settings.max_lag;
+        let max_lag = self.shared.redis.max_lag;
         self.shared
             .shards
             .iter()

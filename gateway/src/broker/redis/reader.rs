@@ -169,7 +169,7 @@ pub(super) async fn recheck(shared: Arc<Shared>, shard: usize) {
         .handler
         .interests()
         .into_iter()
-        .filter(|c| shard_of(&shared, c) == shard && shared.settings.history.policy(c).is_some())
+        .filter(|c| shard_of(&shared, c) == shard && shared.history.rules.policy(c).is_some())
         .collect();
     for chunk in channels.chunks(32) {
         let reads = chunk.iter().map(|ch| {

@@ -169,6 +169,6 @@ pub(super) async fn run_shard(shared: Arc<Shared>, shard: Arc<Shard>) {
         // Equal jitter: never a tight loop, never a synchronized herd.
         let half = delay / 2;
         sleep(half + half.mul_f64(rand::random::<f64>())).await;
-        delay = (delay * 2).min(shared.settings.reconnect_max.max(base));
+        delay = (delay * 2).min(shared.redis.reconnect_max.max(base));
     }
 }

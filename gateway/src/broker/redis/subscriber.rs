@@ -45,9 +45,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, shard: &Shard, first: bool) -> S
         Err(e) => return e,
     };
     let link = Pending::default();
-    let probe = shared
-        .keys
-        .probe_channel(&shared.settings.node_id, shard.index);
+    let probe = shared.keys.probe_channel(&shared.node.node_id, shard.index);
     let mut commander = Commander {
         shared,
         shard,

@@ -65,7 +65,7 @@ impl Commander<'_> {
         resp::command(&mut self.out, &[verb, probe]);
         self.flush().await?;
 
-        let probe_every = shared.settings.probe_interval;
+        let probe_every = shared.redis.probe_interval;
         let probe_route = match &shard.target {
             Target::Instance { instance, .. } => *instance,
             Target::Partition { .. } => 0,
@@ -198,7 +198,7 @@ impl Commander<'_> {
             .drain()
             .collect();
         let mut to_subscribe = Vec::new();
-        let later = Instant::now() + self.shared.settings.unsubscribe_delay;
+        let later = Instant::now() + self.shared.redis.unsubscribe_delay;
         for ch in dirty {
             if self.shared.handler.has_interest(&ch) {
                 self.leaving.remove(&ch);

@@ -9,7 +9,7 @@ use crate::session::{Outcome, Session, err};
 impl Session {
     pub(in crate::session) async fn ack(&mut self, id: u64, offset: u64) -> Outcome {
         let personal = self.subs[0].channel.clone();
-        if self.node.config.history.policy(&personal).is_none() {
+        if self.node.config.history.rules.policy(&personal).is_none() {
             return err(
                 Some(id),
                 ErrorCode::BadRequest,

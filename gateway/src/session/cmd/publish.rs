@@ -29,13 +29,13 @@ impl Session {
                 "token does not allow publishing to this channel",
             );
         }
-        if payload.len() > self.node.config.max_payload_size {
+        if payload.len() > self.node.config.conn.max_payload_size {
             return err(
                 Some(id),
                 ErrorCode::PayloadTooLarge,
                 format!(
                     "payload is larger than {} bytes",
-                    self.node.config.max_payload_size
+                    self.node.config.conn.max_payload_size
                 ),
             );
         }

@@ -32,17 +32,17 @@ impl Session {
         if self.subs.iter().any(|s| *s.channel == *name) {
             return err(Some(id), ErrorCode::AlreadySubscribed, "already subscribed");
         }
-        if self.subs.len() - 2 >= self.node.config.max_channels as usize {
+        if self.subs.len() - 2 >= self.node.config.conn.max_channels as usize {
             return err(
                 Some(id),
                 ErrorCode::TooManyChannels,
                 format!(
                     "at most {} channels per connection",
-                    self.node.config.max_channels
+                    self.node.config.conn.max_channels
                 ),
             );
         }
-        let has_history = self.node.config.history.policy(&name).is_some();
+        let has_history = self.node.config.history.rules.policy(&name).is_some();
         if has_history
             && !self
                 .resumes

@@ -78,7 +78,7 @@ impl Session {
         };
         let from = if at == epoch { last } else { 0 };
         let until = offset.saturating_sub(1);
-        let limit = self.node.config.recovery_limit;
+        let limit = self.node.config.history.recovery_limit;
         let want = usize::try_from(until.saturating_sub(from))
             .unwrap_or(usize::MAX)
             .min(limit)

@@ -46,7 +46,12 @@ impl Session {
     ) -> Result<HistoryPage, BrokerError> {
         self.node
             .broker
-            .history(channel, after, limit, self.node.config.replay_page_bytes)
+            .history(
+                channel,
+                after,
+                limit,
+                self.node.config.history.replay_page_bytes,
+            )
             .await
     }
 
@@ -80,7 +85,7 @@ impl Session {
             (None, Some(b)) => b.top,
             (None, None) => 0,
         };
-        let limit = self.node.config.recovery_limit;
+        let limit = self.node.config.history.recovery_limit;
         let page = self
             .read_page(&channel, Some(from), limit.min(PAGE_ENTRIES))
             .await?;
@@ -180,7 +185,7 @@ impl Session {
         since: Option<Since>,
     ) -> (PersonalState, Option<Replay>) {
         let personal = self.subs[0].channel.clone();
-        if self.node.config.history.policy(&personal).is_none() {
+        if self.node.config.history.rules.policy(&personal).is_none() {
             let state = PersonalState {
                 recovered: since.map(|_| false),
                 ..PersonalState::default()
