@@ -76,14 +76,16 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 mod backoff;
+mod bucket;
+mod codec;
 mod driver;
+mod ended;
 mod error;
 pub mod policy;
 mod positions;
 mod queue;
 #[cfg(test)]
 mod tests;
-mod wire;
 
 pub use backoff::Backoff;
 pub use error::Error;
@@ -162,18 +164,10 @@ impl futures_util::Stream for Events {
     }
 }
 
-/// The answer to a subscription.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscription {
-    pub channel: String,
-    /// The channel's history epoch, when it keeps history.
-    pub epoch: Option<String>,
-    /// The channel's latest offset at the time of the subscription.
-    pub offset: Option<u64>,
-    /// Present when the subscription resumed from a position (see
-    /// [`Event::Recovered`]).
-    pub recovered: Option<bool>,
-}
+/// The answer to a subscription: the protocol's `subscribe` result (the channel, its
+/// history `epoch` and latest `offset` when it keeps history, and `recovered` when
+/// the subscription resumed from a position, see [`Event::Recovered`]).
+pub use protocol::frame::SubscribeResult as Subscription;
 
 /// A successful publish.
 #[derive(Debug, Clone, PartialEq)]

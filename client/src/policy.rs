@@ -1,77 +1,45 @@
-//! What the client does after a connection ends or a handshake is refused, following
-//! the server's close codes (`protocol::close`) and handshake statuses.
+//! What the client does after a connection ends or a handshake is refused. The
+//! reactions are the protocol crate's table ([`protocol::close::CODES`] and
+//! [`protocol::close::HANDSHAKE_STATUSES`]), followed as they are: this module only
+//! names them for the client's users.
+//!
+//! | Close code | Reaction |
+//! |---|---|
+//! | 1001 going_away | [`Promptly`](Reconnect::Promptly), to another node |
+//! | 4005 resync | [`Promptly`](Reconnect::Promptly), then resume from the last offsets |
+//! | 4001 token_expired, 4004 unauthorized | [`NewToken`](Reconnect::NewToken) |
+//! | 1000 normal, 1002 protocol_error, 1007, 1008, 1009 | [`Stop`](Reconnect::Stop): a deliberate close or a client bug |
+//! | anything else (1011, 4002 slow_consumer, 4003 heartbeat_timeout, ...) | [`WithBackoff`](Reconnect::WithBackoff) |
 
 use protocol::close;
 
-/// The reaction to the end of a connection or a failed connection attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reconnect {
-    /// Reconnect at once (after a small random delay), to the next URL: the node is
-    /// draining. Does not count as a failure for the backoff.
-    Promptly,
-    /// Reconnect after the next exponential backoff delay.
-    WithBackoff,
-    /// Ask the token refresher for a new token first; reconnect only with it.
-    NewToken,
-    /// Do not reconnect automatically.
-    Stop,
-}
-
-impl Reconnect {
-    /// Whether a reconnect may follow (possibly after fetching a token).
-    pub fn reconnects(self) -> bool {
-        self != Reconnect::Stop
-    }
-}
+pub use protocol::close::Reconnect;
 
 /// The reaction to a close frame from the server.
-///
-/// | Code | Reaction |
-/// |---|---|
-/// | 1001 going away | [`Promptly`](Reconnect::Promptly), to another node |
-/// | 4005 resync | [`Promptly`](Reconnect::Promptly), then resume from the last offsets |
-/// | 4001 token expired, 4004 unauthorized | [`NewToken`](Reconnect::NewToken) |
-/// | 1000 normal, 1002 protocol error, 1007, 1008, 1009 | [`Stop`](Reconnect::Stop): a deliberate close or a client bug |
-/// | anything else (1011, 4002 slow consumer, 4003 heartbeat timeout, ...) | [`WithBackoff`](Reconnect::WithBackoff) |
 pub fn on_close(code: u16) -> Reconnect {
-    match code {
-        close::GOING_AWAY | close::RESYNC => Reconnect::Promptly,
-        close::TOKEN_EXPIRED | close::UNAUTHORIZED => Reconnect::NewToken,
-        close::NORMAL
-        | PROTOCOL_ERROR
-        | close::INVALID_PAYLOAD
-        | close::POLICY_VIOLATION
-        | close::MESSAGE_TOO_BIG => Reconnect::Stop,
-        _ => Reconnect::WithBackoff,
-    }
+    close::reconnect(code)
 }
-
-/// RFC 6455 protocol error; the gateway only echoes it for a client's own bad close.
-const PROTOCOL_ERROR: u16 = 1002;
 
 /// The reaction to a connection that ended without a close frame (network error,
 /// reset, dead heartbeat): reconnect with backoff.
 pub fn on_connection_lost() -> Reconnect {
-    Reconnect::WithBackoff
+    close::CONNECTION_LOST
 }
 
 /// The reaction to an HTTP status refusing the WebSocket upgrade.
 ///
-/// `401` needs a new token; `400`, `403` and `404` are client or deployment bugs and
-/// stop; `503` (node draining) retries promptly; anything else (`429`, `5xx`) backs off.
+/// `401` needs a new token; `400`, `403`, `404`, `405` and `426` are client or
+/// deployment bugs and stop; `503` (node draining) retries promptly; anything else
+/// (`429`, `5xx`) backs off.
 pub fn on_handshake_status(status: u16) -> Reconnect {
-    match status {
-        401 => Reconnect::NewToken,
-        400 | 403 | 404 | 405 | 426 => Reconnect::Stop,
-        503 => Reconnect::Promptly,
-        _ => Reconnect::WithBackoff,
-    }
+    close::on_handshake_status(status)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The table in this module's docs, as the client behaves.
     #[test]
     fn close_codes() {
         use Reconnect::*;
@@ -88,6 +56,7 @@ mod tests {
             (4002, WithBackoff),
             (4003, WithBackoff),
             (4004, NewToken),
+            (4005, Promptly),
             (4999, WithBackoff),
         ];
         for (code, want) in table {
@@ -101,19 +70,17 @@ mod tests {
         // The protocol crate's "reconnect?" and "new token?" columns: a code that needs
         // a new token never reconnects with the old one, and every code the protocol
         // says not to reconnect on is either a stop or a token refresh here.
-        for code in [
-            1000, 1001, 1006, 1007, 1008, 1009, 1011, 4001, 4002, 4003, 4004, 4005,
-        ] {
-            let r = on_close(code);
+        for c in close::CODES {
+            let r = on_close(c.code);
             assert_eq!(
-                close::needs_new_token(code),
+                close::needs_new_token(c.code),
                 r == Reconnect::NewToken,
-                "{code}"
+                "{c:?}"
             );
             assert_eq!(
-                close::should_reconnect(code),
+                close::should_reconnect(c.code),
                 matches!(r, Reconnect::Promptly | Reconnect::WithBackoff),
-                "{code}"
+                "{c:?}"
             );
         }
     }

@@ -1,0 +1,354 @@
+//! What the handle's commands become: requests on the open connection, or, while
+//! disconnected, remembered subscriptions and queued publishes and acks; then their
+//! replies (read as the protocol crate's typed results), their timeouts, and what
+//! happens to them when the connection drops.
+
+use protocol::frame::{AckResult, ClientFrame, PublishResult, ReplyResult};
+use protocol::{ErrorCode, Payload};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::Driver;
+use super::conn::Conn;
+use super::subscriptions::{Sub, SubWaiter};
+use crate::ended::Ended;
+use crate::{Command, Error, Event, Receipt, lock};
+
+/// A publish or ack waiting to be sent (in the offline queue, which also paces them
+/// under the server's rate limit).
+pub(super) enum Outgoing {
+    Publish {
+        channel: String,
+        event: String,
+        payload: Payload,
+        reply: oneshot::Sender<Result<Receipt, Error>>,
+    },
+    Ack {
+        offset: u64,
+        reply: oneshot::Sender<Result<u64, Error>>,
+    },
+}
+
+impl Outgoing {
+    pub(super) fn fail(self, e: Error) {
+        match self {
+            Outgoing::Publish { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Outgoing::Ack { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// A request sent and waiting for its reply.
+pub(super) enum Pending {
+    Subscribe {
+        channel: String,
+        /// Sent with `since`: the reply says whether everything was recovered.
+        resumed: bool,
+        waiters: Vec<SubWaiter>,
+    },
+    Unsubscribe(oneshot::Sender<Result<(), Error>>),
+    Publish(oneshot::Sender<Result<Receipt, Error>>),
+    Ack(oneshot::Sender<Result<u64, Error>>),
+    Refresh {
+        token: String,
+        /// `None` for the client's own proactive refresh.
+        reply: Option<oneshot::Sender<Result<Option<u64>, Error>>>,
+    },
+}
+
+impl Pending {
+    /// Fails the request with `e`. `false` for the client's own refresh, which
+    /// nobody waits for.
+    fn fail(self, e: Error) -> bool {
+        match self {
+            Pending::Subscribe { waiters, .. } => {
+                for w in waiters {
+                    let _ = w.send(Err(e.clone()));
+                }
+            }
+            Pending::Unsubscribe(r) => {
+                let _ = r.send(Err(e));
+            }
+            Pending::Publish(r) => {
+                let _ = r.send(Err(e));
+            }
+            Pending::Ack(reply) => {
+                let _ = reply.send(Err(e));
+            }
+            Pending::Refresh { reply: Some(r), .. } => {
+                let _ = r.send(Err(e));
+            }
+            Pending::Refresh { reply: None, .. } => return false,
+        }
+        true
+    }
+}
+
+/// A reply's result as the typed result of its request; a result that does not
+/// read as documented fails the request rather than invent values.
+fn typed<R: ReplyResult>(result: Result<Value, Error>) -> Result<R, Error> {
+    R::from_value(result?).map_err(|e| Error::Protocol(e.to_string()))
+}
+
+impl Driver {
+    pub(super) fn enqueue(&mut self, item: Outgoing) {
+        let capacity = self.cfg.queue_capacity;
+        if let Err(item) = self.queue.push(item) {
+            item.fail(Error::QueueFull { capacity });
+        }
+    }
+
+    /// Sends a request and starts its reply timeout.
+    pub(super) async fn send_request(
+        &mut self,
+        conn: &mut Conn,
+        id: u64,
+        frame: ClientFrame,
+        pending: Pending,
+    ) -> Result<(), Ended> {
+        conn.inflight.insert(id, pending);
+        conn.deadlines
+            .push_back((Instant::now() + self.cfg.request_timeout, id));
+        self.write(conn, &frame).await
+    }
+
+    /// Sends queued publishes and acks while the rate budget allows.
+    pub(super) async fn pump(&mut self, conn: &mut Conn) -> Result<(), Ended> {
+        while !self.queue.is_empty() && conn.bucket.try_take() {
+            let Some(item) = self.queue.pop() else { break };
+            let id = self.id();
+            let (frame, pending) = match item {
+                Outgoing::Publish {
+                    channel,
+                    event,
+                    payload,
+                    reply,
+                } => (
+                    ClientFrame::Publish {
+                        id,
+                        channel,
+                        event,
+                        payload,
+                    },
+                    Pending::Publish(reply),
+                ),
+                Outgoing::Ack { offset, reply } => {
+                    (ClientFrame::Ack { id, offset }, Pending::Ack(reply))
+                }
+            };
+            self.send_request(conn, id, frame, pending).await?;
+        }
+        Ok(())
+    }
+
+    /// A command while connected: subscriptions, unsubscriptions and refreshes go out
+    /// at once (they may take the rate budget into debt); publishes and acks go
+    /// through the queue.
+    pub(super) async fn online_command(
+        &mut self,
+        conn: &mut Conn,
+        cmd: Command,
+    ) -> Result<(), Ended> {
+        match cmd {
+            Command::Subscribe {
+                channel,
+                since,
+                reply,
+            } => {
+                if let Some(s) = &since {
+                    lock(&self.shared).positions.set(&channel, s.clone().into());
+                }
+                if !self.subs.iter().any(|s| s.channel == channel) {
+                    self.subs.push(Sub {
+                        channel: channel.clone(),
+                        waiters: Vec::new(),
+                    });
+                }
+                self.send_subscribe(conn, channel, since, vec![reply]).await
+            }
+            Command::Unsubscribe { channel, reply } => {
+                self.forget(&channel);
+                let id = self.id();
+                conn.bucket.force();
+                let frame = ClientFrame::Unsubscribe { id, channel };
+                self.send_request(conn, id, frame, Pending::Unsubscribe(reply))
+                    .await
+            }
+            Command::Publish {
+                channel,
+                event,
+                payload,
+                reply,
+            } => {
+                self.enqueue(Outgoing::Publish {
+                    channel,
+                    event,
+                    payload,
+                    reply,
+                });
+                self.pump(conn).await
+            }
+            Command::Ack { offset, reply } => {
+                self.enqueue(Outgoing::Ack { offset, reply });
+                self.pump(conn).await
+            }
+            Command::Refresh { token, reply } => {
+                let id = self.id();
+                conn.bucket.force();
+                let frame = ClientFrame::Refresh {
+                    id,
+                    token: token.clone(),
+                };
+                let pending = Pending::Refresh {
+                    token,
+                    reply: Some(reply),
+                };
+                self.send_request(conn, id, frame, pending).await
+            }
+            Command::Close { .. } => Ok(()), // handled by the socket loop
+        }
+    }
+
+    /// A command while disconnected: remembered or queued for the next connection.
+    /// Returns the close acknowledgement when the command was `Close`.
+    pub(super) fn offline_command(&mut self, cmd: Command) -> Option<oneshot::Sender<()>> {
+        match cmd {
+            Command::Subscribe {
+                channel,
+                since,
+                reply,
+            } => {
+                if let Some(s) = since {
+                    lock(&self.shared).positions.set(&channel, s.into());
+                }
+                match self.subs.iter_mut().find(|s| s.channel == channel) {
+                    Some(s) => s.waiters.push(reply),
+                    None => self.subs.push(Sub {
+                        channel,
+                        waiters: vec![reply],
+                    }),
+                }
+            }
+            Command::Unsubscribe { channel, reply } => {
+                self.forget(&channel);
+                let _ = reply.send(Ok(()));
+            }
+            Command::Publish {
+                channel,
+                event,
+                payload,
+                reply,
+            } => self.enqueue(Outgoing::Publish {
+                channel,
+                event,
+                payload,
+                reply,
+            }),
+            Command::Ack { offset, reply } => self.enqueue(Outgoing::Ack { offset, reply }),
+            Command::Refresh { token, reply } => {
+                self.token = Some(token);
+                self.token_unproven = false;
+                let _ = reply.send(Ok(None));
+            }
+            Command::Close { done } => return Some(done),
+        }
+        None
+    }
+
+    /// Fails the requests whose reply is overdue.
+    pub(super) async fn expire(&mut self, conn: &mut Conn) {
+        let now = Instant::now();
+        while let Some(&(at, id)) = conn.deadlines.front() {
+            if at > now {
+                break;
+            }
+            conn.deadlines.pop_front();
+            if let Some(p) = conn.inflight.remove(&id)
+                && !p.fail(Error::Timeout(self.cfg.request_timeout))
+            {
+                self.emit(Event::Error(Error::TokenRefresh(
+                    "no reply to the refresh request".into(),
+                )))
+                .await;
+            }
+        }
+    }
+
+    pub(super) async fn on_reply(
+        &mut self,
+        conn: &mut Conn,
+        p: Pending,
+        result: Result<Value, Error>,
+    ) {
+        match p {
+            Pending::Subscribe {
+                channel,
+                resumed,
+                waiters,
+            } => self.on_subscribed(channel, resumed, waiters, result).await,
+            Pending::Unsubscribe(r) => {
+                let r2 = match result {
+                    Err(e) if e.code() == Some(ErrorCode::NotSubscribed) => Ok(()),
+                    other => other.map(|_| ()),
+                };
+                let _ = r.send(r2);
+            }
+            Pending::Publish(r) => {
+                let receipt = result.and_then(|raw| {
+                    let p: PublishResult = typed(Ok(raw.clone()))?;
+                    Ok(Receipt {
+                        nodes: Some(p.nodes),
+                        sessions: p.sessions,
+                        raw,
+                    })
+                });
+                let _ = r.send(receipt);
+            }
+            Pending::Ack(reply) => {
+                let _ = reply.send(typed::<AckResult>(result).map(|a| a.offset));
+            }
+            Pending::Refresh { token, reply } => {
+                self.on_refreshed(conn, token, reply, typed(result)).await
+            }
+        }
+    }
+
+    /// Fails or requeues what was in flight on a connection that ended.
+    pub(super) fn connection_lost(&mut self, conn: Conn) {
+        for (_, p) in conn.inflight {
+            match p {
+                Pending::Subscribe {
+                    channel, waiters, ..
+                } => match self.subs.iter_mut().find(|s| s.channel == channel) {
+                    // Confirmed after the reconnect instead.
+                    Some(s) => s.waiters.extend(waiters),
+                    None => {
+                        for w in waiters {
+                            let _ = w.send(Err(Error::Cancelled));
+                        }
+                    }
+                },
+                // The channel is already out of the set restored at reconnect.
+                Pending::Unsubscribe(r) => {
+                    let _ = r.send(Ok(()));
+                }
+                Pending::Publish(r) => {
+                    let _ = r.send(Err(Error::Disconnected));
+                }
+                Pending::Ack(reply) => {
+                    let _ = reply.send(Err(Error::Disconnected));
+                }
+                Pending::Refresh { reply, .. } => {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(Error::Disconnected));
+                    }
+                }
+            }
+        }
+    }
+}
