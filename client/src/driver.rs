@@ -166,6 +166,11 @@ impl Driver {
         Duration::from_nanos(self.rng.random_range(0..=max))
     }
 
+    /// The reconnect loop: an attempt (serving the handle meanwhile), the connection
+    /// until it ends, then what the protocol says to do about how it ended: at once
+    /// (to the next URL; backoff once every URL had its prompt try), after a backoff
+    /// delay, with a new token, or stop. Every end is reported as
+    /// [`Event::Disconnected`] before the next attempt.
     async fn run(mut self) {
         let mut delay = Duration::ZERO;
         let terminal = loop {
@@ -278,6 +283,9 @@ impl Driver {
         }
     }
 
+    /// Stops for good: everything still waiting fails with `terminal` (reported as
+    /// the last event unless the application closed the client), and the event
+    /// stream ends when the task is gone.
     async fn stop(mut self, terminal: Error) {
         tracing::debug!(error = %terminal, "client stopped");
         {
