@@ -14,7 +14,7 @@ use super::connection::ReadHalf;
 use super::resp::{self, Reply};
 use super::shard::{Shard, set_up, shard_of};
 use super::subscriber::Pending;
-use crate::metrics::BrokerInvalid;
+use crate::metrics::{BrokerInvalid, ShardMetrics};
 
 /// What the reader asks of the kernel per read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -28,7 +28,7 @@ pub(super) struct Reader<'a> {
     pub(super) started: Instant,
     pub(super) first: bool,
     pub(super) peer: String,
-    pub(super) received: prometheus::IntCounter,
+    pub(super) metrics: ShardMetrics,
 }
 
 impl Reader<'_> {
@@ -122,7 +122,7 @@ impl Reader<'_> {
 
     pub(super) fn deliver(&self, name: &str, payload: &[u8]) {
         let metrics = &self.shared.metrics.broker;
-        metrics.received(&self.received);
+        self.metrics.received();
         match Publication::decode(payload) {
             Ok(p) if self.shared.keys.channel_of(name) == Some(p.channel.as_str()) => {
                 self.shared.handler.deliver(&p);

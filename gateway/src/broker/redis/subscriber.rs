@@ -54,7 +54,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, shard: &Shard, first: bool) -> S
         out: BytesMut::new(),
         active: HashSet::new(),
         leaving: HashMap::new(),
-        subscriptions: shared.metrics.broker.shard_subscriptions(shard.index),
+        metrics: shared.metrics.broker.shard(shard.index),
     };
     let reader = Reader {
         shared,
@@ -64,7 +64,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, shard: &Shard, first: bool) -> S
         started: Instant::now(),
         first,
         peer,
-        received: shared.metrics.broker.shard_received(shard.index),
+        metrics: shared.metrics.broker.shard(shard.index),
     };
     let why = tokio::select! {
         why = reader.run(rd) => why,

@@ -17,6 +17,7 @@ use super::resp;
 use super::shard::{Shard, Target, shard_of};
 use super::subscriber::Pending;
 use super::{COMMAND_TIMEOUT, Shared};
+use crate::metrics::ShardMetrics;
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command when many change at once.
 const BATCH: usize = 512;
@@ -32,7 +33,7 @@ pub(super) struct Commander<'a> {
     pub(super) active: HashSet<Arc<str>>,
     /// Channels without local interest, and when to unsubscribe them.
     pub(super) leaving: HashMap<Arc<str>, Instant>,
-    pub(super) subscriptions: prometheus::IntGauge,
+    pub(super) metrics: ShardMetrics,
 }
 
 impl Commander<'_> {
@@ -174,8 +175,7 @@ impl Commander<'_> {
             resp::command(&mut self.out, &args);
             let delta = chunk.len() as i64;
             let delta = if subscribe { delta } else { -delta };
-            self.shared.metrics.broker.subscriptions(delta);
-            self.subscriptions.add(delta);
+            self.metrics.subscribed(delta);
             if subscribe {
                 self.active.extend(chunk.iter().cloned());
             } else {
@@ -234,8 +234,7 @@ impl Commander<'_> {
     /// The connection ended: nothing it subscribed to is live any more.
     pub(super) fn release(&mut self) {
         let n = self.active.len() as i64;
-        self.shared.metrics.broker.subscriptions(-n);
-        self.subscriptions.sub(n);
+        self.metrics.subscribed(-n);
         let active: Vec<Arc<str>> = self.active.drain().collect();
         self.shard.confirm(&active, false);
     }

@@ -2,12 +2,13 @@
 //! are fixed sets (results, reasons, frame types, close codes), never user ids,
 //! tokens or channel names. Hot-path counters are resolved once at startup.
 
-use std::time::Duration;
+mod broker;
+mod register;
 
-use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
-};
+pub use broker::{BrokerInvalid, BrokerMetrics, ShardMetrics};
+use register::{counter, counter_vec, gauge, histogram};
+
+use prometheus::{Encoder, Histogram, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder};
 
 /// Outcome of a connection attempt, the `result` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,156 +118,6 @@ impl Budget {
             Budget::PublishBytes => "publish_bytes",
         }
     }
-}
-
-/// Why a message read from Redis was not delivered, the `reason` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BrokerInvalid {
-    /// Not a Tidings envelope.
-    Undecodable,
-    /// The envelope names another channel than the Redis channel it came on.
-    ChannelMismatch,
-    /// Larger than any publication could be (the connection is replaced).
-    Oversized,
-}
-
-/// Broker health, behind methods the broker implementations call.
-pub struct BrokerMetrics {
-    up: IntGauge,
-    reconnects: IntCounter,
-    resubscribe_seconds: Histogram,
-    subscriptions: IntGauge,
-    received: IntCounter,
-    publish_errors: IntCounter,
-    invalid: IntCounterVec,
-    lag: Gauge,
-    /// Per subscriber connection (`shard` label: its index; the partition in cluster
-    /// mode, so bounded by the configuration): channels subscribed.
-    shard_subscriptions: IntGaugeVec,
-    /// Per subscriber connection: messages received.
-    shard_received: IntCounterVec,
-    /// Per subscriber connection: 1 while connected and subscribed.
-    shard_up: IntGaugeVec,
-    shard_lag: GaugeVec,
-}
-
-impl BrokerMetrics {
-    pub fn set_up(&self, up: bool) {
-        self.up.set(i64::from(up));
-    }
-
-    pub fn reconnected(&self) {
-        self.reconnects.inc();
-    }
-
-    pub fn resubscribed(&self, took: Duration) {
-        self.resubscribe_seconds.observe(took.as_secs_f64());
-    }
-
-    pub fn subscriptions(&self, delta: i64) {
-        self.subscriptions.add(delta);
-    }
-
-    /// The gauge of one subscriber connection's channels (resolved once per connection).
-    pub fn shard_subscriptions(&self, shard: usize) -> IntGauge {
-        self.shard_subscriptions
-            .with_label_values(&[&shard.to_string()])
-    }
-
-    /// The counter of one subscriber connection's messages (resolved once per
-    /// connection, so it shows from the start).
-    pub fn shard_received(&self, shard: usize) -> IntCounter {
-        self.shard_received.with_label_values(&[&shard.to_string()])
-    }
-
-    pub fn received(&self, shard: &IntCounter) {
-        self.received.inc();
-        shard.inc();
-    }
-
-    pub fn publish_failed(&self) {
-        self.publish_errors.inc();
-    }
-
-    pub fn invalid(&self, why: BrokerInvalid) {
-        let reason = match why {
-            BrokerInvalid::Undecodable => "undecodable",
-            BrokerInvalid::ChannelMismatch => "channel_mismatch",
-            BrokerInvalid::Oversized => "oversized",
-        };
-        self.invalid.with_label_values(&[reason]).inc();
-    }
-
-    pub fn shard_up(&self, shard: usize, up: bool) {
-        self.shard_up
-            .with_label_values(&[&shard.to_string()])
-            .set(i64::from(up));
-    }
-
-    /// How far behind the read side of one subscriber connection is.
-    pub fn shard_lag(&self, shard: usize, lag: Duration) {
-        self.shard_lag
-            .with_label_values(&[&shard.to_string()])
-            .set(lag.as_secs_f64());
-    }
-
-    /// How far behind the furthest subscriber connection is.
-    pub fn lag(&self, lag: Duration) {
-        self.lag.set(lag.as_secs_f64());
-    }
-}
-
-fn gauge_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
-    let v =
-        IntGaugeVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| panic!("{name}: {e}"));
-    r.register(Box::new(v.clone()))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    v
-}
-
-fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let v = IntCounterVec::new(Opts::new(name, help), &[label])
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    r.register(Box::new(v.clone()))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    v
-}
-
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}"));
-    r.register(Box::new(g.clone()))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    g
-}
-
-fn float_gauge(r: &Registry, name: &str, help: &str) -> Gauge {
-    let g = Gauge::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}"));
-    r.register(Box::new(g.clone()))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    g
-}
-
-fn float_gauge_vec(r: &Registry, name: &str, help: &str, label: &str) -> GaugeVec {
-    let v =
-        GaugeVec::new(Opts::new(name, help), &[label]).unwrap_or_else(|e| panic!("{name}: {e}"));
-    r.register(Box::new(v.clone()))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    v
-}
-
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("{name}: {e}"));
-    r.register(Box::new(c.clone()))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    c
-}
-
-fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    r.register(Box::new(h.clone()))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    h
 }
 
 impl Metrics {
@@ -397,70 +248,7 @@ impl Metrics {
                 "Gaps in a channel's live offsets, by outcome (filled from history, or resync close)",
                 "outcome",
             ),
-            broker: BrokerMetrics {
-                up: gauge(&r, "tidings_broker_up", "1 while the broker is usable"),
-                reconnects: counter(
-                    &r,
-                    "tidings_broker_reconnects_total",
-                    "Broker reconnections",
-                ),
-                resubscribe_seconds: histogram(
-                    &r,
-                    "tidings_broker_resubscribe_duration_seconds",
-                    "Time to resubscribe every channel after a broker reconnect",
-                    vec![0.001, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0],
-                ),
-                subscriptions: gauge(
-                    &r,
-                    "tidings_redis_subscriptions",
-                    "Redis channels this node subscribes to",
-                ),
-                received: counter(
-                    &r,
-                    "tidings_redis_messages_received_total",
-                    "Messages received from Redis",
-                ),
-                publish_errors: counter(
-                    &r,
-                    "tidings_broker_publish_errors_total",
-                    "Publishes the broker refused or failed",
-                ),
-                shard_subscriptions: gauge_vec(
-                    &r,
-                    "tidings_redis_shard_subscriptions",
-                    "Redis channels subscribed per subscriber connection (the partition in cluster mode)",
-                    "shard",
-                ),
-                shard_received: counter_vec(
-                    &r,
-                    "tidings_redis_shard_messages_received_total",
-                    "Messages received per subscriber connection (the partition in cluster mode)",
-                    "shard",
-                ),
-                shard_up: gauge_vec(
-                    &r,
-                    "tidings_redis_shard_up",
-                    "1 while a subscriber connection is connected and subscribed",
-                    "shard",
-                ),
-                invalid: counter_vec(
-                    &r,
-                    "tidings_redis_messages_invalid_total",
-                    "Messages from Redis not delivered, by reason (undecodable, channel_mismatch, oversized)",
-                    "reason",
-                ),
-                lag: float_gauge(
-                    &r,
-                    "tidings_broker_lag_seconds",
-                    "How far behind the furthest Redis subscriber connection reads (liveness probe round trip, or the age of the probe on its way)",
-                ),
-                shard_lag: float_gauge_vec(
-                    &r,
-                    "tidings_redis_shard_lag_seconds",
-                    "How far behind each Redis subscriber connection reads",
-                    "shard",
-                ),
-            },
+            broker: BrokerMetrics::new(&r),
             registry: r,
         };
         m.touch();
@@ -567,9 +355,7 @@ impl Metrics {
         for b in Budget::ALL {
             self.budgets.with_label_values(&[b.label()]);
         }
-        for reason in ["undecodable", "channel_mismatch", "oversized"] {
-            self.broker.invalid.with_label_values(&[reason]);
-        }
+        self.broker.touch();
     }
 
     /// A live message revealed missed offsets; `filled` when history covered them.
