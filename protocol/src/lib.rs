@@ -20,6 +20,7 @@ pub mod history;
 pub mod keys;
 mod payload;
 mod results;
+pub mod target;
 pub mod topology;
 
 pub use envelope::Publication;

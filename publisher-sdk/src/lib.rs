@@ -50,9 +50,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use protocol::channel::{self, BROADCAST};
 use protocol::history::HistoryRules;
 use protocol::keys::{self, KeySpace};
+use protocol::target::{self, Target};
 use protocol::topology::{self, Partitions};
 use protocol::{Payload, Publication, envelope};
 use serde::Serialize;
@@ -244,13 +244,6 @@ impl std::fmt::Debug for Publisher {
             .field("namespace", &self.inner.keys.namespace())
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Debug, Clone)]
-enum Target {
-    Users(Vec<String>),
-    Channels(Vec<String>),
-    Broadcast,
 }
 
 impl Publisher {
@@ -611,44 +604,16 @@ impl Publish<'_> {
         self
     }
 
-    fn channels(&self) -> Result<Vec<String>, PublishError> {
-        let invalid = |e: protocol::ProtocolError| PublishError::InvalidTarget(e.to_string());
-        let out = match &self.target {
-            Target::Users(users) => users
-                .iter()
-                .map(|u| {
-                    channel::validate_user(u)
-                        .map(|()| channel::personal(u))
-                        .map_err(invalid)
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-            Target::Channels(chs) => chs
-                .iter()
-                .map(|c| channel::validate(c).map(|()| c.clone()).map_err(invalid))
-                .collect::<Result<Vec<_>, _>>()?,
-            Target::Broadcast => vec![BROADCAST.to_owned()],
-        };
-        if out.is_empty() {
-            return Err(PublishError::InvalidTarget("no target given".into()));
-        }
-        // A repeated target would deliver the same notification twice.
-        let mut seen = std::collections::HashSet::new();
-        let mut out = out;
-        out.retain(|c| seen.insert(c.clone()));
-        Ok(out)
-    }
-
     /// Validates and publishes; returns how many gateway nodes received it.
     pub async fn send(self) -> Result<Receipt, PublishError> {
-        let channels = self.channels()?;
+        let channels = self
+            .target
+            .channels()
+            .map_err(|e| PublishError::InvalidTarget(e.to_string()))?;
         envelope::validate_event(&self.event).map_err(PublishError::InvalidEvent)?;
         let payload = self.payload?;
-        if let Some(id) = &self.id
-            && (id.is_empty() || id.len() > 128)
-        {
-            return Err(PublishError::InvalidPayload(
-                "id must be 1..=128 bytes".into(),
-            ));
+        if let Some(id) = &self.id {
+            target::validate_message_id(id).map_err(PublishError::InvalidPayload)?;
         }
         let pubs: Vec<Publication> = channels
             .into_iter()

@@ -198,3 +198,61 @@ async fn history_offsets_idempotency_and_inbox() {
     assert_eq!(p.unread_count("bob").await.unwrap(), 0);
     assert_eq!(p.ack("bob", 1).await.unwrap(), None);
 }
+
+/// The envelope's field names are written twice: in `protocol::envelope` and in the
+/// Lua scripts that build envelopes inside Redis. What each script produces (one
+/// target, and one notification to several targets) must carry exactly the fields
+/// the Rust encoder writes for the same publication, and decode to it.
+#[tokio::test]
+async fn the_scripts_write_the_envelope_the_protocol_reads() {
+    use std::collections::BTreeSet;
+
+    let redis = RedisServer::start().await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut sub = client.get_async_pubsub().await.unwrap();
+    for ch in ["$user:lua-a", "$user:lua-b"] {
+        sub.subscribe(keys::pubsub_channel("tidings", ch))
+            .await
+            .unwrap();
+    }
+    let mut stream = sub.on_message();
+    let p = Publisher::builder(redis.url())
+        .history(protocol::history::HistoryRules::parse(["$user:* 10 1h"]).unwrap())
+        .build()
+        .unwrap();
+    let fields = |bytes: &[u8]| -> BTreeSet<String> {
+        let map: std::collections::BTreeMap<String, serde::de::IgnoredAny> =
+            rmp_serde::from_slice(bytes).unwrap();
+        map.into_keys().collect()
+    };
+    // publish.lua (one target), then publish_many.lua (the same notification to two).
+    p.to_user("lua-a")
+        .event("e1")
+        .payload(&json!({"n": 1}))
+        .id("id-1")
+        .send()
+        .await
+        .unwrap();
+    p.to_users(["lua-a", "lua-b"])
+        .event("e2")
+        .payload(&json!({"n": 2}))
+        .id("id-2")
+        .send()
+        .await
+        .unwrap();
+    for (event, n) in [("e1", 1), ("e2", 2), ("e2", 2)] {
+        let msg = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let bytes = msg.get_payload_bytes();
+        let got = Publication::decode(bytes).unwrap();
+        assert_eq!(got.event, event);
+        assert_eq!(got.payload.json(), format!(r#"{{"n":{n}}}"#));
+        assert!(got.id.is_some() && got.offset.is_some() && got.epoch.is_some());
+        assert!(got.ts > 0);
+        // Everything set, so the Rust encoder writes every field it knows.
+        let rust = got.encode();
+        assert_eq!(fields(bytes), fields(&rust), "{got:?}");
+    }
+}

@@ -10,7 +10,6 @@ use async_trait::async_trait;
 use protocol::Publication;
 use protocol::history::StreamPosition;
 use publisher::HistoryPage;
-use serde::Serialize;
 
 mod memory;
 mod redis;
@@ -18,23 +17,9 @@ mod redis;
 pub use memory::MemoryBroker;
 pub use redis::{NodeContext, RedisBroker};
 
-/// What a publish reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Receipt {
-    /// Gateway nodes that held interest in the channel when it was published.
-    pub nodes: u64,
-    /// Local connections reached, when the broker delivers in-process (memory broker).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sessions: Option<u64>,
-    /// Publications not delivered again because their id was seen within the
-    /// idempotency window.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub duplicates: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
+/// What a publish reached: the protocol's publish result, which is also the HTTP
+/// API's receipt.
+pub use protocol::frame::PublishResult as Receipt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -64,6 +49,18 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Every channel with local interest (what to subscribe to after a reconnect).
     fn interests(&self) -> Vec<Arc<str>>;
+}
+
+impl BrokerError {
+    /// The error code a client or an API caller gets for it (one mapping for the
+    /// WebSocket replies and the HTTP API).
+    pub fn code(&self) -> protocol::ErrorCode {
+        match self {
+            BrokerError::Unavailable(_) => protocol::ErrorCode::Unavailable,
+            BrokerError::Rejected(_) => protocol::ErrorCode::BadRequest,
+            BrokerError::Quota(_) => protocol::ErrorCode::QuotaExceeded,
+        }
+    }
 }
 
 #[async_trait]

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use protocol::channel::{self, BROADCAST};
-use protocol::{Payload, Publication, envelope};
+use protocol::target::{self, Target};
+use protocol::{ErrorCode, Payload, Publication, envelope};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::broker::{BrokerError, Receipt};
+use crate::broker::Receipt;
 use crate::http::{Body, bearer, error, json};
 use crate::node::Node;
 
@@ -43,72 +43,33 @@ struct BatchRequest {
 
 struct Invalid(String);
 
-/// Drops repeated targets (keeping the first), so nobody gets a message twice.
-fn dedup(mut v: Vec<String>) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    v.retain(|c| seen.insert(c.clone()));
-    v
-}
-
-/// Resolves a request into the client-visible channels it targets.
-fn targets(r: &PublishRequest) -> Result<Vec<String>, Invalid> {
-    let given = [
-        r.user.is_some(),
-        r.users.is_some(),
-        r.channel.is_some(),
-        r.channels.is_some(),
-        r.broadcast,
-    ]
-    .iter()
-    .filter(|b| **b)
-    .count();
-    if given != 1 {
-        return Err(Invalid(
-            "give exactly one target: user, users, channel, channels or broadcast: true".into(),
-        ));
-    }
-    let check_user = |u: &String| {
-        channel::validate_user(u)
-            .map(|()| channel::personal(u))
-            .map_err(|e| Invalid(format!("user `{u}`: {e}")))
-    };
-    let check_channel = |c: &String| {
-        channel::validate(c)
-            .map(|()| c.clone())
-            .map_err(|e| Invalid(format!("channel `{c}`: {e}")))
-    };
-    let list = |v: &Vec<String>| {
-        if v.is_empty() || v.len() > MAX_TARGETS {
-            Err(Invalid(format!(
-                "a target list holds 1..={MAX_TARGETS} entries"
-            )))
-        } else {
-            Ok(())
+/// The request's one target (exactly one of user, users, channel, channels and
+/// broadcast), with the API's bound on target lists.
+fn target(r: &PublishRequest) -> Result<Target, Invalid> {
+    let target = match (&r.user, &r.users, &r.channel, &r.channels, r.broadcast) {
+        (Some(u), None, None, None, false) => Target::Users(vec![u.clone()]),
+        (None, Some(us), None, None, false) => Target::Users(us.clone()),
+        (None, None, Some(c), None, false) => Target::Channels(vec![c.clone()]),
+        (None, None, None, Some(cs), false) => Target::Channels(cs.clone()),
+        (None, None, None, None, true) => Target::Broadcast,
+        _ => {
+            return Err(Invalid(
+                "give exactly one target: user, users, channel, channels or broadcast: true".into(),
+            ));
         }
     };
-    if let Some(u) = &r.user {
-        return Ok(vec![check_user(u)?]);
+    if target.is_empty() || target.len() > MAX_TARGETS {
+        return Err(Invalid(format!(
+            "a target list holds 1..={MAX_TARGETS} entries"
+        )));
     }
-    if let Some(us) = &r.users {
-        list(us)?;
-        return us
-            .iter()
-            .map(check_user)
-            .collect::<Result<_, _>>()
-            .map(dedup);
-    }
-    if let Some(c) = &r.channel {
-        return Ok(vec![check_channel(c)?]);
-    }
-    if let Some(cs) = &r.channels {
-        list(cs)?;
-        return cs
-            .iter()
-            .map(check_channel)
-            .collect::<Result<_, _>>()
-            .map(dedup);
-    }
-    Ok(vec![BROADCAST.to_owned()])
+    Ok(target)
+}
+
+/// Resolves a request into the client-visible channels it targets (the rules are
+/// the SDK's: `protocol::target`).
+fn targets(r: &PublishRequest) -> Result<Vec<String>, Invalid> {
+    target(r)?.channels().map_err(|e| Invalid(e.to_string()))
 }
 
 enum Failure {
@@ -167,10 +128,8 @@ async fn publish_one(node: &Node, r: PublishRequest) -> Result<Receipt, Failure>
             node.config.conn.max_payload_size
         )));
     }
-    if let Some(id) = &r.id
-        && (id.is_empty() || id.len() > 128)
-    {
-        return Err(Failure::Invalid("id must be 1..=128 bytes".into()));
+    if let Some(id) = &r.id {
+        target::validate_message_id(id).map_err(Failure::Invalid)?;
     }
     let pubs: Vec<Publication> = channels
         .into_iter()
@@ -182,10 +141,10 @@ async fn publish_one(node: &Node, r: PublishRequest) -> Result<Receipt, Failure>
         })
         .collect();
     // One broker call: with Redis, one pipelined round trip for every target.
-    node.broker.publish(pubs).await.map_err(|e| match e {
-        BrokerError::Unavailable(_) => Failure::Unavailable(e.to_string()),
-        BrokerError::Rejected(_) => Failure::Invalid(e.to_string()),
-        BrokerError::Quota(_) => Failure::Quota(e.to_string()),
+    node.broker.publish(pubs).await.map_err(|e| match e.code() {
+        ErrorCode::Unavailable => Failure::Unavailable(e.to_string()),
+        ErrorCode::QuotaExceeded => Failure::Quota(e.to_string()),
+        _ => Failure::Invalid(e.to_string()),
     })
 }
 

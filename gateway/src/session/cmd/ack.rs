@@ -1,8 +1,7 @@
 //! `ack`: moves the personal channel's acknowledged position forward.
 
 use protocol::ErrorCode;
-use protocol::frame::Reply;
-use serde_json::json;
+use protocol::frame::{AckResult, Reply};
 
 use crate::session::{Outcome, Session, err};
 
@@ -17,13 +16,13 @@ impl Session {
             );
         }
         match self.node.broker.ack(&personal, offset).await {
-            Ok(Some(stored)) => Outcome::Reply(Reply::ok(id, json!({ "offset": stored }))),
+            Ok(Some(stored)) => Outcome::Reply(Reply::ok(id, AckResult { offset: stored })),
             Ok(None) => err(
                 Some(id),
                 ErrorCode::BadRequest,
                 "nothing to acknowledge yet",
             ),
-            Err(e) => err(Some(id), ErrorCode::Unavailable, e.to_string()),
+            Err(e) => err(Some(id), e.code(), e.to_string()),
         }
     }
 }

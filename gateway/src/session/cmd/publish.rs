@@ -3,9 +3,7 @@
 
 use protocol::frame::Reply;
 use protocol::{ErrorCode, Payload, Publication, channel, envelope};
-use serde_json::json;
 
-use crate::broker::BrokerError;
 use crate::session::{Outcome, Session, err};
 
 impl Session {
@@ -46,14 +44,8 @@ impl Session {
             .publish(vec![Publication::new(name, event, payload)])
             .await
         {
-            Ok(receipt) => Outcome::Reply(Reply::ok(id, json!(receipt))),
-            Err(e @ BrokerError::Rejected(_)) => {
-                err(Some(id), ErrorCode::BadRequest, e.to_string())
-            }
-            Err(e @ BrokerError::Quota(_)) => {
-                err(Some(id), ErrorCode::QuotaExceeded, e.to_string())
-            }
-            Err(e) => err(Some(id), ErrorCode::Unavailable, e.to_string()),
+            Ok(receipt) => Outcome::Reply(Reply::ok(id, receipt)),
+            Err(e) => err(Some(id), e.code(), e.to_string()),
         }
     }
 }

@@ -3,8 +3,7 @@
 
 use protocol::ErrorCode;
 use protocol::channel;
-use protocol::frame::Reply;
-use serde_json::json;
+use protocol::frame::{RefreshResult, Reply};
 
 use crate::auth::AuthError;
 use crate::session::{Outcome, Session, err};
@@ -49,7 +48,10 @@ impl Session {
         }
         Outcome::Reply(Reply::ok(
             id,
-            json!({ "expires_at": self.expires_at, "unsubscribed": dropped }),
+            RefreshResult {
+                expires_at: self.expires_at,
+                unsubscribed: dropped,
+            },
         ))
     }
 }

@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use protocol::ErrorCode;
 use protocol::channel;
-use protocol::frame::{Reply, Since};
-use serde_json::json;
+use protocol::frame::{Reply, Since, SubscribeResult};
 use tokio::time::Instant;
 
 use crate::session::{Outcome, Session, err, resume_rate};
@@ -61,18 +60,12 @@ impl Session {
         let pos = self.add(Arc::from(name.as_str()));
         if !has_history {
             // Without history nothing can be replayed: say so rather than pretend.
-            let result = match since {
-                Some(_) => json!({ "channel": name, "recovered": false }),
-                None => json!({ "channel": name }),
-            };
+            let result = SubscribeResult::without_history(name, since.is_some());
             return Outcome::Reply(Reply::ok(id, result));
         }
         match self.recover(pos, since.as_ref(), None).await {
             Ok(r) => {
-                let mut result = json!({ "channel": name, "epoch": r.epoch, "offset": r.offset });
-                if let Some(recovered) = r.recovered {
-                    result["recovered"] = json!(recovered);
-                }
+                let result = SubscribeResult::with_history(name, r.epoch, r.offset, r.recovered);
                 match r.replay {
                     Some(replay) => Outcome::Replay(Reply::ok(id, result), replay),
                     None => Outcome::Reply(Reply::ok(id, result)),
@@ -81,10 +74,7 @@ impl Session {
             Err(e) => {
                 // The live subscription stands; only the history part failed.
                 tracing::warn!(error = %e, "cannot read channel history");
-                let result = match since {
-                    Some(_) => json!({ "channel": name, "recovered": false }),
-                    None => json!({ "channel": name }),
-                };
+                let result = SubscribeResult::without_history(name, since.is_some());
                 Outcome::Reply(Reply::ok(id, result))
             }
         }

@@ -1,8 +1,7 @@
 //! `unsubscribe`: leaves a channel (not the personal or broadcast one).
 
 use protocol::ErrorCode;
-use protocol::frame::Reply;
-use serde_json::json;
+use protocol::frame::{Reply, UnsubscribeResult};
 
 use crate::session::{Outcome, Session, err};
 
@@ -19,6 +18,11 @@ impl Session {
             );
         }
         self.remove(pos);
-        Outcome::Reply(Reply::ok(id, json!({ "channel": name })))
+        Outcome::Reply(Reply::ok(
+            id,
+            UnsubscribeResult {
+                channel: name.to_owned(),
+            },
+        ))
     }
 }
