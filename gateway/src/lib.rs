@@ -22,6 +22,8 @@ pub(crate) mod hub;
 pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod session;
+#[cfg(test)]
+mod testing;
 
 /// The HTTP publish API's checks (also used by the fuzz targets).
 pub use http::api;

@@ -347,38 +347,32 @@ where
 mod tests {
     use std::sync::Arc;
 
-    use clap::Parser;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
     use super::*;
-    use crate::auth::Claims;
-    use crate::config::{Cli, Config};
     use crate::node::Node;
+    use crate::testing::{claims, node, session};
     use tokio::time::timeout;
-
-    /// A node of the in-memory broker, in this process.
-    fn node() -> Arc<Node> {
-        let cli = Cli::try_parse_from(["gateway", "--jwt-secret", "0123456789abcdef0123"])
-            .unwrap_or_else(|e| panic!("{e}"));
-        let config = Config::from_settings(cli.settings).unwrap_or_else(|e| panic!("{e}"));
-        crate::assemble(config).unwrap_or_else(|e| panic!("{e}"))
-    }
 
     /// A connection over an in-memory pipe: its task, and the client's end.
     async fn connect(node: &Arc<Node>, user: &str) -> WebSocketStream<tokio::io::DuplexStream> {
+        connect_task(node, user).await.0
+    }
+
+    /// As [`connect`], with the connection's task (which returns why it ended).
+    async fn connect_task(
+        node: &Arc<Node>,
+        user: &str,
+    ) -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        tokio::task::JoinHandle<SessionEnd>,
+    ) {
         let (server, client) = tokio::io::duplex(64 * 1024);
-        let claims = Claims {
-            sub: user.into(),
-            exp: protocol::now_millis() / 1000 + 600,
-            subscribe: Vec::new(),
-            publish: Vec::new(),
-        };
-        let slot = node.reserve(user).unwrap_or_else(|_| panic!("no slot"));
-        let outbox = Arc::new(crate::hub::outbox::Outbox::new(8, None));
-        let session = Session::open(node.clone(), slot, claims, Encoding::Json, outbox);
+        let session = session(node, claims(user, &[], &[]), 8);
         let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
-        tokio::spawn(run(ws, session, None));
-        WebSocketStream::from_raw_socket(client, Role::Client, None).await
+        let task = tokio::spawn(run(ws, session, None));
+        let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+        (client, task)
     }
 
     /// The first close frame the client reads within a second, skipping the rest.
@@ -401,17 +395,9 @@ mod tests {
     /// moved to the outbox and 8-byte token buckets).
     #[tokio::test]
     async fn the_connection_future_stays_small() {
-        let node = node();
+        let node = node(&[]);
         let (server, _client) = tokio::io::duplex(64);
-        let claims = Claims {
-            sub: "size".into(),
-            exp: protocol::now_millis() / 1000 + 600,
-            subscribe: Vec::new(),
-            publish: Vec::new(),
-        };
-        let slot = node.reserve("size").unwrap_or_else(|_| panic!("no slot"));
-        let outbox = Arc::new(crate::hub::outbox::Outbox::new(8, None));
-        let session = Session::open(node.clone(), slot, claims, Encoding::Json, outbox);
+        let session = session(&node, claims("size", &[], &[]), 8);
         let ws = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
         let future = run(ws, session, None);
         let size = std::mem::size_of_val(&future);
@@ -432,12 +418,39 @@ mod tests {
     /// the drain closes; it must be told to go at once, not cut off at exit.
     #[tokio::test]
     async fn a_connection_opened_while_draining_is_sent_away() {
-        let node = node();
+        let node = node(&[]);
         let mut before = connect(&node, "early").await;
         let first = timeout(Duration::from_secs(1), before.next()).await;
         assert!(matches!(first, Ok(Some(Ok(Message::Text(_))))), "welcome");
         node.start_draining();
         let mut late = connect(&node, "late").await;
         assert_eq!(close_code(&mut late).await, Some(close::GOING_AWAY));
+    }
+
+    /// A client that never answers is closed after two heartbeat intervals with
+    /// 4003; one that answers pings stays (paused time: no real waiting).
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_times_out_and_an_answering_one_stays() {
+        let node = node(&["--heartbeat-interval", "1s"]);
+        let (_silent, silent_task) = connect_task(&node, "quiet").await;
+        let (mut lively, lively_task) = connect_task(&node, "lively").await;
+        let answer = async {
+            // tungstenite answers WebSocket pings while the stream is read; the app
+            // ping gets a pong frame.
+            while let Some(Ok(m)) = lively.next().await {
+                if let Message::Text(t) = &m
+                    && t.contains(r#""type":"ping""#)
+                {
+                    let pong = Message::text(r#"{"type":"pong"}"#);
+                    let _ = futures_util::SinkExt::send(&mut lively, pong).await;
+                }
+            }
+        };
+        // The silent one is never read (reading would answer WebSocket pings).
+        tokio::select! {
+            end = silent_task => assert_eq!(end.ok(), Some(SessionEnd::HeartbeatTimeout)),
+            () = answer => panic!("the answering client was closed"),
+        }
+        assert!(!lively_task.is_finished());
     }
 }

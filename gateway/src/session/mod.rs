@@ -10,6 +10,8 @@ mod cmd;
 mod dispatch;
 pub(crate) mod history;
 mod ratelimit;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
