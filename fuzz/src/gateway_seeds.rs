@@ -163,13 +163,15 @@ pub fn gateway_seeds(openapi_yaml: &str, protocol_md: &str) -> Vec<(&'static str
         )
         .into_bytes(),
     ));
-    // The token of the `refresh` example.
-    for e in &examples {
-        if frame_type(&e.json).as_deref() == Some("refresh") {
-            let v: serde_json::Value = serde_json::from_str(&e.json).unwrap_or_default();
-            if let Some(t) = v.get("token").and_then(|t| t.as_str()) {
-                token.push(("doc-refresh.jwt".into(), t.as_bytes().to_vec()));
-            }
+    // The tokens of the `refresh` examples (one seed each: the same name twice would
+    // make the corpus hold only the last one).
+    let refreshes = examples
+        .iter()
+        .filter(|e| frame_type(&e.json).as_deref() == Some("refresh"));
+    for (i, e) in refreshes.enumerate() {
+        let v: serde_json::Value = serde_json::from_str(&e.json).unwrap_or_default();
+        if let Some(t) = v.get("token").and_then(|t| t.as_str()) {
+            token.push((format!("doc-refresh-{i}.jwt"), t.as_bytes().to_vec()));
         }
     }
     vec![
