@@ -9,7 +9,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 
-use crate::GatewayError;
+use crate::error::GatewayError;
 use crate::config::JwtConfig;
 
 /// The claims Tidings reads from a client token.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use protocol::history::HistoryRules;
 
-use crate::GatewayError;
+use crate::error::GatewayError;
 pub use redis::RedisConfig;
 use settings::setting;
 pub use settings::{

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::settings::{RedisMode, Settings, setting};
 use super::{config_err, positive};
-use crate::GatewayError;
+use crate::error::GatewayError;
 
 /// How a node reaches Redis (present only when `--redis-url` is given).
 #[derive(Debug, Clone)]

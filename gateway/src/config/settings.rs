@@ -15,7 +15,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use super::config_err;
-use crate::GatewayError;
+use crate::error::GatewayError;
 
 /// Every default that is a value, by setting (its field name), written as a user
 /// would write it. Settings missing here have no value by default (a JWT key) or

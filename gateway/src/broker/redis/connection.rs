@@ -1,6 +1,8 @@
 //! Opening a subscriber connection: to one instance, or to the master that owns a
 //! cluster partition's slot; authenticated and on the right database.
 
+use std::collections::HashMap;
+
 use bytes::BytesMut;
 use redis::{ConnectionAddr, ConnectionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -104,5 +106,20 @@ pub(super) async fn connect(
             let (rd, wr) = open(&nodes.info(&host, port)).await?;
             Ok((rd, wr, format!("{host}:{port} slot {slot}")))
         }
+    }
+}
+
+/// What the reader and the commander of one connection share.
+#[derive(Default)]
+pub(super) struct Pending {
+    /// UNSUBSCRIBEs sent and not yet confirmed, per Redis channel name: a
+    /// confirmation of a SUBSCRIBE sent before one of them is stale, and an
+    /// unsubscription nobody asked for means Redis dropped the channel.
+    unsubscribing: std::sync::Mutex<HashMap<String, u32>>,
+}
+
+impl Pending {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.unsubscribing.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -54,7 +54,8 @@ use crate::config::{HistoryConfig, RedisConfig};
 use crate::metrics::{Budget, Metrics};
 use cluster::ClusterNodes;
 use protocol::history::StreamPosition;
-use shard::{Shard, Target, run_shard, shard_of};
+use shard::{Shard, Target, shard_of};
+use subscriber::run_shard;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);

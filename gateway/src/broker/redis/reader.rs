@@ -10,10 +10,9 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use super::Shared;
-use super::connection::ReadHalf;
+use super::connection::{Pending, ReadHalf};
 use super::resp::{self, Reply};
 use super::shard::{Shard, set_up, shard_of};
-use super::subscriber::Pending;
 use crate::metrics::{BrokerInvalid, ShardMetrics};
 
 /// What the reader asks of the kernel per read.

@@ -10,9 +10,9 @@ use std::time::Duration;
 use protocol::topology::channel_hash;
 use redis::ConnectionInfo;
 use tokio::sync::Notify;
-use tokio::time::{Instant, sleep};
+use tokio::time::Instant;
 
-use super::{Shared, subscriber};
+use super::Shared;
 
 /// What one subscriber connection listens to.
 pub(super) enum Target {
@@ -147,28 +147,4 @@ pub(super) fn set_up(shared: &Shared, shard: &Shard, up: bool) {
     shared.metrics.broker.shard_up(shard.index, up);
     let all = shared.shards.iter().all(|s| s.up.load(Ordering::Acquire));
     shared.metrics.broker.set_up(all);
-}
-
-/// Keeps one shard connected for the life of the node.
-pub(super) async fn run_shard(shared: Arc<Shared>, shard: Arc<Shard>) {
-    let base = Duration::from_millis(100);
-    let mut delay = base;
-    let mut first = true;
-    loop {
-        if !first {
-            shared.metrics.broker.reconnected();
-        }
-        let connected_at = Instant::now();
-        let why = subscriber::serve(&shared, &shard, first).await;
-        set_up(&shared, &shard, false);
-        first = false;
-        if connected_at.elapsed() > Duration::from_secs(30) {
-            delay = base;
-        }
-        tracing::warn!(shard = shard.index, reason = %why, retry_in = ?delay, "redis subscriber connection lost");
-        // Equal jitter: never a tight loop, never a synchronized herd.
-        let half = delay / 2;
-        sleep(half + half.mul_f64(rand::random::<f64>())).await;
-        delay = (delay * 2).min(shared.redis.reconnect_max.max(base));
-    }
 }

@@ -13,30 +13,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::time::Instant;
+use tokio::time::{Instant, sleep};
 
 use super::Shared;
-use super::connection::connect;
+use super::connection::{Pending, connect};
 use super::reader::Reader;
-use super::shard::Shard;
+use super::shard::{Shard, set_up};
 use super::subscriptions::Commander;
-
-/// What the reader and the commander of one connection share.
-#[derive(Default)]
-pub(super) struct Pending {
-    /// UNSUBSCRIBEs sent and not yet confirmed, per Redis channel name: a
-    /// confirmation of a SUBSCRIBE sent before one of them is stale, and an
-    /// unsubscription nobody asked for means Redis dropped the channel.
-    unsubscribing: std::sync::Mutex<HashMap<String, u32>>,
-}
-
-impl Pending {
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.unsubscribing.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// One connection's life: connect, subscribe, deliver until it fails; returns why.
 pub(super) async fn serve(shared: &Arc<Shared>, shard: &Shard, first: bool) -> String {
@@ -72,4 +58,28 @@ pub(super) async fn serve(shared: &Arc<Shared>, shard: &Shard, first: bool) -> S
     };
     commander.release();
     why
+}
+
+/// Keeps one shard connected for the life of the node.
+pub(super) async fn run_shard(shared: Arc<Shared>, shard: Arc<Shard>) {
+    let base = Duration::from_millis(100);
+    let mut delay = base;
+    let mut first = true;
+    loop {
+        if !first {
+            shared.metrics.broker.reconnected();
+        }
+        let connected_at = Instant::now();
+        let why = serve(&shared, &shard, first).await;
+        set_up(&shared, &shard, false);
+        first = false;
+        if connected_at.elapsed() > Duration::from_secs(30) {
+            delay = base;
+        }
+        tracing::warn!(shard = shard.index, reason = %why, retry_in = ?delay, "redis subscriber connection lost");
+        // Equal jitter: never a tight loop, never a synchronized herd.
+        let half = delay / 2;
+        sleep(half + half.mul_f64(rand::random::<f64>())).await;
+        delay = (delay * 2).min(shared.redis.reconnect_max.max(base));
+    }
 }

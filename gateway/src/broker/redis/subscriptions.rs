@@ -12,10 +12,9 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, sleep_until, timeout};
 
-use super::connection::WriteHalf;
+use super::connection::{Pending, WriteHalf};
 use super::resp;
 use super::shard::{Shard, Target, shard_of};
-use super::subscriber::Pending;
 use super::{COMMAND_TIMEOUT, Shared};
 use crate::metrics::ShardMetrics;
 
