@@ -9,8 +9,8 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 
-use crate::error::GatewayError;
 use crate::config::JwtConfig;
+use crate::error::GatewayError;
 
 /// The claims Tidings reads from a client token.
 #[derive(Debug, Clone, Deserialize)]
