@@ -7,7 +7,24 @@ use std::time::{Duration, Instant};
 
 use redis::Value;
 
-use crate::RedisServer;
+use crate::{Certs, RedisServer};
+
+/// The settings of every cluster node: a short node timeout, nothing on disk.
+const NODE_ARGS: &[&str] = &[
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "1000",
+    "--appendonly",
+    "no",
+    "--save",
+    "",
+    // Replicas sync at once instead of after the 5 s default delay.
+    "--repl-diskless-sync-delay",
+    "0",
+];
 
 /// A Redis Cluster of `masters` masters with one replica each.
 pub struct RedisCluster {
@@ -53,25 +70,40 @@ impl RedisCluster {
     pub async fn start(masters: usize) -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..masters * 2 {
-            nodes.push(
-                RedisServer::start_cluster_node(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--appendonly",
-                    "no",
-                    "--save",
-                    "",
-                    // Replicas sync at once instead of after the 5 s default delay.
-                    "--repl-diskless-sync-delay",
-                    "0",
-                ])
-                .await,
-            );
+            nodes.push(RedisServer::new(NODE_ARGS, true).launch().await);
         }
+        Self::create(nodes).await
+    }
+
+    /// Like [`RedisCluster::start`], but every node also listens with TLS
+    /// (`tls-port`), and the nodes talk TLS to each other (`tls-cluster yes`,
+    /// `tls-replication yes`). Clients need no certificate (`tls-auth-clients no`).
+    /// The plain ports stay open for the harness: `urls`, `owner`, `masters` and the
+    /// other methods keep using them; the system under test gets [`RedisCluster::tls_urls`].
+    ///
+    /// With `tls-cluster yes`, Redis 7 answers `CLUSTER SLOTS`, `CLUSTER SHARDS`,
+    /// `CLUSTER NODES` and `-MOVED`/`-ASK` with the port of the asking connection's
+    /// kind: TLS ports on a TLS connection, plain ports on a plain one (tested in
+    /// `tests/harness.rs`). So a TLS client is only ever redirected to TLS ports,
+    /// and the harness's slot views here show plain ports.
+    pub async fn start_tls(masters: usize, certs: &Certs) -> RedisCluster {
+        let mut nodes = Vec::new();
+        for _ in 0..masters * 2 {
+            let mut node = RedisServer::new(NODE_ARGS, true);
+            let tls = certs.server_args(&node.dir, false);
+            node.args.extend(tls);
+            node.args
+                .extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+            node.tls_port = Some(0);
+            nodes.push(node.launch().await);
+        }
+        Self::create(nodes).await
+    }
+
+    /// Joins started nodes into a cluster with one replica per master, through
+    /// their plain ports (the cluster bus is pinned to `port + 10000` even with
+    /// TLS, see [`RedisServer`]), and waits until it is healthy.
+    async fn create(nodes: Vec<RedisServer>) -> RedisCluster {
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -93,6 +125,12 @@ impl RedisCluster {
         let cluster = RedisCluster { nodes };
         cluster.wait_healthy(Duration::from_secs(20)).await;
         cluster
+    }
+
+    /// TLS seed URLs (`rediss://127.0.0.1:<tls_port>`) of a [`RedisCluster::start_tls`]
+    /// cluster: every node, live or not.
+    pub fn tls_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::tls_url).collect()
     }
 
     /// Seed URLs: every node, live or not.
