@@ -81,11 +81,13 @@ impl RedisCluster {
     /// The plain ports stay open for the harness: `urls`, `owner`, `masters` and the
     /// other methods keep using them; the system under test gets [`RedisCluster::tls_urls`].
     ///
-    /// With `tls-cluster yes`, Redis 7 answers `CLUSTER SLOTS`, `CLUSTER SHARDS`,
-    /// `CLUSTER NODES` and `-MOVED`/`-ASK` with the port of the asking connection's
-    /// kind: TLS ports on a TLS connection, plain ports on a plain one (tested in
-    /// `tests/harness.rs`). So a TLS client is only ever redirected to TLS ports,
-    /// and the harness's slot views here show plain ports.
+    /// With `tls-cluster yes`, Redis 7.0 answers `CLUSTER SLOTS`, `CLUSTER NODES`
+    /// and `-MOVED` (and `-ASK`, same code) with the port of the asking
+    /// connection's kind: TLS ports on a TLS connection, plain ports on a plain one
+    /// (`CLUSTER SLOTS` and `-MOVED` are tested in `tests/harness.rs`);
+    /// `CLUSTER SHARDS` lists both as `port` and `tls-port`. So a TLS client is
+    /// only ever sent to TLS ports, and the harness's slot views here show plain
+    /// ports.
     pub async fn start_tls(masters: usize, certs: &Certs) -> RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..masters * 2 {
@@ -198,7 +200,10 @@ impl RedisCluster {
 
     /// Waits until every live node says `cluster_state:ok`, knows every node, sees all
     /// 16384 slots served by live masters with one view, and every live replica's
-    /// link to its master is up.
+    /// link to its master is up. Replicas may still be missing from `CLUSTER SLOTS`
+    /// then: Redis 7.0 lists a replica only once the gossip shows it with a non-zero
+    /// replication offset, i.e. after the first write to its master or the master's
+    /// first replication PING (every 10 s); about 8 s after a fresh cluster is healthy.
     pub async fn wait_healthy(&self, within: Duration) {
         let deadline = Instant::now() + within;
         let mut why = String::new();
