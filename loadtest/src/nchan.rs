@@ -157,7 +157,7 @@ http {{
     scgi_temp_path {d}/scgi;
 {extra}
     server {{
-        listen {addr};
+        listen {addr} backlog=4096;
         location = {STATUS_PATH} {{
             nchan_stub_status;
         }}
@@ -505,7 +505,7 @@ mod tests {
         assert!(c.contains(&format!("load_module {DEFAULT_MODULE};")));
         assert!(c.contains("worker_processes 1;"));
         assert!(c.contains("worker_connections 10512;"));
-        assert!(c.contains("listen 127.0.0.1:4567;"));
+        assert!(c.contains("listen 127.0.0.1:4567 backlog=4096;"));
         assert!(c.contains("nchan_subscriber websocket;"));
         assert!(c.contains("nchan_publisher http;"));
         assert!(c.contains("\n    nchan_shared_memory_size 64M;\n"));
