@@ -16,9 +16,13 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, IntoConnectionInfo, Pipeline, PushInfo, PushKind, RedisFuture, Value};
-use tokio::sync::OnceCell;
+use redis::{
+    Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, PushInfo, PushKind, RedisFuture, Value,
+};
+use tokio::sync::{OnceCell, watch};
 
+use crate::connect::{Connector, RedisOptions};
+use crate::sentinel::Sentinel;
 use crate::{PublishError, unavailable};
 
 /// Where a publisher's Redis lives. The mode is configuration only: the same
@@ -38,6 +42,12 @@ pub enum Topology {
         seeds: Vec<String>,
         partitions: usize,
     },
+    /// One Redis primary (with replicas) managed by Sentinel: the sentinels'
+    /// URLs and the master name they monitor. Connections follow failovers.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
 }
 
 impl Topology {
@@ -47,6 +57,7 @@ impl Topology {
             Topology::Standalone(url) => std::slice::from_ref(url),
             Topology::Sharded(urls) => urls,
             Topology::Cluster { seeds, .. } => seeds,
+            Topology::Sentinel { sentinels, .. } => sentinels,
         }
     }
 }
@@ -69,10 +80,48 @@ pub(crate) struct Cluster {
 pub(crate) struct Lanes {
     lanes: Box<[Arc<Lane>]>,
     next: AtomicUsize,
+    pub(crate) endpoint: Endpoint,
+}
+
+/// Where one instance is: a fixed address, or the primary Sentinel names now.
+#[derive(Clone, Debug)]
+pub enum Endpoint {
+    Fixed(Box<ConnectionInfo>),
+    Sentinel(Arc<Sentinel>),
+}
+
+impl Endpoint {
+    /// How to reach the instance now.
+    pub async fn resolve(&self) -> Result<ConnectionInfo, String> {
+        match self {
+            Endpoint::Fixed(info) => Ok((**info).clone()),
+            Endpoint::Sentinel(s) => s.primary().await,
+        }
+    }
+
+    /// Changes when connections to the instance must be replaced (Sentinel moved
+    /// the primary); `None` for a fixed address.
+    pub fn changes(&self) -> Option<watch::Receiver<u64>> {
+        match self {
+            Endpoint::Fixed(_) => None,
+            Endpoint::Sentinel(s) => Some(s.generation()),
+        }
+    }
+
+    /// A connection to the instance failed or was refused as read-only: with
+    /// Sentinel, the primary is asked for again.
+    pub fn failed(&self) {
+        if let Endpoint::Sentinel(s) = self {
+            s.invalidate();
+        }
+    }
 }
 
 pub(crate) struct Lane {
-    client: redis::Client,
+    endpoint: Endpoint,
+    connector: Connector,
+    /// The endpoint's generation the current connection was opened in.
+    changes: Option<watch::Receiver<u64>>,
     config: redis::AsyncConnectionConfig,
     timeout: Duration,
     /// The current connection and its generation (to replace only the one that
@@ -89,27 +138,36 @@ pub(crate) struct Lane {
 #[derive(Clone)]
 struct Current {
     generation: u64,
+    /// The endpoint's generation when it was opened.
+    endpoint: u64,
     conn: MultiplexedConnection,
     closed: Arc<AtomicBool>,
 }
 
-pub(crate) fn lanes(url: &str, n: usize, timeout: Duration) -> Result<Lanes, PublishError> {
-    let invalid =
-        |e: redis::RedisError| PublishError::Config(format!("{}: {e}", crate::redact_url(url)));
-    // RESP3 (Redis 6 or newer): the connection then reports its own end.
-    let info = url.into_connection_info().map_err(invalid)?;
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(redis::ProtocolVersion::RESP3);
-    let client = redis::Client::open(info.set_redis_settings(settings)).map_err(invalid)?;
+/// The endpoint a URL names (the publisher's own credentials are applied when
+/// connecting).
+pub(crate) fn fixed(url: &str) -> Result<Endpoint, PublishError> {
+    let info = url
+        .into_connection_info()
+        .map_err(|e| PublishError::Config(format!("{}: {e}", crate::redact_url(url))))?;
+    Ok(Endpoint::Fixed(Box::new(info)))
+}
+
+pub(crate) fn lanes(
+    endpoint: Endpoint,
+    connector: &Connector,
+    n: usize,
+    timeout: Duration,
+) -> Lanes {
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
     let lanes = (0..n.max(1))
         .map(|_| {
             Arc::new(Lane {
-                client: client.clone(),
+                endpoint: endpoint.clone(),
+                connector: connector.clone(),
+                changes: endpoint.changes(),
                 config: config.clone(),
                 timeout,
                 current: Mutex::new(None),
@@ -117,10 +175,11 @@ pub(crate) fn lanes(url: &str, n: usize, timeout: Duration) -> Result<Lanes, Pub
             })
         })
         .collect();
-    Ok(Lanes {
+    Lanes {
         lanes,
         next: AtomicUsize::new(0),
-    })
+        endpoint,
+    }
 }
 
 impl Lanes {
@@ -134,9 +193,14 @@ impl Lane {
     /// The current connection, unless Redis closed it.
     fn current(&self) -> Option<Current> {
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let moved = |c: &Current| {
+            self.changes
+                .as_ref()
+                .is_some_and(|rx| *rx.borrow() != c.endpoint)
+        };
         if current
             .as_ref()
-            .is_some_and(|c| c.closed.load(Ordering::Acquire))
+            .is_some_and(|c| c.closed.load(Ordering::Acquire) || moved(c))
         {
             *current = None;
         }
@@ -163,17 +227,36 @@ impl Lane {
             }
             Ok::<(), std::convert::Infallible>(())
         });
-        let conn = tokio::time::timeout(
-            self.timeout,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| unavailable(format!("connect: no answer within {:?}", self.timeout)))?
-        .map_err(unavailable)?;
+        let endpoint = self.changes.as_ref().map_or(0, |rx| *rx.borrow());
+        let open = async {
+            let info = self.endpoint.resolve().await?;
+            // RESP3 (Redis 6 or newer): the connection then reports its own end.
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            self.connector
+                .multiplexed(&info.set_redis_settings(settings), config)
+                .await
+        };
+        let conn = match tokio::time::timeout(self.timeout, open).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                self.endpoint.failed();
+                return Err(unavailable(e));
+            }
+            Err(_) => {
+                self.endpoint.failed();
+                return Err(unavailable(format!(
+                    "connect: no answer within {:?}",
+                    self.timeout
+                )));
+            }
+        };
         *generation += 1;
         let c = Current {
             generation: *generation,
+            endpoint,
             conn,
             closed,
         };
@@ -186,12 +269,17 @@ impl Lane {
     /// socket open). Requests in flight on it finish on their own; new ones get a
     /// new connection.
     fn failed(&self, generation: u64, e: &redis::RedisError) {
+        let read_only = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
         if e.is_io_error()
             || e.is_timeout()
             || e.is_connection_dropped()
             || e.is_unrecoverable_error()
+            || read_only
         {
             self.replace(generation);
+            // A demoted primary answers READONLY on a connection that still works:
+            // ask Sentinel where the primary went.
+            self.endpoint.failed();
         }
     }
 
@@ -203,19 +291,69 @@ impl Lane {
     }
 }
 
-pub(crate) fn cluster(seeds: &[String], timeout: Duration) -> Result<Backend, PublishError> {
+pub(crate) fn cluster(
+    seeds: &[String],
+    options: &RedisOptions,
+    timeout: Duration,
+) -> Result<Backend, PublishError> {
+    let config = |e: String| PublishError::Config(e);
     if seeds.is_empty() {
-        return Err(PublishError::Config("no cluster seed URL given".into()));
+        return Err(config("no cluster seed URL given".into()));
     }
     for url in seeds {
         redis::Client::open(url.as_str())
-            .map_err(|e| PublishError::Config(format!("{}: {e}", crate::redact_url(url))))?;
+            .map_err(|e| config(format!("{}: {e}", crate::redact_url(url))))?;
     }
-    let client = ClusterClient::builder(seeds.iter().map(String::as_str))
-        .connection_timeout(timeout)
-        .response_timeout(timeout)
-        .build()
-        .map_err(|e| PublishError::Config(e.to_string()))?;
+    let mut builder = ClusterClient::builder(seeds.iter().map(String::as_str))
+        .connection_timeout(options.connect_timeout.min(timeout))
+        .response_timeout(timeout);
+    if let Some(user) = &options.username {
+        builder = builder.username(user);
+    }
+    if let Some(password) = &options.password {
+        builder = builder.password(password.expose());
+    }
+    if let Some(idle) = options.keepalive {
+        let keepalive = socket2::TcpKeepalive::new().with_time(idle);
+        builder = builder.tcp_settings(
+            redis::io::tcp::TcpSettings::default()
+                .set_nodelay(true)
+                .set_keepalive(keepalive),
+        );
+    }
+    let tls = &options.tls;
+    if seeds.iter().any(|u| u.starts_with("rediss://")) {
+        // The cluster client opens its own connections (one per node, found from
+        // the slot map), so it gets the same material as PEM and checks it itself.
+        if tls.server_name.is_some() {
+            return Err(config(
+                "a TLS server name cannot be set in cluster mode (each node is checked against the name the cluster announces)".into(),
+            ));
+        }
+        if tls.insecure {
+            builder = builder.tls(redis::TlsMode::Insecure);
+        } else {
+            builder = builder.tls(redis::TlsMode::Secure);
+        }
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| config(format!("{}: {e}", p.display())))
+        };
+        let client_tls = match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            _ => None,
+        };
+        let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
+        if client_tls.is_some() || root_cert.is_some() {
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            });
+        }
+    }
+    let client = builder.build().map_err(|e| config(e.to_string()))?;
     Ok(Backend::Cluster(Box::new(Cluster {
         client,
         conn: OnceCell::new(),

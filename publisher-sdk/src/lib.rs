@@ -45,6 +45,28 @@
 //!     .build()?;
 //! # Ok(()) }
 //! ```
+//!
+//! Production Redis: `rediss://` URLs use TLS (rustls, verified against the system's
+//! roots or [`PublisherBuilder::tls_ca_file`], with an optional client certificate);
+//! [`PublisherBuilder::credentials`] sets an ACL user and password apart from the
+//! URLs; [`Publisher::sentinel`] finds a primary through Sentinel and follows its
+//! failovers. The [`connect`] module opens every connection, and the gateway uses
+//! it for its own.
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), publisher::PublishError> {
+//! use publisher::{Publisher, Secret};
+//!
+//! let password = Secret::from_file("/etc/redis-auth/password".as_ref())
+//!     .map_err(|e| publisher::PublishError::Config(e.to_string()))?;
+//! let tls = Publisher::builder("rediss://redis.internal:6380")
+//!     .tls_ca_file("/etc/redis-tls/ca.crt")
+//!     .credentials(Some("tidings-publisher".into()), password)
+//!     .build()?;
+//! let sentinel = Publisher::sentinel(["redis://s1:26379", "redis://s2:26379"], "mymaster")
+//!     .build()?;
+//! # Ok(()) }
+//! ```
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,13 +80,17 @@ use protocol::{Payload, Publication, envelope};
 use serde::Serialize;
 
 mod backend;
+pub mod connect;
 mod inbox;
 mod script;
+pub mod sentinel;
 
-pub use backend::Topology;
 use backend::{Backend, Conn};
+pub use backend::{Endpoint, Topology};
+pub use connect::{Connector, RedisOptions, Secret, TlsOptions};
 pub use inbox::{HistoryPage, Notification};
 pub use protocol::history::StreamPosition;
+use sentinel::Sentinel;
 
 /// Default largest payload (JSON text), the same as the gateway's default.
 pub const DEFAULT_MAX_PAYLOAD: usize = 64 * 1024;
@@ -122,9 +148,86 @@ pub struct PublisherBuilder {
     timeout: Duration,
     history: HistoryRules,
     idempotency_window: Duration,
+    options: RedisOptions,
+    sentinel_password: Option<Secret>,
+    /// Instances (and their Sentinel watchers) shared with another publisher.
+    endpoints: Option<Vec<Endpoint>>,
 }
 
 impl PublisherBuilder {
+    /// TLS, credentials, connect timeout and keepalive for every connection (see
+    /// [`RedisOptions`]); replaces what the other methods below set.
+    pub fn options(mut self, options: RedisOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// PEM bundle of the CAs that sign the Redis servers' certificates (for
+    /// `rediss://` URLs); default: the system's roots.
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.options.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// A client certificate and its key (PEM) for servers that require one.
+    pub fn tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.options.tls.cert_file = Some(cert.into());
+        self.options.tls.key_file = Some(key.into());
+        self
+    }
+
+    /// The name the servers' certificates carry, when it is not the host in the URL
+    /// (not in cluster mode).
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.options.tls.server_name = Some(name.into());
+        self
+    }
+
+    /// Accepts any server certificate. Development only.
+    pub fn tls_insecure(mut self) -> Self {
+        self.options.tls.insecure = true;
+        self
+    }
+
+    /// ACL user and password for the data nodes, in place of those in the URLs.
+    pub fn credentials(mut self, username: Option<String>, password: Secret) -> Self {
+        self.options.username = username;
+        self.options.password = Some(password);
+        self
+    }
+
+    /// Password of the sentinels, when their URLs carry none (Sentinel only).
+    pub fn sentinel_password(mut self, password: Secret) -> Self {
+        self.sentinel_password = Some(password);
+        self
+    }
+
+    /// Upper bound for opening a connection (TCP, TLS, authentication); default
+    /// 3 s, and never more than [`PublisherBuilder::timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.options.connect_timeout = timeout;
+        self
+    }
+
+    /// TCP keepalive idle time; `None` turns it off. Default 60 s.
+    pub fn keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.options.keepalive = idle;
+        self
+    }
+
+    /// Uses the instances of `other` (built from the same topology), so that
+    /// both follow one Sentinel watcher instead of one each.
+    pub fn share_endpoints(mut self, other: &Publisher) -> Self {
+        if let Backend::Instances(lanes) = &other.inner.backend {
+            self.endpoints = Some(lanes.iter().map(|l| l.endpoint.clone()).collect());
+        }
+        self
+    }
+
     /// Namespace of Redis names; must match the gateways' `--redis-namespace`.
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = namespace.into();
@@ -182,30 +285,36 @@ impl PublisherBuilder {
         if self.namespace.is_empty() {
             return Err(PublishError::Config("namespace must not be empty".into()));
         }
+        let uses_tls = self
+            .topology
+            .urls()
+            .iter()
+            .any(|u| u.starts_with("rediss://"));
+        let connector = Connector::new(self.options.clone(), uses_tls, "tls_ca_file")
+            .map_err(|e| PublishError::Config(e.to_string()))?;
+        let mut options = self.options.clone();
+        options.connect_timeout = options.connect_timeout.min(self.timeout);
+        let instances = |endpoints: Vec<Endpoint>| {
+            let lanes = endpoints
+                .into_iter()
+                .map(|e| backend::lanes(e, &connector, self.connections, self.timeout))
+                .collect();
+            Backend::Instances(lanes)
+        };
         let (backend, keys) = match &self.topology {
-            Topology::Standalone(url) => (
-                Backend::Instances(vec![backend::lanes(url, self.connections, self.timeout)?]),
-                KeySpace::new(self.namespace.clone()),
-            ),
-            Topology::Sharded(urls) => {
-                if urls.is_empty() {
-                    return Err(PublishError::Config("no shard URL given".into()));
-                }
-                let instances = urls
-                    .iter()
-                    .map(|u| backend::lanes(u, self.connections, self.timeout))
-                    .collect::<Result<Vec<_>, _>>()?;
-                (
-                    Backend::Instances(instances),
-                    KeySpace::new(self.namespace.clone()),
-                )
-            }
             Topology::Cluster { seeds, partitions } => {
                 let parts = Partitions::new(*partitions)
                     .map_err(|e| PublishError::Config(format!("partitions {e}")))?;
                 let keys = KeySpace::cluster(self.namespace.clone(), parts)
                     .map_err(|e| PublishError::Config(format!("namespace {e}")))?;
-                (backend::cluster(seeds, self.timeout)?, keys)
+                (backend::cluster(seeds, &options, self.timeout)?, keys)
+            }
+            topology => {
+                let endpoints = match self.endpoints.clone() {
+                    Some(e) => e,
+                    None => endpoints(topology, &self.sentinel_password, &connector)?,
+                };
+                (instances(endpoints), KeySpace::new(self.namespace.clone()))
             }
         };
         Ok(Publisher {
@@ -230,6 +339,37 @@ struct Inner {
     timeout: Duration,
     history: HistoryRules,
     idempotency_window: Duration,
+}
+
+/// The instances of a topology other than a cluster.
+fn endpoints(
+    topology: &Topology,
+    sentinel_password: &Option<Secret>,
+    connector: &Connector,
+) -> Result<Vec<Endpoint>, PublishError> {
+    match topology {
+        Topology::Standalone(url) => Ok(vec![backend::fixed(url)?]),
+        Topology::Sharded(urls) => {
+            if urls.is_empty() {
+                return Err(PublishError::Config("no shard URL given".into()));
+            }
+            urls.iter().map(|u| backend::fixed(u)).collect()
+        }
+        Topology::Sentinel { sentinels, master } => {
+            let s = Sentinel::new(
+                sentinels,
+                master,
+                sentinel_password.as_ref(),
+                0,
+                connector.clone(),
+            )
+            .map_err(PublishError::Config)?;
+            Ok(vec![Endpoint::Sentinel(Arc::new(s))])
+        }
+        Topology::Cluster { .. } => Err(PublishError::Config(
+            "a cluster has no fixed instances".into(),
+        )),
+    }
 }
 
 /// Publishes notifications through Redis. Cheap to clone; share one per process.
@@ -285,6 +425,31 @@ impl Publisher {
             timeout: Duration::from_secs(2),
             history: HistoryRules::default(),
             idempotency_window: Duration::from_secs(300),
+            options: RedisOptions::default(),
+            sentinel_password: None,
+            endpoints: None,
+        }
+    }
+
+    /// Starts a builder for a Redis primary managed by Sentinel: the sentinels'
+    /// URLs and the master name they monitor.
+    pub fn sentinel<I, S>(sentinels: I, master: impl Into<String>) -> PublisherBuilder
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self::with_topology(Topology::Sentinel {
+            sentinels: sentinels.into_iter().map(Into::into).collect(),
+            master: master.into(),
+        })
+    }
+
+    /// The instances this publisher writes to (none for a cluster), in routing
+    /// order: [`Publisher::route`] picks among them.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        match &self.inner.backend {
+            Backend::Instances(lanes) => lanes.iter().map(|l| l.endpoint.clone()).collect(),
+            Backend::Cluster(_) => Vec::new(),
         }
     }
 

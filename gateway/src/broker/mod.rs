@@ -76,6 +76,15 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the broker can currently deliver (drives `/readyz`).
     fn is_ready(&self) -> bool;
 
+    /// Whether the Redis that holds `channel` is reachable now (with several
+    /// instances or partitions, one may be down while the others work): a
+    /// subscription to a channel whose holder is not is refused as `unavailable`
+    /// rather than accepted and left silent.
+    fn available(&self, channel: &str) -> bool {
+        let _ = channel;
+        true
+    }
+
     /// Waits (bounded) until live delivery of `channel` to this node is in effect;
     /// false if that could not be confirmed in time.
     async fn subscribed(&self, channel: &str) -> bool {

@@ -512,7 +512,32 @@ mod tests {
                 ][..],
                 "redis-url",
             ),
-            (&["--redis-url", "rediss://a:1"][..], "redis-url"),
+            (
+                &[
+                    "--redis-url",
+                    "rediss://a:1,redis://b:1",
+                    "--redis-mode",
+                    "sharded",
+                ][..],
+                "redis-url",
+            ),
+            (
+                &["--redis-url", "redis://a:1", "--redis-tls-ca", "/x.pem"][..],
+                "redis-tls-ca",
+            ),
+            (
+                &[
+                    "--redis-url",
+                    "rediss://a:1",
+                    "--redis-tls-ca",
+                    "/nonexistent/ca.pem",
+                ][..],
+                "redis-tls-ca",
+            ),
+            (
+                &["--redis-url", "redis://a:1", "--redis-sentinel-master", "m"][..],
+                "redis-sentinel-master",
+            ),
             (
                 &[
                     "--redis-url",

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use super::settings::{RedisMode, Settings, setting};
+use publisher::{Connector, RedisOptions, Secret, TlsOptions};
+
+use super::settings::{ReadyPolicy, RedisMode, Settings, setting};
 use super::{config_err, positive};
 use crate::error::GatewayError;
 
@@ -24,6 +26,16 @@ pub struct RedisConfig {
     pub max_lag: Duration,
     /// Multiplexed command connections per instance, for each of publishes and reads.
     pub connections: usize,
+    /// Opens every connection: TLS, credentials, connect timeout, keepalive.
+    pub connector: Connector,
+    /// The sentinels' own password (Sentinel mode).
+    pub sentinel_password: Option<Secret>,
+    /// Upper bound for one command.
+    pub command_timeout: Duration,
+    /// First wait before a subscriber connection is opened again.
+    pub reconnect_min: Duration,
+    /// When the node is ready with several instances or partitions.
+    pub ready: ReadyPolicy,
 }
 
 impl RedisConfig {
@@ -40,6 +52,7 @@ impl RedisConfig {
             return Ok(None);
         };
         let duration = |d: super::settings::HumanDuration| d.0;
+        let connector = connector(s, &topology)?;
         Ok(Some(Self {
             topology,
             mode,
@@ -56,8 +69,94 @@ impl RedisConfig {
             )?,
             max_lag: positive(duration(setting!(s, redis_max_lag)?), "redis-max-lag")?,
             connections: positive(setting!(s, redis_connections)?, "redis-connections")?,
+            connector,
+            sentinel_password: secret_file(
+                &s.redis_sentinel_password_file,
+                "redis-sentinel-password-file",
+            )?,
+            command_timeout: positive(
+                duration(setting!(s, redis_command_timeout)?),
+                "redis-command-timeout",
+            )?,
+            reconnect_min: positive(
+                duration(setting!(s, redis_reconnect_min)?),
+                "redis-reconnect-min",
+            )?,
+            ready: setting!(s, redis_ready)?,
         }))
     }
+}
+
+fn secret_file(
+    path: &Option<std::path::PathBuf>,
+    name: &'static str,
+) -> Result<Option<Secret>, GatewayError> {
+    match path {
+        None => Ok(None),
+        Some(p) => Secret::from_file(p)
+            .map(Some)
+            .map_err(|e| config_err(name, format!("cannot read {}: {e}", p.display()))),
+    }
+}
+
+/// TLS, credentials and connection settings, checked now: files readable, PEM
+/// valid, the key fitting its certificate.
+fn connector(s: &Settings, topology: &publisher::Topology) -> Result<Connector, GatewayError> {
+    let duration = |d: super::settings::HumanDuration| d.0;
+    let tls = TlsOptions {
+        ca_file: s.redis_tls_ca.clone(),
+        cert_file: s.redis_tls_cert.clone(),
+        key_file: s.redis_tls_key.clone(),
+        server_name: s.redis_tls_server_name.clone(),
+        insecure: setting!(s, redis_tls_insecure)?,
+    };
+    let uses_tls = topology.urls().iter().any(|u| u.starts_with("rediss://"));
+    if tls.is_set() && !uses_tls {
+        let flag = match () {
+            _ if tls.ca_file.is_some() => "redis-tls-ca",
+            _ if tls.cert_file.is_some() => "redis-tls-cert",
+            _ if tls.key_file.is_some() => "redis-tls-key",
+            _ if tls.server_name.is_some() => "redis-tls-server-name",
+            _ => "redis-tls-insecure",
+        };
+        return Err(config_err(
+            flag,
+            "applies to TLS connections only; use rediss:// URLs in redis-url",
+        ));
+    }
+    if uses_tls && !topology.urls().iter().all(|u| u.starts_with("rediss://")) {
+        return Err(config_err(
+            "redis-url",
+            "mixes rediss:// and redis:// URLs; use TLS for all or none",
+        ));
+    }
+    if tls.server_name.is_some() && matches!(topology, publisher::Topology::Cluster { .. }) {
+        return Err(config_err(
+            "redis-tls-server-name",
+            "cannot be used in cluster mode: each node is checked against the name the cluster announces",
+        ));
+    }
+    let keepalive = duration(setting!(s, redis_keepalive)?);
+    let options = RedisOptions {
+        tls,
+        username: s.redis_username.clone(),
+        password: secret_file(&s.redis_password_file, "redis-password-file")?,
+        connect_timeout: positive(
+            duration(setting!(s, redis_connect_timeout)?),
+            "redis-connect-timeout",
+        )?,
+        keepalive: (!keepalive.is_zero()).then_some(keepalive),
+    };
+    Connector::new(options, uses_tls, "--redis-tls-ca").map_err(|e| {
+        use publisher::connect::TlsSetupError as E;
+        let flag = match &e {
+            E::Ca { .. } | E::Roots(_) => "redis-tls-ca",
+            E::Cert { .. } => "redis-tls-cert",
+            E::Key { .. } => "redis-tls-key",
+            E::ServerName(_) => "redis-tls-server-name",
+        };
+        config_err(flag, e.to_string())
+    })
 }
 
 /// The Redis topology from `redis-url`, `redis-mode` and `redis-cluster-partitions`.
@@ -85,24 +184,24 @@ fn topology(
         }
         return Ok(None);
     }
+    if s.redis_sentinel_master.is_some() && mode != RedisMode::Sentinel {
+        return Err(config_err(
+            "redis-sentinel-master",
+            "only applies to redis-mode sentinel",
+        ));
+    }
     for url in &urls {
-        if url.starts_with("rediss://") {
-            return Err(config_err(
-                "redis-url",
-                "TLS (rediss://) is not built in; reach Redis over a private network or a TLS sidecar",
-            ));
-        }
         let unix = url.starts_with("redis+unix://") || url.starts_with("unix://");
-        if !(url.starts_with("redis://") || unix) {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || unix) {
             return Err(config_err(
                 "redis-url",
-                "must start with redis://, redis+unix:// or unix://",
+                "must start with redis://, rediss:// (TLS), redis+unix:// or unix://",
             ));
         }
-        if unix && mode == RedisMode::Cluster {
+        if unix && matches!(mode, RedisMode::Cluster | RedisMode::Sentinel) {
             return Err(config_err(
                 "redis-url",
-                "cluster nodes are reached over TCP (redis://host:port)",
+                "cluster nodes and sentinels are reached over TCP (redis:// or rediss://)",
             ));
         }
     }
@@ -137,6 +236,22 @@ fn topology(
             publisher::Topology::Cluster {
                 seeds: urls,
                 partitions,
+            }
+        }
+        RedisMode::Sentinel => {
+            let master = s
+                .redis_sentinel_master
+                .clone()
+                .filter(|m| !m.trim().is_empty())
+                .ok_or_else(|| {
+                    config_err(
+                        "redis-sentinel-master",
+                        "redis-mode sentinel needs the master name the sentinels monitor",
+                    )
+                })?;
+            publisher::Topology::Sentinel {
+                sentinels: urls,
+                master,
             }
         }
     };

@@ -63,6 +63,12 @@ pub fn defaults() -> &'static HashMap<&'static str, String> {
             ("redis_reconnect_max", "2s".to_owned()),
             ("redis_max_lag", "2s".to_owned()),
             ("redis_connections", "2".to_owned()),
+            ("redis_connect_timeout", "3s".to_owned()),
+            ("redis_command_timeout", "2s".to_owned()),
+            ("redis_keepalive", "60s".to_owned()),
+            ("redis_reconnect_min", "100ms".to_owned()),
+            ("redis_ready", "any".to_owned()),
+            ("redis_tls_insecure", "false".to_owned()),
             ("history", protocol::history::DEFAULT_RULE.to_owned()),
             ("history_max_channels", "100000".to_owned()),
             ("history_max_bytes", "268435456".to_owned()),
@@ -124,6 +130,60 @@ pub enum LogFormat {
     Json,
 }
 
+/// When a node with several Redis instances (or cluster partitions) is ready
+/// (`--redis-ready`): every one up, at least one, or at least a share of them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ReadyPolicy {
+    All,
+    Any,
+    Fraction(f64),
+}
+
+impl ReadyPolicy {
+    /// Whether `up` of `total` is enough.
+    pub fn ready(self, up: usize, total: usize) -> bool {
+        match self {
+            ReadyPolicy::All => up == total,
+            ReadyPolicy::Any => up > 0,
+            ReadyPolicy::Fraction(f) => up > 0 && up as f64 >= f * total as f64 - 1e-9,
+        }
+    }
+}
+
+impl FromStr for ReadyPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "all" => Ok(ReadyPolicy::All),
+            "any" => Ok(ReadyPolicy::Any),
+            other => match other.parse::<f64>() {
+                Ok(f) if f > 0.0 && f <= 1.0 => Ok(ReadyPolicy::Fraction(f)),
+                _ => Err(format!(
+                    "`{other}`: expected all, any, or a fraction in (0, 1]"
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for ReadyPolicy {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ReadyPolicy> for String {
+    fn from(p: ReadyPolicy) -> String {
+        match p {
+            ReadyPolicy::All => "all".into(),
+            ReadyPolicy::Any => "any".into(),
+            ReadyPolicy::Fraction(f) => f.to_string(),
+        }
+    }
+}
+
 /// How the Redis behind the gateways is laid out (`--redis-mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -134,6 +194,8 @@ pub enum RedisMode {
     Sharded,
     /// A Redis Cluster, with sharded pub/sub.
     Cluster,
+    /// One primary with replicas, found and followed through Sentinel.
+    Sentinel,
 }
 
 impl FromStr for LogFormat {
@@ -156,6 +218,7 @@ impl RedisMode {
             RedisMode::Standalone => "standalone",
             RedisMode::Sharded => "sharded",
             RedisMode::Cluster => "cluster",
+            RedisMode::Sentinel => "sentinel",
         }
     }
 }
@@ -483,7 +546,8 @@ pub struct Settings {
     #[serde(default, deserialize_with = "one_or_many")]
     pub redis_url: Option<Vec<String>>,
     /// How Redis is laid out: standalone (one instance), sharded (several independent
-    /// instances, each channel owned by one) or cluster (Redis Cluster, sharded pub/sub).
+    /// instances, each channel owned by one), cluster (Redis Cluster, sharded pub/sub) or
+    /// sentinel (a primary with replicas; redis-url then lists the sentinels).
     #[arg(long, env = "TIDINGS_REDIS_MODE", help_heading = "Redis")]
     pub redis_mode: Option<RedisMode>,
     /// Partitions of the channels in cluster mode (one pub/sub connection per node each);
@@ -515,6 +579,61 @@ pub struct Settings {
     /// carries any number of requests at once.
     #[arg(long, env = "TIDINGS_REDIS_CONNECTIONS", help_heading = "Redis")]
     pub redis_connections: Option<usize>,
+    /// Sentinel mode: the master name the sentinels monitor. [default: none]
+    #[arg(long, env = "TIDINGS_REDIS_SENTINEL_MASTER", help_heading = "Redis")]
+    pub redis_sentinel_master: Option<String>,
+    /// Sentinel mode: file holding the sentinels' password (when their URLs carry
+    /// none). [default: none]
+    #[arg(
+        long,
+        env = "TIDINGS_REDIS_SENTINEL_PASSWORD_FILE",
+        help_heading = "Redis"
+    )]
+    pub redis_sentinel_password_file: Option<PathBuf>,
+    /// ACL user for the Redis data nodes, in place of one in redis-url. [default: none]
+    #[arg(long, env = "TIDINGS_REDIS_USERNAME", help_heading = "Redis")]
+    pub redis_username: Option<String>,
+    /// File holding the Redis password (e.g. a mounted secret), in place of one in
+    /// redis-url; one trailing newline is ignored. [default: none]
+    #[arg(long, env = "TIDINGS_REDIS_PASSWORD_FILE", help_heading = "Redis")]
+    pub redis_password_file: Option<PathBuf>,
+    /// PEM bundle of the CAs that sign the Redis servers' certificates (rediss:// URLs).
+    /// [default: the system's roots]
+    #[arg(long, env = "TIDINGS_REDIS_TLS_CA", help_heading = "Redis")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for Redis servers that require one (mutual TLS); needs
+    /// redis-tls-key. [default: none]
+    #[arg(long, env = "TIDINGS_REDIS_TLS_CERT", help_heading = "Redis")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM). [default: none]
+    #[arg(long, env = "TIDINGS_REDIS_TLS_KEY", help_heading = "Redis")]
+    pub redis_tls_key: Option<PathBuf>,
+    /// The name the Redis servers' certificates must carry, when it is not the host in
+    /// redis-url (not in cluster mode). [default: the host of the URL]
+    #[arg(long, env = "TIDINGS_REDIS_TLS_SERVER_NAME", help_heading = "Redis")]
+    pub redis_tls_server_name: Option<String>,
+    /// Accept any Redis server certificate. Development only: logged as a warning at
+    /// startup.
+    #[arg(long, env = "TIDINGS_REDIS_TLS_INSECURE", num_args = 0..=1, default_missing_value = "true", require_equals = true, help_heading = "Redis")]
+    pub redis_tls_insecure: Option<bool>,
+    /// Upper bound for opening one Redis connection: TCP, TLS and authentication.
+    #[arg(long, env = "TIDINGS_REDIS_CONNECT_TIMEOUT", help_heading = "Redis")]
+    pub redis_connect_timeout: Option<HumanDuration>,
+    /// Upper bound for one Redis command (a publish, a history read, an ack); past it
+    /// the request fails as unavailable and the connection is replaced.
+    #[arg(long, env = "TIDINGS_REDIS_COMMAND_TIMEOUT", help_heading = "Redis")]
+    pub redis_command_timeout: Option<HumanDuration>,
+    /// TCP keepalive idle time on Redis connections (0s: off).
+    #[arg(long, env = "TIDINGS_REDIS_KEEPALIVE", help_heading = "Redis")]
+    pub redis_keepalive: Option<HumanDuration>,
+    /// First wait before a Redis subscriber connection is opened again; doubles up to
+    /// redis-reconnect-max.
+    #[arg(long, env = "TIDINGS_REDIS_RECONNECT_MIN", help_heading = "Redis")]
+    pub redis_reconnect_min: Option<HumanDuration>,
+    /// When the node is ready with several Redis instances or partitions: all (every one
+    /// reachable), any (at least one) or a fraction such as 0.5 (at least that share).
+    #[arg(long, env = "TIDINGS_REDIS_READY", help_heading = "Redis")]
+    pub redis_ready: Option<ReadyPolicy>,
     /// History rules, comma-separated, first match wins: `<pattern> <max-len> <ttl>
     /// [<max-channels>]` or `<pattern> off`; `$user:*` covers personal channels. Publishers must use the
     /// same rules.

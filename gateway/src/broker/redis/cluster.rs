@@ -5,9 +5,8 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use publisher::Connector;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
-
-use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT};
 
 /// The cluster nodes a partition connection asks where its slot lives.
 pub(super) struct ClusterNodes {
@@ -17,10 +16,11 @@ pub(super) struct ClusterNodes {
     known: Mutex<Vec<(String, u16)>>,
     /// Where the next lookup starts, so one unreachable node is not always asked first.
     next: AtomicUsize,
+    connector: Connector,
 }
 
 impl ClusterNodes {
-    pub(super) fn new(seeds: &[String]) -> Result<Self, String> {
+    pub(super) fn new(seeds: &[String], connector: Connector) -> Result<Self, String> {
         let mut known = Vec::new();
         let mut template = None;
         for url in seeds {
@@ -29,7 +29,9 @@ impl ClusterNodes {
                 .into_connection_info()
                 .map_err(|_| format!("{}: not a redis URL", publisher::redact_url(url)))?;
             match info.addr() {
-                ConnectionAddr::Tcp(host, port) => known.push((host.clone(), *port)),
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    known.push((host.clone(), *port))
+                }
                 _ => {
                     return Err(format!(
                         "{}: cluster nodes are reached over TCP",
@@ -44,14 +46,23 @@ impl ClusterNodes {
             template,
             known: Mutex::new(known),
             next: AtomicUsize::new(0),
+            connector,
         })
     }
 
-    /// How to reach one node: its address with the seeds' credentials.
+    /// How to reach one node: its address with the seeds' credentials, over TLS
+    /// when the seeds are.
     pub(super) fn info(&self, host: &str, port: u16) -> ConnectionInfo {
-        self.template
-            .clone()
-            .set_addr(ConnectionAddr::Tcp(host.to_owned(), port))
+        let addr = match self.template.addr() {
+            ConnectionAddr::TcpTls { .. } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        self.template.clone().set_addr(addr)
     }
 
     /// The master that owns `slot`, as the first node that answers `CLUSTER SLOTS`
@@ -85,14 +96,12 @@ impl ClusterNodes {
 
     /// `CLUSTER SLOTS` of one node: `(first, last, master)` per range.
     async fn slot_map(&self, host: &str, port: u16) -> Result<SlotMap, String> {
-        let client = redis::Client::open(self.info(host, port)).map_err(|e| e.to_string())?;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT));
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| e.to_string())?;
+        let limit = self.connector.options().connect_timeout;
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(limit));
+        let mut conn = self
+            .connector
+            .multiplexed(&self.info(host, port), config)
+            .await?;
         let reply: Value = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query_async(&mut conn)

@@ -4,43 +4,39 @@
 use std::collections::HashMap;
 
 use bytes::BytesMut;
-use redis::{ConnectionAddr, ConnectionInfo};
+use publisher::connect::{Stream, show};
+use redis::ConnectionInfo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use super::Shared;
 use super::resp::{self, Reply};
 use super::shard::{Shard, Target};
-use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, Shared};
 
-/// The two halves of a subscriber connection, whatever carries it (TCP, a Unix
-/// socket).
+/// The two halves of a subscriber connection, whatever carries it (TCP, TLS, a
+/// Unix socket).
 pub(super) type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 
 pub(super) type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
-/// Opens a connection to one Redis and authenticates it; returns its halves.
-pub(super) async fn open(info: &ConnectionInfo) -> Result<(ReadHalf, WriteHalf), String> {
-    let (mut rd, mut wr): (ReadHalf, WriteHalf) = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => {
-            let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect((host.as_str(), *port)))
-                .await
-                .map_err(|_| format!("connect to {host}:{port} timed out"))?
-                .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            let (r, w) = stream.into_split();
+/// Opens a connection to one Redis (TLS and keepalive as configured) and
+/// authenticates it; returns its halves.
+pub(super) async fn open(
+    shared: &Shared,
+    info: &ConnectionInfo,
+) -> Result<(ReadHalf, WriteHalf), String> {
+    let connector = &shared.redis.connector;
+    let info = connector.with_credentials(info.clone());
+    let (mut rd, mut wr): (ReadHalf, WriteHalf) = match connector.open(info.addr()).await? {
+        // Plain TCP splits without a lock between the halves.
+        Stream::Tcp(tcp) => {
+            let (r, w) = tcp.into_split();
             (Box::new(r), Box::new(w))
         }
-        #[cfg(unix)]
-        ConnectionAddr::Unix(path) => {
-            let stream = timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(path))
-                .await
-                .map_err(|_| format!("connect to {} timed out", path.display()))?
-                .map_err(|e| format!("connect to {}: {e}", path.display()))?;
-            let (r, w) = stream.into_split();
+        other => {
+            let (r, w) = tokio::io::split(other);
             (Box::new(r), Box::new(w))
         }
-        _ => return Err("this kind of redis address is not supported".into()),
     };
     let settings = info.redis_settings();
     let mut out = BytesMut::new();
@@ -78,9 +74,10 @@ pub(super) async fn open(info: &ConnectionInfo) -> Result<(ReadHalf, WriteHalf),
         }
         Ok(())
     };
-    timeout(COMMAND_TIMEOUT, handshake)
+    let limit = connector.options().connect_timeout;
+    timeout(limit, handshake)
         .await
-        .map_err(|_| "handshake timed out".to_string())??;
+        .map_err(|_| format!("{}: handshake timed out", show(info.addr())))??;
     Ok((rd, wr))
 }
 
@@ -90,20 +87,31 @@ pub(super) async fn connect(
     shard: &Shard,
 ) -> Result<(ReadHalf, WriteHalf, String), String> {
     match &shard.target {
-        Target::Instance { instance, info } => {
-            let (rd, wr) = open(info).await?;
-            Ok((rd, wr, format!("instance {instance}")))
+        Target::Instance { instance, endpoint } => {
+            let opened = async {
+                let info = endpoint.resolve().await?;
+                open(shared, &info).await
+            };
+            match opened.await {
+                Ok((rd, wr)) => Ok((rd, wr, format!("instance {instance}"))),
+                Err(e) => {
+                    // With Sentinel: ask again where the primary is.
+                    endpoint.failed();
+                    Err(e)
+                }
+            }
         }
         Target::Partition { slot } => {
             let nodes = shared
                 .cluster
                 .as_ref()
                 .ok_or_else(|| "no cluster configured".to_string())?;
-            let (host, port) = timeout(CONNECT_TIMEOUT * 2, nodes.owner(*slot))
+            let limit = shared.redis.connector.options().connect_timeout * 2;
+            let (host, port) = timeout(limit, nodes.owner(*slot))
                 .await
                 .map_err(|_| "cluster slot lookup timed out".to_string())?
                 .map_err(|e| format!("cluster slot lookup: {e}"))?;
-            let (rd, wr) = open(&nodes.info(&host, port)).await?;
+            let (rd, wr) = open(shared, &nodes.info(&host, port)).await?;
             Ok((rd, wr, format!("{host}:{port} slot {slot}")))
         }
     }

@@ -46,7 +46,6 @@ use async_trait::async_trait;
 use protocol::Publication;
 use protocol::keys::KeySpace;
 use publisher::{HistoryPage, PublishError, Publisher, Topology};
-use redis::IntoConnectionInfo;
 use tokio::time::timeout;
 
 use super::{Broker, BrokerError, Handler, Receipt};
@@ -57,8 +56,8 @@ use protocol::history::StreamPosition;
 use shard::{Shard, Target, shard_of};
 use subscriber::run_shard;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a resuming session waits for Redis to confirm its live subscription.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the Redis broker needs of the node besides Redis' own settings.
 #[derive(Debug, Clone)]
@@ -92,6 +91,26 @@ struct Shared {
     max_reply: usize,
 }
 
+impl Shared {
+    /// Whether the Redis that holds channels of `holder` (an instance, or a cluster
+    /// partition) is usable: every subscriber connection to it up and reading in
+    /// time.
+    pub(super) fn holder_up(&self, holder: usize) -> bool {
+        let max_lag = self.redis.max_lag;
+        self.shards
+            .iter()
+            .filter(|s| s.holder() == holder)
+            .all(|s| s.up.load(Ordering::Acquire) && s.lag() <= max_lag)
+    }
+
+    /// Holders up, and holders in all.
+    pub(super) fn holders_up(&self) -> (usize, usize) {
+        let total = self.shards.last().map_or(0, |s| s.holder() + 1);
+        let up = (0..total).filter(|h| self.holder_up(*h)).count();
+        (up, total)
+    }
+}
+
 pub struct RedisBroker {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -108,37 +127,36 @@ impl RedisBroker {
         metrics: Arc<Metrics>,
     ) -> Result<Self, BrokerError> {
         let config = |e: String| BrokerError::Unavailable(e);
-        let build = |connections: usize| {
-            Publisher::with_topology(redis.topology.clone())
+        if redis.connector.options().tls.insecure {
+            tracing::warn!(
+                "--redis-tls-insecure: Redis server certificates are NOT verified; anyone on the network path can read and change this node's Redis traffic. Development only."
+            );
+        }
+        let build = |connections: usize, share: Option<&Publisher>| {
+            let mut b = Publisher::with_topology(redis.topology.clone())
                 .namespace(redis.namespace.clone())
                 .max_payload(node.max_payload)
                 .history(history.rules.clone())
                 .idempotency_window(history.idempotency_window)
                 .connections(connections)
-                .build()
-                .map_err(|e| config(e.to_string()))
+                .options(redis.connector.options().clone())
+                .timeout(redis.command_timeout);
+            if let Some(p) = &redis.sentinel_password {
+                b = b.sentinel_password(p.clone());
+            }
+            // One Sentinel watcher per node, shared by all of its connections.
+            if let Some(other) = share {
+                b = b.share_endpoints(other);
+            }
+            b.build().map_err(|e| config(e.to_string()))
         };
-        let publisher = build(redis.connections)?;
-        let reader = build(redis.connections)?;
-        let prober = build(1)?;
+        let publisher = build(redis.connections, None)?;
+        let reader = build(redis.connections, Some(&publisher))?;
+        let prober = build(1, Some(&publisher))?;
         let keys = publisher.keys().clone();
         let per_instance = redis.subscribers.max(1);
         let mut targets = Vec::new();
         let cluster = match &redis.topology {
-            Topology::Standalone(_) | Topology::Sharded(_) => {
-                for (instance, url) in redis.topology.urls().iter().enumerate() {
-                    let info = url.as_str().into_connection_info().map_err(|_| {
-                        config(format!("{}: not a redis URL", publisher::redact_url(url)))
-                    })?;
-                    for _ in 0..per_instance {
-                        targets.push(Target::Instance {
-                            instance,
-                            info: info.clone(),
-                        });
-                    }
-                }
-                None
-            }
             Topology::Cluster { seeds, .. } => {
                 let parts = keys
                     .partitions()
@@ -146,7 +164,18 @@ impl RedisBroker {
                 targets.extend((0..parts.len()).map(|i| Target::Partition {
                     slot: parts.slot(i),
                 }));
-                Some(ClusterNodes::new(seeds).map_err(config)?)
+                Some(ClusterNodes::new(seeds, redis.connector.clone()).map_err(config)?)
+            }
+            Topology::Standalone(_) | Topology::Sharded(_) | Topology::Sentinel { .. } => {
+                for (instance, endpoint) in publisher.endpoints().into_iter().enumerate() {
+                    for _ in 0..per_instance {
+                        targets.push(Target::Instance {
+                            instance,
+                            endpoint: endpoint.clone(),
+                        });
+                    }
+                }
+                None
             }
         };
         let shards = targets
@@ -219,11 +248,27 @@ impl Broker for RedisBroker {
     }
 
     fn is_ready(&self) -> bool {
-        let max_lag = self.shared.redis.max_lag;
-        self.shared
+        let (up, total) = self.shared.holders_up();
+        self.shared.redis.ready.ready(up, total)
+    }
+
+    fn available(&self, channel: &str) -> bool {
+        let shared = &self.shared;
+        let holder = shared.shards[shard_of(shared, channel)].holder();
+        // One Redis (standalone, Sentinel): the node is not ready anyway, and a
+        // subscription made now is served once Redis is back (history fills the
+        // gap). A reconnect (a restart, a failover) is not an outage either: only
+        // an instance down for longer than a reconnect takes refuses its channels.
+        let (_, total) = shared.holders_up();
+        if total <= 1 || shared.holder_up(holder) {
+            return true;
+        }
+        let grace = (shared.redis.reconnect_max * 2).max(Duration::from_secs(1));
+        !shared
             .shards
             .iter()
-            .all(|s| s.up.load(Ordering::Acquire) && s.lag() <= max_lag)
+            .filter(|s| s.holder() == holder)
+            .any(|s| s.down_for() > grace)
     }
 
     async fn subscribed(&self, channel: &str) -> bool {
@@ -239,7 +284,7 @@ impl Broker for RedisBroker {
                 changed.await;
             }
         };
-        timeout(COMMAND_TIMEOUT, wait).await.is_ok()
+        timeout(CONFIRM_TIMEOUT, wait).await.is_ok()
     }
 
     async fn history(
@@ -278,7 +323,29 @@ impl Broker for RedisBroker {
     }
 }
 
+/// Whether a Redis error says the node's user or password is wrong or lacks a
+/// right: a mistake in the deployment that no retry heals, logged as an error.
+pub(super) fn misconfigured(why: &str) -> bool {
+    // Redis' own codes (a subscriber connection's raw reply) and the redis
+    // crate's spelling of them (`NoPerm: ...`, `AuthenticationFailed`).
+    let why = why.to_ascii_lowercase();
+    [
+        "noperm",
+        "wrongpass",
+        "noauth",
+        "authenticationfailed",
+        "no permissions",
+    ]
+    .iter()
+    .any(|k| why.contains(k))
+}
+
 fn broker_error(e: PublishError) -> BrokerError {
+    if let PublishError::Unavailable(m) = &e
+        && misconfigured(m)
+    {
+        tracing::error!(error = %m, "redis refused the gateway's command: check its ACL user (docs/operations.md)");
+    }
     match e {
         PublishError::Unavailable(m) => BrokerError::Unavailable(m),
         PublishError::QuotaExceeded(m) => BrokerError::Quota(m),

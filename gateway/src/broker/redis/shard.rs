@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use protocol::topology::channel_hash;
-use redis::ConnectionInfo;
+use publisher::Endpoint;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -17,10 +17,7 @@ use super::Shared;
 /// What one subscriber connection listens to.
 pub(super) enum Target {
     /// Classic pub/sub on one instance (the only one, or shard `instance`).
-    Instance {
-        instance: usize,
-        info: ConnectionInfo,
-    },
+    Instance { instance: usize, endpoint: Endpoint },
     /// Sharded pub/sub for one cluster partition, on the master of its slot.
     Partition { slot: u16 },
 }
@@ -32,6 +29,9 @@ pub(super) struct Shard {
     pub(super) dirty: Mutex<HashSet<Arc<str>>>,
     pub(super) wake: Notify,
     pub(super) up: AtomicBool,
+    /// Since when the connection has been down (from the start: since the node
+    /// started), to tell an outage from a reconnect.
+    pub(super) down_since: Mutex<Option<Instant>>,
     /// Channels Redis confirmed as subscribed on the current connection (and not
     /// unsubscribed since), so a resuming session can wait until live delivery
     /// really runs before it reads history (otherwise a message published in
@@ -52,10 +52,28 @@ impl Shard {
             dirty: Mutex::new(HashSet::new()),
             wake: Notify::new(),
             up: AtomicBool::new(false),
+            down_since: Mutex::new(Some(Instant::now())),
             confirmed: Mutex::new(HashSet::new()),
             confirmed_changed: Notify::new(),
             probe_out: Mutex::new(None),
             probe_rtt_us: AtomicU64::new(0),
+        }
+    }
+
+    /// How long the connection has been down (zero while up).
+    pub(super) fn down_for(&self) -> Duration {
+        self.down_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// The instance (or cluster partition) whose channels this connection carries;
+    /// shards of one holder are consecutive.
+    pub(super) fn holder(&self) -> usize {
+        match &self.target {
+            Target::Instance { instance, .. } => *instance,
+            Target::Partition { .. } => self.index,
         }
     }
 
@@ -140,11 +158,23 @@ pub(super) fn shard_of(shared: &Shared, channel: &str) -> usize {
 }
 
 pub(super) fn set_up(shared: &Shared, shard: &Shard, up: bool) {
-    shard.up.store(up, Ordering::Release);
+    let was = shard.up.swap(up, Ordering::AcqRel);
+    {
+        let mut since = shard.down_since.lock().unwrap_or_else(|e| e.into_inner());
+        match up {
+            true => *since = None,
+            false if was || since.is_none() => *since = Some(Instant::now()),
+            false => {}
+        }
+    }
     if !up {
         shard.probe_lost();
     }
     shared.metrics.broker.shard_up(shard.index, up);
-    let all = shared.shards.iter().all(|s| s.up.load(Ordering::Acquire));
-    shared.metrics.broker.set_up(all);
+    // Usable as --redis-ready says (any instance, all, or a share of them).
+    let (up, total) = shared.holders_up();
+    shared
+        .metrics
+        .broker
+        .set_up(shared.redis.ready.ready(up, total));
 }

@@ -21,11 +21,16 @@ use tokio::time::{Instant, sleep};
 use super::Shared;
 use super::connection::{Pending, connect};
 use super::reader::Reader;
-use super::shard::{Shard, set_up};
+use super::shard::{Shard, Target, set_up};
 use super::subscriptions::Commander;
 
 /// One connection's life: connect, subscribe, deliver until it fails; returns why.
 pub(super) async fn serve(shared: &Arc<Shared>, shard: &Shard, first: bool) -> String {
+    // Taken before connecting: a switch from then on replaces this connection.
+    let changes = match &shard.target {
+        Target::Instance { endpoint, .. } => endpoint.changes(),
+        Target::Partition { .. } => None,
+    };
     let (rd, wr, peer) = match connect(shared, shard).await {
         Ok(c) => c,
         Err(e) => return e,
@@ -52,9 +57,20 @@ pub(super) async fn serve(shared: &Arc<Shared>, shard: &Shard, first: bool) -> S
         peer,
         metrics: shared.metrics.broker.shard(shard.index),
     };
+    let moved = async move {
+        match changes {
+            Some(mut rx) => {
+                if rx.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
     let why = tokio::select! {
         why = reader.run(rd) => why,
         why = commander.run(&probe) => why,
+        () = moved => "the sentinels switched the primary".to_string(),
     };
     commander.release();
     why
@@ -62,7 +78,7 @@ pub(super) async fn serve(shared: &Arc<Shared>, shard: &Shard, first: bool) -> S
 
 /// Keeps one shard connected for the life of the node.
 pub(super) async fn run_shard(shared: Arc<Shared>, shard: Arc<Shard>) {
-    let base = Duration::from_millis(100);
+    let base = shared.redis.reconnect_min;
     let mut delay = base;
     let mut first = true;
     loop {
@@ -76,7 +92,11 @@ pub(super) async fn run_shard(shared: Arc<Shared>, shard: Arc<Shard>) {
         if connected_at.elapsed() > Duration::from_secs(30) {
             delay = base;
         }
-        tracing::warn!(shard = shard.index, reason = %why, retry_in = ?delay, "redis subscriber connection lost");
+        if super::misconfigured(&why) {
+            tracing::error!(shard = shard.index, reason = %why, retry_in = ?delay, "redis refused the subscriber connection: check its ACL user and password (docs/operations.md)");
+        } else {
+            tracing::warn!(shard = shard.index, reason = %why, retry_in = ?delay, "redis subscriber connection lost");
+        }
         // Equal jitter: never a tight loop, never a synchronized herd.
         let half = delay / 2;
         sleep(half + half.mul_f64(rand::random::<f64>())).await;

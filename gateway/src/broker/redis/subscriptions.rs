@@ -12,10 +12,10 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::time::{Instant, sleep_until, timeout};
 
+use super::Shared;
 use super::connection::{Pending, WriteHalf};
 use super::resp;
 use super::shard::{Shard, Target, shard_of};
-use super::{COMMAND_TIMEOUT, Shared};
 use crate::metrics::ShardMetrics;
 
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command when many change at once.
@@ -143,7 +143,7 @@ impl Commander<'_> {
 
     pub(super) async fn flush(&mut self) -> Result<(), String> {
         let write = self.wr.write_all(&self.out);
-        let r = timeout(COMMAND_TIMEOUT, write)
+        let r = timeout(self.shared.redis.command_timeout, write)
             .await
             .map_err(|_| "redis stopped reading our commands".to_string())?
             .map_err(|e| format!("write: {e}"));

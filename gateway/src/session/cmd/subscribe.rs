@@ -41,6 +41,15 @@ impl Session {
                 ),
             );
         }
+        if !self.node.broker.available(&name) {
+            // Another instance or partition may be up (the node is ready), but this
+            // channel's is not: accepting would leave the subscription silent.
+            return err(
+                Some(id),
+                ErrorCode::Unavailable,
+                "the Redis that holds this channel is unreachable; retry later",
+            );
+        }
         let has_history = self.node.config.history.rules.policy(&name).is_some();
         if has_history
             && !self
