@@ -23,19 +23,6 @@ async fn publish_n(gw: &Gateway, body: Value, n: u64) {
     }
 }
 
-async fn subscribe_since(c: &mut Client, channel: &str, since: Option<Since>) -> Value {
-    let id = c.next_id();
-    c.send(&ClientFrame::Subscribe {
-        id,
-        channel: channel.into(),
-        since,
-    })
-    .await;
-    let r = c.reply(id).await;
-    assert!(r.ok, "{r:?}");
-    r.result.unwrap()
-}
-
 fn since(epoch: &str, offset: u64) -> Since {
     Since {
         offset,
@@ -46,7 +33,7 @@ fn since(epoch: &str, offset: u64) -> Since {
 async fn resume_on(gw: &Gateway) {
     let t = token("r", &["room:*"], &[], 60);
     let mut c = Client::connect(gw, &t).await;
-    let first = subscribe_since(&mut c, "room:1", None).await;
+    let first = c.subscribe_ok("room:1", None).await;
     // No history yet: offset 0 in an empty epoch; messages carry the real one.
     assert_eq!(
         (first["offset"].as_u64(), first["epoch"].as_str()),
@@ -63,7 +50,7 @@ async fn resume_on(gw: &Gateway) {
     // Missed while away: offsets 4 and 5.
     publish_n(gw, json!({"channel": "room:1"}), 2).await;
     let mut c = Client::connect(gw, &t).await;
-    let r = subscribe_since(&mut c, "room:1", Some(since(&epoch, 3))).await;
+    let r = c.subscribe_ok("room:1", Some(since(&epoch, 3))).await;
     assert_eq!(
         (r["recovered"].as_bool(), r["offset"].as_u64()),
         (Some(true), Some(5))
@@ -76,19 +63,19 @@ async fn resume_on(gw: &Gateway) {
 
     // Out of retention (max length 5 keeps 2..=6): not recovered, what exists follows.
     let mut c = Client::connect(gw, &t).await;
-    let r = subscribe_since(&mut c, "room:1", Some(since(&epoch, 0))).await;
+    let r = c.subscribe_ok("room:1", Some(since(&epoch, 0))).await;
     assert_eq!(r["recovered"], false);
     // Another epoch: not recovered, nothing replayed.
     let mut c2 = Client::connect(gw, &t).await;
-    let r = subscribe_since(
-        &mut c2,
-        "room:1",
-        Some(Since {
-            offset: 3,
-            epoch: "other".into(),
-        }),
-    )
-    .await;
+    let r = c2
+        .subscribe_ok(
+            "room:1",
+            Some(Since {
+                offset: 3,
+                epoch: "other".into(),
+            }),
+        )
+        .await;
     assert_eq!(r["recovered"], false);
     c2.no_message_within(Duration::from_millis(200)).await;
     for want in 2..=6 {
@@ -97,15 +84,15 @@ async fn resume_on(gw: &Gateway) {
     // A channel without history says so plainly.
     let t2 = token("r2", &["*"], &[], 60);
     let mut c3 = Client::connect(gw, &t2).await;
-    let r = subscribe_since(
-        &mut c3,
-        "news",
-        Some(Since {
-            offset: 1,
-            epoch: "e".into(),
-        }),
-    )
-    .await;
+    let r = c3
+        .subscribe_ok(
+            "news",
+            Some(Since {
+                offset: 1,
+                epoch: "e".into(),
+            }),
+        )
+        .await;
     assert_eq!(r, json!({"channel": "news", "recovered": false}));
 }
 
@@ -249,7 +236,7 @@ async fn a_new_epoch_while_subscribed_is_delivered() {
         .start()
         .await;
     let mut c = Client::connect(&gw, &token("e", &["room:*"], &[], 60)).await;
-    subscribe_since(&mut c, "room:9", None).await;
+    c.subscribe_ok("room:9", None).await;
     publish_n(&gw, json!({"channel": "room:9"}), 3).await;
     let mut old_epoch = None;
     for want in 1..=3 {

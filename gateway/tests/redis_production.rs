@@ -12,7 +12,7 @@ use client::Event;
 use protocol::ErrorCode;
 use protocol::frame::{ClientFrame, Since};
 use publisher::{Publisher, PublisherBuilder, Secret};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{Client, Gateway, RedisServer, collect_numbers, eventually, token};
 use testkit::{Certs, RedisCluster, SentinelSet};
 
@@ -26,25 +26,12 @@ async fn ready(gw: &Gateway) {
     eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
 }
 
-async fn subscribe_since(c: &mut Client, channel: &str, since: Option<Since>) -> Value {
-    let id = c.next_id();
-    c.send(&ClientFrame::Subscribe {
-        id,
-        channel: channel.into(),
-        since,
-    })
-    .await;
-    let r = c.reply(id).await;
-    assert!(r.ok, "{r:?}");
-    r.result.unwrap()
-}
-
 /// Live delivery (HTTP API and SDK, channel and user), then a resume from history
 /// after a disconnect: every part of the path to Redis and back.
 async fn works_end_to_end(gw: &Gateway, sdk: &Publisher, user: &str) {
     let t = token(user, &["room:*"], &[], 60);
     let mut c = Client::connect(gw, &t).await;
-    subscribe_since(&mut c, "room:e2e", None).await;
+    c.subscribe_ok("room:e2e", None).await;
     let (status, body) = gw
         .publish(json!({"channel": "room:e2e", "event": "e", "payload": 1}))
         .await;
@@ -61,15 +48,15 @@ async fn works_end_to_end(gw: &Gateway, sdk: &Publisher, user: &str) {
     // Missed while away, then resumed from history.
     sdk.to_channel("room:e2e").payload(&3).send().await.unwrap();
     let mut c = Client::connect(gw, &t).await;
-    let r = subscribe_since(
-        &mut c,
-        "room:e2e",
-        Some(Since {
-            offset: 2,
-            epoch: epoch.clone(),
-        }),
-    )
-    .await;
+    let r = c
+        .subscribe_ok(
+            "room:e2e",
+            Some(Since {
+                offset: 2,
+                epoch: epoch.clone(),
+            }),
+        )
+        .await;
     assert_eq!(r["recovered"], true, "{r}");
     assert_eq!(c.message().await.offset, Some(3));
 }
@@ -569,7 +556,7 @@ async fn one_shard_of_three_down_keeps_the_node_ready_for_the_others() {
     .await;
 
     let mut c = Client::connect(&gw, &t).await;
-    subscribe_since(&mut c, &alive, None).await;
+    c.subscribe_ok(&alive, None).await;
     let (status, body) = gw
         .publish(json!({"channel": alive, "event": "e", "payload": 1}))
         .await;
@@ -599,7 +586,7 @@ async fn one_shard_of_three_down_keeps_the_node_ready_for_the_others() {
     })
     .await;
     ready(&strict).await;
-    subscribe_since(&mut c, &lost, None).await;
+    c.subscribe_ok(&lost, None).await;
     let (status, body) = gw
         .publish(json!({"channel": lost, "event": "e", "payload": 2}))
         .await;

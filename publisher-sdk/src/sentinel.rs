@@ -191,10 +191,17 @@ impl Sentinel {
         Err(format!("primary of `{}`: {last}", self.master))
     }
 
+    /// A command's answer must come within the connect timeout: a sentinel or
+    /// server that accepts connections but never answers must not stall discovery.
+    fn config(&self) -> redis::AsyncConnectionConfig {
+        redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(self.connector.options().connect_timeout))
+    }
+
     async fn ask(&self, sentinel: &ConnectionInfo) -> Result<(String, u16), String> {
         let mut conn = self
             .connector
-            .multiplexed_raw(sentinel, redis::AsyncConnectionConfig::new())
+            .multiplexed_raw(sentinel, self.config())
             .await?;
         let reply: Value = redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
@@ -218,10 +225,7 @@ impl Sentinel {
 
     async fn check_role(&self, host: &str, port: u16) -> Result<(), String> {
         let info = self.info(host, port);
-        let mut conn = self
-            .connector
-            .multiplexed(&info, redis::AsyncConnectionConfig::new())
-            .await?;
+        let mut conn = self.connector.multiplexed(&info, self.config()).await?;
         let reply: Value = redis::cmd("ROLE")
             .query_async(&mut conn)
             .await
@@ -262,6 +266,7 @@ async fn watch_switches(sentinel: Weak<Sentinel>) {
         index += 1;
         let connector = s.connector.clone();
         drop(s);
+        let limit = connector.options().connect_timeout;
         let pubsub = async {
             let stream = connector.open(info.addr()).await?;
             let mut pubsub = redis::aio::PubSub::new(info.redis_settings(), stream)
@@ -273,7 +278,8 @@ async fn watch_switches(sentinel: Weak<Sentinel>) {
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>(pubsub)
         };
-        if let Ok(pubsub) = pubsub.await {
+        // A sentinel that accepts but never answers is left for the next one.
+        if let Ok(Ok(pubsub)) = tokio::time::timeout(limit, pubsub).await {
             if let Some(s) = sentinel.upgrade() {
                 // A switch may have happened while nobody listened: look now, and
                 // move the connections if the primary did.

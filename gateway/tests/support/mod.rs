@@ -271,14 +271,35 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Reply {
+        self.subscribe_from(channel, None).await
+    }
+
+    /// Subscribes, resuming `since` if given; returns the reply.
+    pub async fn subscribe_from(
+        &mut self,
+        channel: &str,
+        since: Option<protocol::frame::Since>,
+    ) -> Reply {
         let id = self.next_id();
         self.send(&ClientFrame::Subscribe {
             id,
             channel: channel.into(),
-            since: None,
+            since,
         })
         .await;
         self.reply(id).await
+    }
+
+    /// Subscribes (resuming `since` if given), asserts it succeeded, and returns
+    /// the result.
+    pub async fn subscribe_ok(
+        &mut self,
+        channel: &str,
+        since: Option<protocol::frame::Since>,
+    ) -> serde_json::Value {
+        let r = self.subscribe_from(channel, since).await;
+        assert!(r.ok, "{r:?}");
+        r.result.unwrap()
     }
 
     pub async fn unsubscribe(&mut self, channel: &str) -> Reply {
