@@ -22,7 +22,10 @@ pub enum Error {
     Server { code: String, message: String },
     /// The client lost a channel it held: resubscribing after a reconnect failed, or
     /// a refreshed token no longer allows it. Reported as
-    /// [`Event::Error`](crate::Event::Error); the channel is dropped.
+    /// [`Event::Error`](crate::Event::Error); the channel is dropped. Except with
+    /// code `unavailable` (the channel's Redis instance or partition is down for
+    /// now): the channel is kept and subscribed again after a backoff delay, until
+    /// [`Event::Subscribed`](crate::Event::Subscribed) reports the success.
     #[error("subscription to {channel} lost: {code}: {message}")]
     Subscription {
         channel: String,

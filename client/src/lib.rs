@@ -14,6 +14,11 @@
 //!   at connect, and messages whose offset is not above the last one seen are dropped
 //!   as duplicates ([`Client::position`]). When the server could not replay everything
 //!   you get [`Event::Recovered`] with `recovered: false`: refetch your state.
+//! - **Temporarily unavailable channels**: a subscribe the server refuses with
+//!   `unavailable` (the Redis instance or cluster partition holding the channel is
+//!   down while the rest of the gateway works) keeps the channel and subscribes again
+//!   with backoff and jitter, resuming from its last position, until it succeeds
+//!   ([`Event::Subscribed`]) or you unsubscribe.
 //! - **Offline queue**: publishes and acks made while disconnected wait in a bounded
 //!   queue ([`Error::QueueFull`] when full) and go out in order after the reconnect,
 //!   after the resubscriptions. The queue also paces sending under the server's rate
@@ -135,6 +140,12 @@ pub enum Event {
     /// the offset fell out of retention); whatever could be replayed follows, and the
     /// application should refetch the channel's state.
     Recovered { channel: String, recovered: bool },
+    /// A channel the server had refused with `unavailable` is subscribed now: by one
+    /// of the client's retries, a resubscription after a reconnect, or another
+    /// [`Client::subscribe`] call. Carries what `subscribe` returns; an
+    /// [`Event::Recovered`] follows when the subscription resumed from a position.
+    /// Only channels that were refused get this event.
+    Subscribed(Subscription),
     /// A problem that did not come as the answer to a request. Terminal errors
     /// ([`Error::Unauthorized`], [`Error::ServerClosed`], [`Error::Handshake`]) are
     /// the last event before the stream ends.
@@ -278,6 +289,18 @@ impl Client {
     /// the call returns once it is confirmed after the reconnect. The channel is
     /// subscribed again after every reconnect until [`unsubscribe`](Self::unsubscribe).
     ///
+    /// A refusal is returned as [`Error::Server`] and the channel is dropped, except
+    /// for `unavailable` ([`ErrorCode::Unavailable`]: the Redis instance or cluster
+    /// partition that holds the channel is down for now). Then the call still
+    /// returns the error, so you know the channel is not subscribed yet, but the
+    /// client keeps the channel and subscribes again in the background, with the
+    /// reconnect backoff (delays drawn from `[0, cap]`, the cap doubling up to the
+    /// backoff maximum, starting over at every reconnect), resuming from the last
+    /// position it knows. Each further refusal is reported as
+    /// [`Event::Error`]`(`[`Error::Subscription`]`)` with code `unavailable`, and the
+    /// success as [`Event::Subscribed`]. [`unsubscribe`](Self::unsubscribe) stops
+    /// the retries.
+    ///
     /// ```no_run
     /// # async fn f(client: client::Client) -> Result<(), client::Error> {
     /// let sub = client.subscribe("news").await?;
@@ -313,7 +336,8 @@ impl Client {
     }
 
     /// Unsubscribes and forgets the channel's position. While disconnected it only
-    /// removes the channel from the set restored at reconnect.
+    /// removes the channel from the set restored at reconnect. Stops the retries of a
+    /// channel the server refused with `unavailable` (see [`subscribe`](Self::subscribe)).
     pub async fn unsubscribe(&self, channel: impl Into<String>) -> Result<(), Error> {
         let channel = channel.into();
         self.request(|reply| Command::Unsubscribe { channel, reply })

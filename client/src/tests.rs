@@ -1,6 +1,7 @@
 //! Tests of the background task against an in-process fake gateway over in-memory
 //! pipes, with paused Tokio time: reconnect schedule, close-code policy, token
-//! refresh, offline queue, resume and de-duplication, heartbeats, timeouts.
+//! refresh, offline queue, resume and de-duplication, retries of channels refused as
+//! `unavailable`, heartbeats, timeouts.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -201,6 +202,20 @@ impl Peer {
                 reason: reason.into(),
             }))
             .await;
+    }
+
+    async fn refuse(&mut self, id: &Value, code: &str) {
+        self.send(json!({"type": "reply", "id": id, "ok": false,
+                         "error": {"code": code, "message": "try later"}}))
+            .await;
+    }
+
+    /// Expects the client's subscribe for `channel` and returns it unanswered.
+    async fn expect_subscribe_frame(&mut self, channel: &str) -> Value {
+        let f = self.recv().await;
+        assert_eq!(f["type"], "subscribe", "{f}");
+        assert_eq!(f["channel"], channel, "{f}");
+        f
     }
 
     /// Expects the client's subscribe for `channel` and answers it.
@@ -987,4 +1002,280 @@ async fn proactive_refresh_before_expiry() {
     peer.reply(&f["id"], json!({"expires_at": exp, "unsubscribed": []}))
         .await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// The next event is the report of a refused subscription of `channel` with `code`.
+async fn expect_refused(events: &mut Events, channel: &str, code: &str) {
+    match next_non_message(events).await {
+        Event::Error(Error::Subscription {
+            channel: c,
+            code: k,
+            ..
+        }) => assert_eq!((c.as_str(), k.as_str()), (channel, code)),
+        other => panic!("expected the refusal of {channel}, got {other:?}"),
+    }
+}
+
+/// Waits for the client's next subscribe of `channel` and checks that it came
+/// `delay` after `since` (the timer wheel rounds up to the millisecond).
+async fn expect_retry_after(
+    peer: &mut Peer,
+    channel: &str,
+    since: Instant,
+    delay: Duration,
+) -> Value {
+    let f = peer.expect_subscribe_frame(channel).await;
+    let gap = since.elapsed();
+    assert!(
+        gap >= delay && gap <= delay + Duration::from_millis(1),
+        "retried after {gap:?}, delay {delay:?}"
+    );
+    f
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unavailable_resubscription_is_retried_with_backoff_and_resumes() {
+    let (mut net, connector) = net();
+    let (client, mut events) = builder(connector, &["ws://gw:1/ws"]).build().unwrap();
+    let mut peer = net.accept().await;
+    peer.welcome(json!({})).await;
+    expect_connected(&mut events).await;
+    let sub = tokio::spawn({
+        let c = client.clone();
+        async move { c.subscribe("news").await }
+    });
+    peer.expect_subscribe("news", json!({"epoch": "e1", "offset": 5}))
+        .await;
+    sub.await.unwrap().unwrap();
+    peer.message("news", Some(6), 6).await;
+    assert_eq!(message_n(&next(&mut events).await).1, Some(6));
+    peer.close(1011, "").await;
+
+    // Replay the driver's random draws: the reconnect's, then the retries'.
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let (.., retry_in) = expect_disconnected(&mut events).await;
+    assert_eq!(retry_in, Some(Backoff::default().next_delay(&mut rng)));
+    let mut peer = net.accept().await;
+    peer.welcome(json!({})).await;
+    expect_connected(&mut events).await;
+
+    // The shard holding "news" is down: the resubscription is refused, reported, and
+    // tried again after 1 s-capped, then 2 s-capped delays, each resuming from the
+    // position held.
+    let since = json!({"offset": 6, "epoch": "e1"});
+    let f = peer.expect_subscribe_frame("news").await;
+    assert_eq!(f["since"], since);
+    peer.refuse(&f["id"], "unavailable").await;
+    let mut refused_at = Instant::now();
+    let mut model = Backoff::default();
+    for cap in [1, 2] {
+        expect_refused(&mut events, "news", "unavailable").await;
+        assert_eq!(model.cap(), Duration::from_secs(cap));
+        let delay = model.next_delay(&mut rng);
+        let f = expect_retry_after(&mut peer, "news", refused_at, delay).await;
+        assert_eq!(f["since"], since);
+        if cap == 1 {
+            peer.refuse(&f["id"], "unavailable").await;
+            refused_at = Instant::now();
+        } else {
+            // The shard is back.
+            let ok = json!({"channel": "news", "epoch": "e1", "offset": 8, "recovered": true});
+            peer.reply(&f["id"], ok).await;
+        }
+    }
+    match next(&mut events).await {
+        Event::Subscribed(s) => assert_eq!(
+            (s.channel.as_str(), s.offset, s.recovered),
+            ("news", Some(8), Some(true))
+        ),
+        other => panic!("expected Subscribed, got {other:?}"),
+    }
+    assert_eq!(
+        next(&mut events).await,
+        Event::Recovered {
+            channel: "news".into(),
+            recovered: true
+        }
+    );
+    for o in [7, 8, 9] {
+        peer.message("news", Some(o), o).await;
+    }
+    for o in [7, 8, 9] {
+        assert_eq!(
+            message_n(&next(&mut events).await),
+            ("news".into(), Some(o), o)
+        );
+    }
+    assert_eq!(client.position("news").unwrap().offset, Some(9));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_explicit_subscribe_refused_as_unavailable_fails_and_is_retried() {
+    let (mut net, connector) = net();
+    let (client, mut events) = builder(connector, &["ws://gw:1/ws"]).build().unwrap();
+    let mut peer = net.accept().await;
+    peer.welcome(json!({})).await;
+    expect_connected(&mut events).await;
+    let since = Since {
+        offset: 3,
+        epoch: "e1".into(),
+    };
+    let sub = tokio::spawn({
+        let c = client.clone();
+        let since = since.clone();
+        async move { c.subscribe_from("news", since).await }
+    });
+    let f = peer.expect_subscribe_frame("news").await;
+    assert_eq!(f["since"], json!({"offset": 3, "epoch": "e1"}));
+    peer.refuse(&f["id"], "unavailable").await;
+    let refused_at = Instant::now();
+    // The caller learns that the channel is not subscribed (and no event repeats it).
+    let e = sub.await.unwrap().unwrap_err();
+    assert!(matches!(e, Error::Server { .. }), "{e:?}");
+    assert_eq!(e.code(), Some(protocol::ErrorCode::Unavailable));
+
+    // The retry resumes from the position the call asked for.
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let delay = Backoff::default().next_delay(&mut rng);
+    let f = expect_retry_after(&mut peer, "news", refused_at, delay).await;
+    assert_eq!(f["since"], json!({"offset": 3, "epoch": "e1"}));
+    let ok = json!({"channel": "news", "epoch": "e1", "offset": 4, "recovered": true});
+    peer.reply(&f["id"], ok).await;
+    match next(&mut events).await {
+        Event::Subscribed(s) => assert_eq!((s.channel.as_str(), s.offset), ("news", Some(4))),
+        other => panic!("expected Subscribed, got {other:?}"),
+    }
+    assert_eq!(
+        next(&mut events).await,
+        Event::Recovered {
+            channel: "news".into(),
+            recovered: true
+        }
+    );
+    peer.message("news", Some(4), 4).await;
+    assert_eq!(
+        message_n(&next(&mut events).await),
+        ("news".into(), Some(4), 4)
+    );
+
+    // Subscribed now: no more retries, and later subscribes are not reported again.
+    let again = tokio::spawn({
+        let c = client.clone();
+        async move { c.subscribe("news").await }
+    });
+    let f = peer.expect_subscribe_frame("news").await;
+    peer.refuse(&f["id"], "already_subscribed").await;
+    assert_eq!(again.await.unwrap().unwrap().channel, "news");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(300), peer.recv())
+            .await
+            .is_err(),
+        "a frame after the subscription succeeded"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), events.next())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unsubscribe_cancels_the_retries_of_an_unavailable_channel() {
+    let (mut net, connector) = net();
+    let (client, mut events) = builder(connector, &["ws://gw:1/ws"]).build().unwrap();
+    let mut peer = net.accept().await;
+    peer.welcome(json!({})).await;
+    expect_connected(&mut events).await;
+    let sub = tokio::spawn({
+        let c = client.clone();
+        async move { c.subscribe("news").await }
+    });
+    let f = peer.expect_subscribe_frame("news").await;
+    assert!(f.get("since").is_none(), "{f}");
+    peer.refuse(&f["id"], "unavailable").await;
+    assert_eq!(
+        sub.await.unwrap().unwrap_err().code(),
+        Some(protocol::ErrorCode::Unavailable)
+    );
+    // A retry, refused again: reported, and the next one is planned.
+    let f = peer.expect_subscribe_frame("news").await;
+    peer.refuse(&f["id"], "unavailable").await;
+    expect_refused(&mut events, "news", "unavailable").await;
+
+    // Unsubscribing while the retry waits cancels it.
+    let un = tokio::spawn({
+        let c = client.clone();
+        async move { c.unsubscribe("news").await }
+    });
+    let f = peer.recv().await;
+    assert_eq!(
+        (f["type"].as_str(), f["channel"].as_str()),
+        (Some("unsubscribe"), Some("news"))
+    );
+    peer.refuse(&f["id"], "not_subscribed").await;
+    un.await.unwrap().unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(300), peer.recv())
+            .await
+            .is_err(),
+        "a subscribe after the unsubscribe"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), events.next())
+            .await
+            .is_err()
+    );
+
+    // A reconnect does not bring the channel back either.
+    peer.close(1011, "").await;
+    let _ = expect_disconnected(&mut events).await;
+    let mut peer = net.accept().await;
+    peer.welcome(json!({})).await;
+    expect_connected(&mut events).await;
+    assert!(
+        tokio::time::timeout(Duration::from_secs(300), peer.recv())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconnect_resubscribes_at_once_and_restarts_the_retry_backoff() {
+    let (mut net, connector) = net();
+    let (client, mut events) = builder(connector, &["ws://gw:1/ws"]).build().unwrap();
+    let mut peer = net.accept().await;
+    peer.welcome(json!({})).await;
+    expect_connected(&mut events).await;
+    let sub = tokio::spawn({
+        let c = client.clone();
+        async move { c.subscribe("news").await }
+    });
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let mut retries = Backoff::default();
+    let f = peer.expect_subscribe_frame("news").await;
+    peer.refuse(&f["id"], "unavailable").await;
+    let refused_at = Instant::now();
+    sub.await.unwrap().unwrap_err();
+    let f = expect_retry_after(&mut peer, "news", refused_at, retries.next_delay(&mut rng)).await;
+    peer.refuse(&f["id"], "unavailable").await;
+    expect_refused(&mut events, "news", "unavailable").await;
+    // The next retry would wait up to 2 s; the connection drops before.
+    let _ = retries.next_delay(&mut rng);
+    assert_eq!(retries.cap(), Duration::from_secs(4));
+    peer.close(1011, "").await;
+    let (.., retry_in) = expect_disconnected(&mut events).await;
+    assert_eq!(retry_in, Some(Backoff::default().next_delay(&mut rng)));
+
+    // Resubscribed right after the welcome, refused: the retries start over at 1 s.
+    let mut peer = net.accept().await;
+    peer.welcome(json!({})).await;
+    expect_connected(&mut events).await;
+    let f = peer.expect_subscribe_frame("news").await;
+    peer.refuse(&f["id"], "unavailable").await;
+    let refused_at = Instant::now();
+    expect_refused(&mut events, "news", "unavailable").await;
+    let mut retries = Backoff::default();
+    let f = expect_retry_after(&mut peer, "news", refused_at, retries.next_delay(&mut rng)).await;
+    peer.reply(&f["id"], json!({"channel": "news"})).await;
+    assert!(matches!(next(&mut events).await, Event::Subscribed(s) if s.channel == "news"));
 }

@@ -1,8 +1,9 @@
 //! One established connection: taking the `welcome` (positions, events, pacing),
 //! then the socket loop that reads frames, runs the handle's commands, watches the
-//! heartbeat and the request deadlines, paces the queue and refreshes the token,
-//! until the connection ends. What ends it comes back as an [`Ended`] for the
-//! reconnect loop in [`super::Driver::run`].
+//! heartbeat and the request deadlines, paces the queue, subscribes again to the
+//! channels the server refused for now and refreshes the token, until the connection
+//! ends. What ends it comes back as an [`Ended`] for the reconnect loop in
+//! [`super::Driver::run`].
 
 use std::collections::{HashMap, VecDeque};
 use std::task::Poll;
@@ -128,6 +129,7 @@ impl Driver {
             let hb_deadline = conn.last_rx + conn.heartbeat * 2;
             let req_deadline = conn.deadlines.front().map(|d| d.0);
             let pace_at = (!self.queue.is_empty()).then(|| conn.bucket.next_at());
+            let retry_at = self.next_retry();
             let refresh_at = if conn.refreshing.is_none() {
                 conn.refresh_at
             } else {
@@ -172,6 +174,7 @@ impl Driver {
                 }
                 _ = sleep_opt(req_deadline) => self.expire(conn).await,
                 _ = sleep_opt(pace_at) => self.pump(conn).await?,
+                _ = sleep_opt(retry_at) => self.retry_subscriptions(conn).await?,
                 _ = sleep_opt(refresh_at) => {
                     conn.refresh_at = None;
                     if let Some(r) = self.cfg.refresher.clone() {

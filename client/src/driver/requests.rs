@@ -163,11 +163,10 @@ impl Driver {
                 if let Some(s) = &since {
                     lock(&self.shared).positions.set(&channel, s.clone().into());
                 }
-                if !self.subs.iter().any(|s| s.channel == channel) {
-                    self.subs.push(Sub {
-                        channel: channel.clone(),
-                        waiters: Vec::new(),
-                    });
+                match self.subs.iter_mut().find(|s| s.channel == channel) {
+                    // Being retried: this subscribe is the next try.
+                    Some(s) => s.hold_retry(),
+                    None => self.subs.push(Sub::new(channel.clone(), Vec::new())),
                 }
                 self.send_subscribe(conn, channel, since, vec![reply]).await
             }
@@ -228,10 +227,7 @@ impl Driver {
                 }
                 match self.subs.iter_mut().find(|s| s.channel == channel) {
                     Some(s) => s.waiters.push(reply),
-                    None => self.subs.push(Sub {
-                        channel,
-                        waiters: vec![reply],
-                    }),
+                    None => self.subs.push(Sub::new(channel, vec![reply])),
                 }
             }
             Command::Unsubscribe { channel, reply } => {
@@ -268,13 +264,21 @@ impl Driver {
                 break;
             }
             conn.deadlines.pop_front();
-            if let Some(p) = conn.inflight.remove(&id)
-                && !p.fail(Error::Timeout(self.cfg.request_timeout))
-            {
+            let Some(p) = conn.inflight.remove(&id) else {
+                continue;
+            };
+            let subscribed = match &p {
+                Pending::Subscribe { channel, .. } => Some(channel.clone()),
+                _ => None,
+            };
+            if !p.fail(Error::Timeout(self.cfg.request_timeout)) {
                 self.emit(Event::Error(Error::TokenRefresh(
                     "no reply to the refresh request".into(),
                 )))
                 .await;
+            }
+            if let Some(channel) = subscribed {
+                self.subscribe_timed_out(&channel);
             }
         }
     }
