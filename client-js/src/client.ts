@@ -3,10 +3,10 @@
 // de-duplicates by offset, queues publishes and acks while offline, and matches
 // replies to requests. Behaves like the Rust client in client/src (driver.rs).
 
-import { Backoff } from './backoff.js';
+import { Backoff, type BackoffOptions } from './backoff.js';
 import { Bucket } from './bucket.js';
 import { jsonCodec, type Codec, type WireData } from './codec.js';
-import { deferred, type Conn, type Deferred, type Outgoing, type Pending } from './conn.js';
+import { deferred, type Conn, type Deferred, type Outgoing, type Pending, type Timer } from './conn.js';
 import { closed, handshakeStatus, lost, refused, type Ended } from './ended.js';
 import { Emitter } from './emitter.js';
 import {
@@ -53,6 +53,17 @@ const OPEN = 1;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** Fetch a new token before connecting when the current one expires this soon. */
 const EXPIRY_MARGIN_MS = 15_000;
+/**
+ * Whether a refused subscribe is tried again instead of dropping the channel
+ * (docs/protocol.md section 7): only `unavailable`, which says the connection is fine
+ * and the Redis instance or partition that holds the channel will be back. Not
+ * `rate_limited`: every refused frame is a strike, and a client that kept retrying
+ * into an empty history-read bucket would be closed with `1008`, which stops it.
+ * Same rule as the Rust client (client/src/driver/subscriptions.rs).
+ */
+function retried(code: string): boolean {
+  return code === 'unavailable';
+}
 
 function connectUrl(url: string, since: Since | undefined): string {
   if (!since) return url;
@@ -86,6 +97,10 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   private readonly queue: OfflineQueue<Outgoing>;
   private readonly positionsMap = new Positions();
   private readonly subs = new Map<string, Subscription>();
+  /** Refused subscribes waiting to be sent again on the open connection. */
+  private readonly retries = new Map<Subscription, { backoff: Backoff; timer: Timer | undefined }>();
+  /** The caps of those retries: the reconnect backoff's. */
+  private readonly retryBackoff: BackoffOptions;
 
   private token: string | undefined;
   /** The token came from getToken and no server accepted it yet: if refused, stop. */
@@ -122,6 +137,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     this.autoRefresh = opts.autoRefresh ?? true;
     this.random = opts.random ?? Math.random;
     this.backoff = new Backoff(opts.backoff, this.random);
+    this.retryBackoff = { initialMs: this.backoff.initialMs, maxMs: this.backoff.maxMs };
     this.queue = new OfflineQueue(opts.queueCapacity ?? 1024);
     this.personalSince = opts.resume?.personal;
     for (const [ch, s] of Object.entries(opts.resume?.channels ?? {})) this.positionsMap.set(ch, s);
@@ -564,10 +580,11 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     this.send(conn, frame);
   }
 
-  private sendSubscribe(conn: Conn, sub: Subscription, since: Since | undefined): void {
+  /** `paced`: the caller took a token of the rate budget already. */
+  private sendSubscribe(conn: Conn, sub: Subscription, since: Since | undefined, paced = false): void {
     const s = since ?? this.positionsMap.since(sub.channel);
     const id = this.id();
-    conn.bucket.force();
+    if (!paced) conn.bucket.force();
     const frame: ClientFrame = s
       ? { type: 'subscribe', id, channel: sub.channel, since: { offset: s.offset, epoch: s.epoch } }
       : { type: 'subscribe', id, channel: sub.channel };
@@ -615,9 +632,11 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const p = entry.p;
     switch (p.kind) {
       case 'subscribe':
-        // The channel stays held: it is subscribed again after the next reconnect.
+        // The channel stays held: it is subscribed again after the next reconnect,
+        // or, when it was being retried, after its next delay.
         if (p.sub._pending) p.sub._reject(e);
         else this.emit('error', e);
+        if (this.retries.has(p.sub) && this.subs.get(p.channel) === p.sub && !conn.ended) this.armRetry(conn, p.sub);
         break;
       case 'refresh':
         if (p.d) p.d.reject(e);
@@ -680,7 +699,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const p = entry.p;
     switch (p.kind) {
       case 'subscribe':
-        return this.onSubscribed(p.channel, p.resumed, p.sub, err, result);
+        return this.onSubscribed(conn, p.channel, p.resumed, p.sub, err, result);
       case 'unsubscribe':
         if (err && err.code !== 'not_subscribed') return p.d.reject(err);
         return p.d.resolve();
@@ -727,6 +746,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   }
 
   private onSubscribed(
+    conn: Conn,
     channel: string,
     resumed: boolean,
     sub: Subscription,
@@ -735,6 +755,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   ): void {
     // Unsubscribed (and maybe subscribed anew) while the request was in flight.
     if (this.subs.get(channel) !== sub) return;
+    if (err && retried(err.code)) return this.retryLater(conn, sub, err);
     if (err && err.code !== 'already_subscribed') {
       const background = !sub._pending;
       const e = new SubscriptionLostError(channel, err.code, err.serverMessage);
@@ -751,7 +772,59 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     if (resumed || r.recovered !== undefined) this.positionsMap.resumed(channel, r.epoch, r.offset);
     else this.positionsMap.fresh(channel, r.epoch, r.offset);
     if (r.recovered !== undefined) this.emit('recovered', { channel, recovered: r.recovered });
+    this.cancelRetry(sub);
     sub._confirm(r);
+  }
+
+  /**
+   * A subscribe refused for now: the channel stays held, and the subscribe (resuming
+   * from the channel's position, like a resubscription) is sent again on this
+   * connection after a backoff delay with full jitter (the reconnect's caps). A
+   * reconnect cancels the wait and starts the backoff over: the channel is
+   * resubscribed with the others.
+   */
+  private retryLater(conn: Conn, sub: Subscription, err: ServerError): void {
+    const background = !sub._pending;
+    const { delayMs, attempt } = this.armRetry(conn, sub);
+    // A first subscribe: `ready` reports the refusal; the subscription goes on.
+    sub._reject(err);
+    sub._retrying({ error: err, delayMs, retryAt: Date.now() + delayMs, attempt });
+    // Nobody waits for this answer (a resubscription or a retry): an event, like the
+    // Rust client's Error::Subscription with code `unavailable`.
+    if (background) this.emit('error', new SubscriptionLostError(sub.channel, err.code, err.serverMessage));
+  }
+
+  /** Plans the next subscribe of a refused channel on `conn`, after its next delay. */
+  private armRetry(conn: Conn, sub: Subscription): { delayMs: number; attempt: number } {
+    let r = this.retries.get(sub);
+    if (!r) {
+      r = { backoff: new Backoff(this.retryBackoff, this.random), timer: undefined };
+      this.retries.set(sub, r);
+    }
+    clearTimeout(r.timer);
+    const delayMs = r.backoff.nextDelay();
+    r.timer = setTimeout(() => this.retrySubscribe(conn, sub), delayMs);
+    return { delayMs, attempt: r.backoff.attempt };
+  }
+
+  private retrySubscribe(conn: Conn, sub: Subscription): void {
+    const r = this.retries.get(sub);
+    if (!r) return;
+    r.timer = undefined;
+    if (conn.ended || this.subs.get(sub.channel) !== sub) return;
+    // Unlike a resubscription at connect, a retry can wait for the rate budget.
+    if (!conn.bucket.tryTake()) {
+      r.timer = setTimeout(() => this.retrySubscribe(conn, sub), Math.max(1, conn.bucket.waitMs()));
+      return;
+    }
+    this.sendSubscribe(conn, sub, undefined, true);
+  }
+
+  private cancelRetry(sub: Subscription): void {
+    const r = this.retries.get(sub);
+    if (!r) return;
+    clearTimeout(r.timer);
+    this.retries.delete(sub);
   }
 
   /** Drops a channel from the set restored at reconnect, and its position. */
@@ -759,6 +832,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const sub = this.subs.get(channel);
     this.subs.delete(channel);
     this.positionsMap.remove(channel);
+    if (sub) this.cancelRetry(sub);
     sub?._end(reason, lostIt);
   }
 
@@ -770,6 +844,12 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     clearTimeout(conn.refreshTimer);
     if (this.conn === conn) this.conn = undefined;
     this.backoff.onDisconnected();
+    // Refused subscribes are sent again after the reconnect, with the others.
+    for (const [sub, r] of this.retries) {
+      clearTimeout(r.timer);
+      sub._retrying(undefined);
+    }
+    this.retries.clear();
     for (const { p, timer } of conn.inflight.values()) {
       clearTimeout(timer);
       switch (p.kind) {

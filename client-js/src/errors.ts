@@ -78,7 +78,10 @@ export class ServerError extends TidingsError {
 
 /**
  * The client lost a channel it held: resubscribing after a reconnect failed, or a
- * refreshed token no longer allows it. The channel is dropped.
+ * refreshed token no longer allows it. The channel is dropped. Except with code
+ * `unavailable` (the channel's Redis instance or partition is down for now): the
+ * channel is kept and subscribed again after a backoff delay (the Subscription's
+ * `retrying` and, once it succeeds, `subscribed` events).
  */
 export class SubscriptionLostError extends TidingsError {
   readonly kind = 'subscription' as const;

@@ -20,6 +20,7 @@ export type {
   ReconnectingEvent,
   RecoveredEvent,
   SubscribeResult,
+  SubscribeRetry,
   WebSocketConstructor,
   WebSocketLike,
 } from './types.js';

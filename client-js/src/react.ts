@@ -50,6 +50,11 @@ function release(client: TidingsClient, channel: string): void {
 export interface ChannelState {
   /** Messages received since the hook subscribed (the newest last), at most `limit`. */
   messages: Message[];
+  /**
+   * `error` (with `error` set): the subscribe failed. A subscription still held (a
+   * refusal that is retried, `unavailable`, or a timeout) becomes `subscribed` again,
+   * with `error` cleared, once a subscribe succeeds.
+   */
   status: 'idle' | 'subscribing' | 'subscribed' | 'error';
   /** The latest confirmation (epoch, offset, recovered). */
   result?: SubscribeResult;
@@ -85,17 +90,23 @@ export function useChannel(
     }
     setS({ messages: [], status: 'subscribing' });
     const sub = acquire(client, channel);
-    if (sub.result) setS((p) => ({ ...p, status: 'subscribed', result: sub.result }));
+    const retry = sub.retrying;
+    if (retry) setS((p) => ({ ...p, status: 'error', error: retry.error }));
+    else if (sub.result) setS((p) => ({ ...p, status: 'subscribed', result: sub.result }));
     const offs = [
       sub.on('message', (m) => {
         onMessage.current?.(m);
         if (limit > 0) setS((p) => ({ ...p, messages: [...p.messages, m].slice(-limit) }));
       }),
-      sub.on('subscribed', (r) => setS((p) => ({ ...p, status: 'subscribed', result: r }))),
+      sub.on('subscribed', (r) => setS((p) => ({ ...p, status: 'subscribed', result: r, error: undefined }))),
       sub.on('recovered', (recovered) => setS((p) => ({ ...p, recovered }))),
+      // Refused for now: still held, retried in the background.
+      sub.on('retrying', ({ error }) => setS((p) => ({ ...p, status: 'error', error }))),
       sub.on('error', (error) => setS((p) => ({ ...p, status: 'error', error }))),
     ];
     sub.ready.catch((error: TidingsError) => {
+      // A shared subscription whose first subscribe failed may be confirmed since.
+      if (sub.active && sub.result && !sub.retrying) return;
       if (sub.active || error.kind !== 'cancelled') setS((p) => ({ ...p, status: 'error', error }));
     });
     return () => {

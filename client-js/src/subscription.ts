@@ -5,7 +5,7 @@ import { Emitter } from './emitter.js';
 import type { TidingsError } from './errors.js';
 import type { JsonValue } from './frames.js';
 import type { Position } from './positions.js';
-import type { Message, Receipt, SubscribeResult } from './types.js';
+import type { Message, Receipt, SubscribeResult, SubscribeRetry } from './types.js';
 
 export interface SubscriptionEvents {
   message: Message;
@@ -13,7 +13,17 @@ export interface SubscriptionEvents {
   subscribed: SubscribeResult;
   /** The resume result of a resubscription with `since` (see `Recovered`). */
   recovered: boolean;
-  /** The channel was lost (a resubscription was refused); it is no longer held. */
+  /**
+   * A subscribe (the first, a resubscription or a retry) was refused for now
+   * (`unavailable`: the Redis instance or partition holding the channel is down):
+   * the subscription stays and the subscribe is sent again after `delayMs` (backoff
+   * with jitter; at once after a reconnect). `subscribed` follows when one succeeds.
+   */
+  retrying: SubscribeRetry;
+  /**
+   * The channel was lost (a resubscription was refused, e.g. `forbidden`); it is no
+   * longer held. A refusal that is retried (`unavailable`) is a `retrying` event instead.
+   */
   error: TidingsError;
   /** The subscription ended (`unsubscribe()`, lost, or the client stopped). */
   ended: void;
@@ -30,11 +40,14 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /**
    * Settles with the first confirmation. Rejects when that subscribe is refused
    * (e.g. `forbidden`), times out, or the subscription ends first. While the client
-   * is disconnected it waits for the reconnect.
+   * is disconnected it waits for the reconnect. A refusal that is retried
+   * (`unavailable`) rejects it too (a `ServerError` with that code), but the
+   * subscription stays `active` and retries: watch `subscribed`.
    */
   readonly ready: Promise<SubscribeResult>;
   private settle: { resolve(r: SubscribeResult): void; reject(e: TidingsError): void } | undefined;
   private last: SubscribeResult | undefined;
+  private retry: SubscribeRetry | undefined;
   private live = true;
 
   constructor(
@@ -52,6 +65,14 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** The latest confirmation, if any. */
   get result(): SubscribeResult | undefined {
     return this.last;
+  }
+
+  /**
+   * The latest refusal that is being retried (see the `retrying` event); undefined
+   * once a subscribe succeeded, and while disconnected (the reconnect resubscribes).
+   */
+  get retrying(): SubscribeRetry | undefined {
+    return this.retry;
   }
 
   /** False once the subscription ended. */
@@ -75,6 +96,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal */
   _confirm(r: SubscribeResult): void {
     this.last = r;
+    this.retry = undefined;
     this.settle?.resolve(r);
     this.settle = undefined;
     this.emit('subscribed', r);
@@ -92,6 +114,12 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     this.settle = undefined;
   }
 
+  /** @internal A refused subscribe will be sent again (undefined: no retry waits any more). */
+  _retrying(r: SubscribeRetry | undefined): void {
+    this.retry = r;
+    if (r) this.emit('retrying', r);
+  }
+
   /** @internal */
   _message(m: Message): void {
     this.emit('message', m);
@@ -101,6 +129,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   _end(reason: TidingsError, lost: boolean): void {
     if (!this.live) return;
     this.live = false;
+    this.retry = undefined;
     this._reject(reason);
     if (lost) this.emit('error', reason);
     this.emit('ended', undefined);

@@ -4,7 +4,7 @@
 
 import type { BackoffOptions } from './backoff.js';
 import type { Codec } from './codec.js';
-import type { TidingsError } from './errors.js';
+import type { ServerError, TidingsError } from './errors.js';
 import type { JsonValue, Limits, Since } from './frames.js';
 
 // Method-style signature: parameters are checked bivariantly, so both the DOM's
@@ -90,6 +90,22 @@ export interface SubscribeResult {
   offset?: number;
   /** Present when the subscription resumed from a position. */
   recovered?: boolean;
+}
+
+/**
+ * A subscribe the server refused for now (`unavailable`: the Redis instance or cluster
+ * partition holding the channel is down while the rest of the node works): the
+ * subscription is kept and the subscribe is sent again after `delayMs` while connected
+ * (at once after a reconnect).
+ */
+export interface SubscribeRetry {
+  /** The refusal (`code` is `unavailable`). */
+  error: ServerError;
+  delayMs: number;
+  /** Wall-clock time (ms) of the next subscribe. */
+  retryAt: number;
+  /** Consecutive refusals so far (1 for the first). */
+  attempt: number;
 }
 
 /** A successful publish. */

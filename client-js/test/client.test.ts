@@ -14,7 +14,7 @@ import {
   UnauthorizedError,
   type TidingsError,
 } from '../src/errors.js';
-import type { ClientEvents, ClientOptions, Message } from '../src/types.js';
+import type { ClientEvents, ClientOptions, Message, SubscribeRetry } from '../src/types.js';
 import { fakeWebSocket } from './fake-ws.js';
 import { signJwt, sleep, waitFor } from './harness.js';
 
@@ -230,6 +230,160 @@ test('a refused resubscription ends the subscription with SubscriptionLostError'
   ws2.replyError((await ws2.next('subscribe')).id, 'forbidden');
   await assert.rejects(bad.ready, (e: ServerError) => e.code === 'forbidden');
   await client.close();
+});
+
+test('a subscribe refused with unavailable stays, is retried with backoff from the held position, and becomes subscribed; rate_limited is not retried', async (t) => {
+  // Delays: random 0.5 of the caps 40, 80 ms.
+  const { client, fake, of } = setup({ backoff: { initialMs: 40 }, random: () => 0.5 });
+  t.after(() => client.close()); // also when an assertion fails
+  const ws = await fake.nth(0);
+  ws.welcome();
+  const sub = client.subscribe('room:1', { since: { offset: 7, epoch: 'e1' } });
+  const retries: SubscribeRetry[] = [];
+  sub.on('retrying', (r) => retries.push(r));
+  const got: Message[] = [];
+  sub.on('message', (m) => got.push(m));
+  const subscribes = () => ws.sent.filter((f) => f.type === 'subscribe');
+
+  const s1 = await ws.next('subscribe');
+  ws.replyError(s1.id, 'unavailable', 'the Redis instance holding this channel is unreachable');
+  // `ready` reports the refusal, but the subscription stays and waits for its retry.
+  await assert.rejects(sub.ready, (e: ServerError) => e instanceof ServerError && e.code === 'unavailable');
+  assert.equal(sub.active, true);
+  assert.deepEqual(client.subscriptions, [sub]);
+  assert.deepEqual(
+    retries.map((r) => [r.error.code, r.delayMs, r.attempt]),
+    [['unavailable', 20, 1]],
+  );
+  assert.equal(sub.retrying?.attempt, 1);
+  assert.equal(subscribes().length, 1, 'not sent again at once');
+
+  const s2 = await ws.next('subscribe');
+  assert.deepEqual(s2.since, { offset: 7, epoch: 'e1' }, 'the retry resumes from the held position');
+  ws.replyError(s2.id, 'unavailable');
+  const s3 = await ws.next('subscribe');
+  assert.deepEqual(
+    retries.map((r) => [r.error.code, r.delayMs, r.attempt]),
+    [
+      ['unavailable', 20, 1],
+      ['unavailable', 40, 2],
+    ],
+    'the backoff doubles',
+  );
+  assert.deepEqual(s3.since, { offset: 7, epoch: 'e1' });
+  ws.reply(s3.id, { channel: 'room:1', epoch: 'e1', offset: 8, recovered: true });
+  assert.deepEqual(sub.result, { channel: 'room:1', epoch: 'e1', offset: 8, recovered: true });
+  assert.equal(sub.retrying, undefined);
+  ws.push({ type: 'message', channel: 'room:1', event: 'chat', payload: 'hi', offset: 8, epoch: 'e1', ts: 1 });
+  assert.deepEqual(
+    got.map((m) => [m.offset, m.payload]),
+    [[8, 'hi']],
+  );
+  await sleep(100);
+  assert.equal(subscribes().length, 3, 'no retry after the success');
+  // The caller heard of the first refusal through `ready`; the retry's refusal is an event.
+  assert.deepEqual(
+    of('error').map((e) => e instanceof SubscriptionLostError && [e.channel, e.code]),
+    [['room:1', 'unavailable']],
+  );
+  assert.equal(sub.active, true);
+
+  // rate_limited is not retried (every refused frame is a strike): the channel is dropped.
+  const limited = client.subscribe('room:2');
+  ws.replyError((await ws.next('subscribe')).id, 'rate_limited');
+  await assert.rejects(limited.ready, (e: ServerError) => e.code === 'rate_limited');
+  assert.equal(limited.active, false);
+  assert.equal(limited.retrying, undefined);
+});
+
+test('a resubscription refused with unavailable after a reconnect is retried, not dropped; a reconnect starts the retry over', async (t) => {
+  const { client, fake, of } = setup({ backoff: { initialMs: 40 }, random: () => 0.5 });
+  t.after(() => client.close()); // also when an assertion fails
+  const sub = client.subscribe('room:1');
+  const lost: TidingsError[] = [];
+  sub.on('error', (e) => lost.push(e));
+  const retries: SubscribeRetry[] = [];
+  sub.on('retrying', (r) => retries.push(r));
+  const ws = await fake.nth(0);
+  ws.welcome();
+  ws.reply((await ws.next('subscribe')).id, { channel: 'room:1', epoch: 'e1', offset: 3 });
+  await sub.ready;
+  ws.drop();
+
+  const ws2 = await fake.nth(1);
+  ws2.welcome();
+  ws2.replyError((await ws2.next('subscribe')).id, 'unavailable');
+  ws2.replyError((await ws2.next('subscribe')).id, 'unavailable');
+  assert.deepEqual(
+    retries.map((r) => [r.delayMs, r.attempt]),
+    [
+      [20, 1],
+      [40, 2],
+    ],
+  );
+  // The connection drops while the retry waits: the next one resubscribes at once
+  // (from the held position), and the retry's backoff starts over.
+  ws2.drop();
+  assert.equal(sub.retrying, undefined);
+  const ws3 = await fake.nth(2);
+  ws3.welcome();
+  const s = await ws3.next('subscribe');
+  assert.deepEqual(s.since, { offset: 3, epoch: 'e1' });
+  ws3.replyError(s.id, 'unavailable');
+  assert.deepEqual(retries.at(-1)?.attempt, 1);
+  assert.deepEqual(retries.at(-1)?.delayMs, 20);
+  ws3.reply((await ws3.next('subscribe')).id, { channel: 'room:1', epoch: 'e1', offset: 3, recovered: true });
+  assert.equal(sub.result?.recovered, true);
+  await sleep(100);
+  assert.equal(ws2.sent.filter((f) => f.type === 'subscribe').length, 2, 'the old connection retries no more');
+  assert.equal(ws3.sent.filter((f) => f.type === 'subscribe').length, 2);
+  assert.equal(sub.active, true);
+  assert.deepEqual(lost, [], 'the subscription was never lost');
+  assert.deepEqual(client.subscriptions, [sub]);
+  // Nobody waited for these answers: each refusal was also a client error event.
+  assert.deepEqual(
+    of('error').map((e) => e instanceof SubscriptionLostError && e.code),
+    ['unavailable', 'unavailable', 'unavailable'],
+  );
+});
+
+test('unsubscribe while a refused subscribe waits for its retry cancels the retry', async (t) => {
+  const { client, fake } = setup({ backoff: { initialMs: 40 }, random: () => 0.5 });
+  t.after(() => client.close()); // also when an assertion fails
+  const ws = await fake.nth(0);
+  ws.welcome();
+  const sub = client.subscribe('room:1');
+  const retries: SubscribeRetry[] = [];
+  sub.on('retrying', (r) => retries.push(r));
+  ws.replyError((await ws.next('subscribe')).id, 'unavailable');
+  assert.equal(retries.length, 1);
+  assert.equal(sub.active, true);
+  const u = sub.unsubscribe();
+  ws.replyError((await ws.next('unsubscribe')).id, 'not_subscribed');
+  await u;
+  assert.equal(sub.active, false);
+  assert.equal(sub.retrying, undefined);
+  assert.deepEqual(client.subscriptions, []);
+  await sleep(100); // five times the retry's delay
+  assert.equal(ws.sent.filter((f) => f.type === 'subscribe').length, 1, 'no retry after the unsubscribe');
+  assert.equal(retries.length, 1);
+});
+
+test('a retried subscribe that gets no reply is tried again after its next delay', async (t) => {
+  const { client, fake, of } = setup({ backoff: { initialMs: 40 }, random: () => 0.5, requestTimeoutMs: 30 });
+  t.after(() => client.close()); // also when an assertion fails
+  const ws = await fake.nth(0);
+  ws.welcome();
+  const sub = client.subscribe('room:1');
+  ws.replyError((await ws.next('subscribe')).id, 'unavailable');
+  await ws.next('subscribe'); // the retry, never answered
+  const s3 = await ws.next('subscribe');
+  assert.ok(of('error').some((e) => e instanceof TimeoutError));
+  ws.reply(s3.id, { channel: 'room:1' });
+  assert.deepEqual(sub.result, { channel: 'room:1' });
+  assert.equal(sub.retrying, undefined);
+  await sleep(100);
+  assert.equal(ws.sent.filter((f) => f.type === 'subscribe').length, 3);
 });
 
 test('close codes: 1008 stops without reconnecting', async () => {
