@@ -92,22 +92,35 @@ struct Shared {
 }
 
 impl Shared {
-    /// Whether the Redis that holds channels of `holder` (an instance, or a cluster
-    /// partition) is usable: every subscriber connection to it up and reading in
-    /// time.
-    pub(super) fn holder_up(&self, holder: usize) -> bool {
-        let max_lag = self.redis.max_lag;
-        self.shards
-            .iter()
-            .filter(|s| s.holder() == holder)
-            .all(|s| s.up.load(Ordering::Acquire) && s.lag() <= max_lag)
+    /// The subscriber connections of each holder of channels (an instance, or a
+    /// cluster partition), in order: a holder's connections are consecutive.
+    fn holders(
+        &self,
+    ) -> std::slice::ChunkBy<'_, Arc<Shard>, impl FnMut(&Arc<Shard>, &Arc<Shard>) -> bool> {
+        self.shards.chunk_by(|a, b| a.holder() == b.holder())
     }
 
-    /// Holders up, and holders in all.
+    /// Whether one connection is up and reads in time.
+    fn shard_ok(&self, s: &Shard) -> bool {
+        s.up.load(Ordering::Acquire) && s.lag() <= self.redis.max_lag
+    }
+
+    /// The connections of the holder of `channel`.
+    fn holder_of(&self, channel: &str) -> &[Arc<Shard>] {
+        let holder = self.shards[shard_of(self, channel)].holder();
+        self.holders()
+            .find(|g| g.first().is_some_and(|s| s.holder() == holder))
+            .unwrap_or_default()
+    }
+
+    /// Holders up (every connection to it up and reading in time), and holders in
+    /// all. One pass: this runs on every connection's up/down change, and a cluster
+    /// may have 1,024 partitions.
     pub(super) fn holders_up(&self) -> (usize, usize) {
-        let total = self.shards.last().map_or(0, |s| s.holder() + 1);
-        let up = (0..total).filter(|h| self.holder_up(*h)).count();
-        (up, total)
+        self.holders().fold((0, 0), |(up, total), g| {
+            let ok = g.iter().all(|s| self.shard_ok(s));
+            (up + usize::from(ok), total + 1)
+        })
     }
 }
 
@@ -254,21 +267,19 @@ impl Broker for RedisBroker {
 
     fn available(&self, channel: &str) -> bool {
         let shared = &self.shared;
-        let holder = shared.shards[shard_of(shared, channel)].holder();
         // One Redis (standalone, Sentinel): the node is not ready anyway, and a
         // subscription made now is served once Redis is back (history fills the
         // gap). A reconnect (a restart, a failover) is not an outage either: only
         // an instance down for longer than a reconnect takes refuses its channels.
-        let (_, total) = shared.holders_up();
-        if total <= 1 || shared.holder_up(holder) {
+        if shared.holders().nth(1).is_none() {
+            return true;
+        }
+        let conns = shared.holder_of(channel);
+        if conns.iter().all(|s| shared.shard_ok(s)) {
             return true;
         }
         let grace = (shared.redis.reconnect_max * 2).max(Duration::from_secs(1));
-        !shared
-            .shards
-            .iter()
-            .filter(|s| s.holder() == holder)
-            .any(|s| s.down_for() > grace)
+        !conns.iter().any(|s| s.down_for() > grace)
     }
 
     async fn subscribed(&self, channel: &str) -> bool {
