@@ -22,6 +22,14 @@ fn rules() -> protocol::history::HistoryRules {
     protocol::history::HistoryRules::parse(ROOMS.split(',')).unwrap()
 }
 
+/// Whether the gateway logged a line of `level` (JSON logs) that contains `text`.
+fn logged(gw: &Gateway, level: &str, text: &str) -> bool {
+    let level = format!("\"level\":\"{level}\"");
+    gw.logs()
+        .lines()
+        .any(|l| l.contains(&level) && l.contains(text))
+}
+
 async fn ready(gw: &Gateway) {
     eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
 }
@@ -103,13 +111,7 @@ async fn skipping_verification_is_an_explicit_loud_opt_out() {
         .start()
         .await;
     ready(&gw).await;
-    assert!(
-        gw.logs()
-            .lines()
-            .any(|l| l.contains("\"WARN\"") && l.contains("NOT verified")),
-        "{}",
-        gw.logs()
-    );
+    assert!(logged(&gw, "WARN", "NOT verified"), "{}", gw.logs());
     let p = sdk(Publisher::builder(redis.tls_url()).tls_insecure());
     p.to_user("x").send().await.unwrap();
 }
@@ -371,9 +373,7 @@ async fn a_command_missing_from_the_gateways_user_fails_loudly() {
         .start()
         .await;
     eventually("the refusal logged as an error", || async {
-        gw.logs()
-            .lines()
-            .any(|l| l.contains("\"ERROR\"") && l.contains("NOPERM"))
+        logged(&gw, "ERROR", "NOPERM")
     })
     .await;
     assert_eq!(gw.admin_get("/readyz").await.0, 503);
@@ -401,9 +401,7 @@ async fn a_command_missing_from_the_gateways_user_fails_loudly() {
     assert_eq!(status, 503, "{body}");
     assert!(body.to_string().contains("no permissions"), "{body}");
     eventually("the refusal logged as an error", || async {
-        gw.logs()
-            .lines()
-            .any(|l| l.contains("\"ERROR\"") && l.contains("no permissions"))
+        logged(&gw, "ERROR", "no permissions")
     })
     .await;
 }
