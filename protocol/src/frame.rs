@@ -8,10 +8,12 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::presence::PresenceDiff;
 use crate::{ErrorCode, Payload, ProtocolError, Publication};
 
 pub use crate::results::{
-    AckResult, PublishResult, RefreshResult, ReplyResult, SubscribeResult, UnsubscribeResult,
+    AckResult, PresenceResult, PresenceStatsResult, PublishResult, RefreshResult, ReplyResult,
+    SubscribeResult, UnsubscribeResult,
 };
 
 /// Subprotocol selecting JSON text frames (the default when none is offered).
@@ -123,6 +125,20 @@ pub enum ClientFrame {
         id: u64,
         offset: u64,
     },
+    /// A page of a channel's presence members (after `cursor`, at most `limit`).
+    Presence {
+        id: u64,
+        channel: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
+    /// A channel's presence counts.
+    PresenceStats {
+        id: u64,
+        channel: String,
+    },
     Pong,
 }
 
@@ -134,6 +150,8 @@ impl ClientFrame {
             ClientFrame::Publish { .. } => "publish",
             ClientFrame::Refresh { .. } => "refresh",
             ClientFrame::Ack { .. } => "ack",
+            ClientFrame::Presence { .. } => "presence",
+            ClientFrame::PresenceStats { .. } => "presence_stats",
             ClientFrame::Pong => "pong",
         }
     }
@@ -154,6 +172,8 @@ struct FlatClient {
     token: Option<String>,
     since: Option<Since>,
     offset: Option<u64>,
+    limit: Option<u32>,
+    cursor: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +242,16 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, Protoco
             offset: flat
                 .offset
                 .ok_or_else(|| frame_err(ErrorCode::BadRequest, id, "missing field `offset`"))?,
+        },
+        "presence" => ClientFrame::Presence {
+            id: need_id()?,
+            channel: need(flat.channel, "channel")?,
+            limit: flat.limit,
+            cursor: flat.cursor,
+        },
+        "presence_stats" => ClientFrame::PresenceStats {
+            id: need_id()?,
+            channel: need(flat.channel, "channel")?,
         },
         other => {
             return Err(frame_err(
@@ -424,7 +454,36 @@ pub enum ServerFrame {
     Welcome(Welcome),
     Message(Message),
     Reply(Reply),
+    PresenceDiff(PresenceDiffFrame),
     Ping,
+}
+
+/// Users who joined or left a channel with presence events (protocol section 15).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceDiffFrame {
+    pub channel: String,
+    #[serde(flatten)]
+    pub diff: PresenceDiff,
+}
+
+/// A `presence_diff` frame with its `type`, borrowed.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum DiffFrame<'a> {
+    PresenceDiff {
+        channel: &'a str,
+        #[serde(flatten)]
+        diff: &'a PresenceDiff,
+    },
+}
+
+/// Encodes the `presence_diff` frame of a channel once per encoding.
+pub fn encode_presence_diff(
+    enc: Encoding,
+    channel: &str,
+    diff: &PresenceDiff,
+) -> Result<Bytes, ProtocolError> {
+    enc.encode(&DiffFrame::PresenceDiff { channel, diff })
 }
 
 impl ServerFrame {
@@ -468,6 +527,8 @@ struct FlatServer {
     ok: Option<bool>,
     result: Option<serde_json::Value>,
     error: Option<ErrorBody>,
+    joins: Option<Vec<crate::presence::Joined>>,
+    leaves: Option<Vec<crate::presence::Left>>,
 }
 
 /// Decodes a server frame (for clients and tests).
@@ -504,6 +565,13 @@ pub fn decode_server(enc: Encoding, bytes: &[u8]) -> Result<ServerFrame, Protoco
             ok: f.ok.ok_or_else(|| missing("ok"))?,
             result: f.result.clone(),
             error: f.error.clone(),
+        }),
+        "presence_diff" => ServerFrame::PresenceDiff(PresenceDiffFrame {
+            channel: f.channel.clone().ok_or_else(|| missing("channel"))?,
+            diff: PresenceDiff {
+                joins: f.joins.clone().unwrap_or_default(),
+                leaves: f.leaves.clone().unwrap_or_default(),
+            },
         }),
         "ping" => ServerFrame::Ping,
         other => {
@@ -550,6 +618,22 @@ mod tests {
                 token: "t".into(),
             },
             ClientFrame::Ack { id: 5, offset: 9 },
+            ClientFrame::Presence {
+                id: 6,
+                channel: "room:1".into(),
+                limit: Some(10),
+                cursor: Some("n1/00000000000000ff".into()),
+            },
+            ClientFrame::Presence {
+                id: 7,
+                channel: "room:1".into(),
+                limit: None,
+                cursor: None,
+            },
+            ClientFrame::PresenceStats {
+                id: 8,
+                channel: "room:1".into(),
+            },
             ClientFrame::Pong,
         ];
         for enc in both() {
@@ -676,6 +760,27 @@ mod tests {
             }
             let r = ServerFrame::Reply(Reply::error(Some(3), ErrorCode::Forbidden, "no"));
             assert_eq!(decode_server(enc, &r.encode(enc).unwrap()).unwrap(), r);
+            let diff = ServerFrame::PresenceDiff(PresenceDiffFrame {
+                channel: "room:1".into(),
+                diff: PresenceDiff {
+                    joins: vec![crate::presence::Joined {
+                        user: "a".into(),
+                        info: Some(serde_json::json!({"name": "A"})),
+                    }],
+                    leaves: vec![crate::presence::Left { user: "b".into() }],
+                },
+            });
+            let bytes = encode_presence_diff(
+                enc,
+                "room:1",
+                match &diff {
+                    ServerFrame::PresenceDiff(d) => &d.diff,
+                    _ => unreachable!(),
+                },
+            )
+            .unwrap();
+            assert_eq!(diff.encode(enc).unwrap(), bytes);
+            assert_eq!(decode_server(enc, &bytes).unwrap(), diff);
             let ping = ServerFrame::Ping;
             assert_eq!(
                 decode_server(enc, &ping.encode(enc).unwrap()).unwrap(),

@@ -62,6 +62,31 @@ pub fn idempotency(namespace: &str, channel: &str, key: &str) -> String {
     s
 }
 
+/// The parts of one channel's presence (all in the channel's slot): `members`
+/// (hash client -> member JSON), `index` (sorted set of clients, all scores 0, for
+/// paging in client order), `users` (hash user -> connections present), `leaving`
+/// (sorted set user -> when their leave is due), `nodes` (sorted set node ->
+/// expiry of its entries) and, per node, `node:<id>` (hash client -> user: what
+/// to remove when the node's entries expire).
+pub fn presence(namespace: &str, channel: &str, part: &str) -> String {
+    let mut s = tagged(namespace, "pres", channel);
+    s.push(':');
+    s.push_str(part);
+    s
+}
+
+/// A user's online status: a sorted set node -> expiry of the node's entry (the
+/// node has a connection of the user), in the slot of the personal channel.
+pub fn online(namespace: &str, personal: &str) -> String {
+    tagged(namespace, "online", personal)
+}
+
+/// When a user was last connected (ms since the Unix epoch), in the slot of the
+/// personal channel.
+pub fn last_seen(namespace: &str, personal: &str) -> String {
+    tagged(namespace, "seen", personal)
+}
+
 /// The Redis channel the gateway uses to probe that a subscriber connection still
 /// delivers (each node publishes to its own probe channel and expects to hear it).
 pub fn probe_channel(namespace: &str, node: &str) -> String {
@@ -175,6 +200,23 @@ impl KeySpace {
         self.name(channel, |ns| idempotency(ns, channel, key))
     }
 
+    /// A part of a channel's presence (see [`presence`]).
+    pub fn presence(&self, channel: &str, part: &str) -> String {
+        self.name(channel, |ns| presence(ns, channel, part))
+    }
+
+    /// A user's online entry (see [`online`]).
+    pub fn online(&self, user: &str) -> String {
+        let personal = crate::channel::personal(user);
+        self.name(&personal, |ns| online(ns, &personal))
+    }
+
+    /// When a user was last seen (see [`last_seen`]).
+    pub fn last_seen(&self, user: &str) -> String {
+        let personal = crate::channel::personal(user);
+        self.name(&personal, |ns| last_seen(ns, &personal))
+    }
+
     /// The registry of the channels of history rule `rule` that hold history (a
     /// sorted set: channel -> expiry), which counts them against the rule's budget.
     /// There is one per Redis that holds channels: per instance, or in a cluster per
@@ -215,6 +257,9 @@ mod tests {
             idempotency("t", "news", "a:b")
         );
         assert_eq!(k.probe_channel("n1", 0), "t:probe:n1:0");
+        assert_eq!(k.presence("room:1", "users"), "t:pres:{room:1}:users");
+        assert_eq!(k.online("bob"), "t:online:{$user:bob}");
+        assert_eq!(k.last_seen("bob"), "t:seen:{$user:bob}");
         assert_eq!(k.channel_of("t:ch:news"), Some("news"));
 
         let parts = Partitions::new(16).unwrap();
@@ -252,6 +297,10 @@ mod tests {
             c.idempotency(ch, "x"),
             c.history_registry(ch, 3),
             c.probe_channel("node-1", i),
+            c.presence(ch, "members"),
+            c.presence(ch, "node:n-1"),
+            c.online("alice"),
+            c.last_seen("alice"),
         ] {
             assert_eq!(key_slot(name.as_bytes()), slot, "{name}");
         }

@@ -19,6 +19,7 @@ pub mod frame;
 pub mod history;
 pub mod keys;
 mod payload;
+pub mod presence;
 mod results;
 pub mod target;
 pub mod topology;

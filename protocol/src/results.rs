@@ -153,6 +153,37 @@ impl ReplyResult for AckResult {
     const REQUEST: &'static str = "ack";
 }
 
+/// The answer to `presence`: the channel's counts and one page of its members,
+/// ordered by client id; `cursor` (the last client listed) asks for the next page,
+/// absent on the last one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceResult {
+    pub channel: String,
+    /// Connections present.
+    pub clients: u64,
+    /// Distinct users among them.
+    pub users: u64,
+    pub members: Vec<crate::presence::Member>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+}
+
+impl ReplyResult for PresenceResult {
+    const REQUEST: &'static str = "presence";
+}
+
+/// The answer to `presence_stats`: the channel's counts without listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceStatsResult {
+    pub channel: String,
+    pub clients: u64,
+    pub users: u64,
+}
+
+impl ReplyResult for PresenceStatsResult {
+    const REQUEST: &'static str = "presence_stats";
+}
+
 macro_rules! into_value {
     ($($t:ty),*) => {$(
         impl From<$t> for serde_json::Value {
@@ -168,7 +199,9 @@ into_value!(
     UnsubscribeResult,
     PublishResult,
     RefreshResult,
-    AckResult
+    AckResult,
+    PresenceResult,
+    PresenceStatsResult
 );
 
 #[cfg(test)]

@@ -259,7 +259,7 @@ fn server_frames_of_the_fixture_decode_and_encode_to_its_bytes() {
                             typed += 1;
                         }
                     }
-                    ServerFrame::Welcome(_) | ServerFrame::Ping => {}
+                    ServerFrame::Welcome(_) | ServerFrame::PresenceDiff(_) | ServerFrame::Ping => {}
                 }
             }
         }
