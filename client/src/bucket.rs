@@ -36,7 +36,8 @@ impl Bucket {
         self.at = now;
     }
 
-    /// Takes a token when one is there (publishes and acks, which can wait).
+    /// Takes a token when one is there (publishes, acks and presence queries, which
+    /// can wait).
     pub fn try_take(&mut self) -> bool {
         self.refill();
         if self.tokens >= 1.0 {

@@ -19,15 +19,18 @@
 //!   down while the rest of the gateway works) keeps the channel and subscribes again
 //!   with backoff and jitter, resuming from its last position, until it succeeds
 //!   ([`Event::Subscribed`]) or you unsubscribe.
-//! - **Offline queue**: publishes and acks made while disconnected wait in a bounded
-//!   queue ([`Error::QueueFull`] when full) and go out in order after the reconnect,
-//!   after the resubscriptions. The queue also paces sending under the server's rate
-//!   limit.
+//! - **Offline queue**: publishes, acks and presence queries made while disconnected
+//!   wait in a bounded queue ([`Error::QueueFull`] when full) and go out in order
+//!   after the reconnect, after the resubscriptions. The queue also paces sending
+//!   under the server's rate limit.
 //! - **Requests** carry correlation ids and time out ([`Error::Timeout`]) when no reply
 //!   arrives in time after they were sent.
 //! - **Heartbeats**: the server's `ping` frames are answered; a connection on which
 //!   nothing arrived for two heartbeat intervals is considered dead and replaced.
 //! - **Token refresh** before the token expires, with the same refresher.
+//! - **Presence**: who is subscribed to a channel ([`Client::presence`],
+//!   [`Client::presence_all`], [`Client::presence_stats`]) and, on channels whose
+//!   presence has events, [`Event::PresenceDiff`] when users join or leave.
 //!
 //! One background task owns the socket and all state; the cloneable [`Client`] handle
 //! talks to it over bounded channels, and everything that happens arrives on the
@@ -146,6 +149,19 @@ pub enum Event {
     /// [`Event::Recovered`] follows when the subscription resumed from a position.
     /// Only channels that were refused get this event.
     Subscribed(Subscription),
+    /// Users joined or left a channel the client holds (a `presence_diff` frame; only
+    /// on channels whose presence rule has `events`). Per user, not per connection:
+    /// a user joins when their first connection subscribes, and leaves when their
+    /// last one has been gone for the server's grace period. Joins are idempotent: a
+    /// join of a user already present (e.g. re-announced after a Redis restart)
+    /// carries their current `info`. Diffs sent while the client was disconnected
+    /// are lost: take a new snapshot with [`Client::presence_all`] after the channel
+    /// is subscribed again.
+    PresenceDiff {
+        channel: String,
+        joins: Vec<Joined>,
+        leaves: Vec<Left>,
+    },
     /// A problem that did not come as the answer to a request. Terminal errors
     /// ([`Error::Unauthorized`], [`Error::ServerClosed`], [`Error::Handshake`]) are
     /// the last event before the stream ends.
@@ -180,6 +196,13 @@ impl futures_util::Stream for Events {
 /// the subscription resumed from a position, see [`Event::Recovered`]).
 pub use protocol::frame::SubscribeResult as Subscription;
 
+/// Presence: one page of a channel's members with its counts ([`Client::presence`]),
+/// the counts alone ([`Client::presence_stats`]), a member (one connection of a
+/// user, with the public `info` of its token), and the users of a diff
+/// ([`Event::PresenceDiff`]).
+pub use protocol::frame::{PresenceResult, PresenceStatsResult};
+pub use protocol::presence::{Joined, Left, Member};
+
 /// A successful publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Receipt {
@@ -206,6 +229,9 @@ pub enum State {
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The page size [`Client::presence_all`] asks for: the protocol's largest.
+const PRESENCE_PAGE: u32 = protocol::presence::MAX_PAGE;
 pub(crate) type Refresher =
     Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
 
@@ -245,6 +271,16 @@ pub(crate) enum Command {
     Refresh {
         token: String,
         reply: oneshot::Sender<Result<Option<u64>, Error>>,
+    },
+    Presence {
+        channel: String,
+        limit: Option<u32>,
+        cursor: Option<String>,
+        reply: oneshot::Sender<Result<PresenceResult, Error>>,
+    },
+    PresenceStats {
+        channel: String,
+        reply: oneshot::Sender<Result<PresenceStatsResult, Error>>,
     },
     Close {
         done: oneshot::Sender<()>,
@@ -386,6 +422,84 @@ impl Client {
     pub async fn refresh_token(&self, token: impl Into<String>) -> Result<Option<u64>, Error> {
         let token = token.into();
         self.request(|reply| Command::Refresh { token, reply })
+            .await
+    }
+
+    /// One page of a channel's presence: its counts (`clients` connections of
+    /// `users` distinct users) and at most `limit` members (server default 100, at
+    /// most 1000) ordered by client id, after `cursor` (the `cursor` of the previous
+    /// page; absent on the last page). Allowed on channels the token may subscribe
+    /// to or names in its `presence` claim, whose presence the gateway tracks
+    /// (`--presence`); otherwise [`Error::Server`] with `forbidden` or
+    /// `bad_request`. Queued like a publish while disconnected.
+    ///
+    /// ```no_run
+    /// # async fn f(client: client::Client) -> Result<(), client::Error> {
+    /// let page = client.presence("room:1", Some(50), None).await?;
+    /// println!("{} users online", page.users);
+    /// for m in &page.members {
+    ///     println!("{} ({}) {:?}", m.user, m.client, m.info);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn presence(
+        &self,
+        channel: impl Into<String>,
+        limit: Option<u32>,
+        cursor: Option<String>,
+    ) -> Result<PresenceResult, Error> {
+        let channel = channel.into();
+        self.request(|reply| Command::Presence {
+            channel,
+            limit,
+            cursor,
+            reply,
+        })
+        .await
+    }
+
+    /// Every member of a channel's presence: [`presence`](Self::presence) page after
+    /// page (of the largest size) until the last. The counts are those of the last
+    /// page; pages are separate requests, so members that joined or left meanwhile
+    /// may be missing or listed.
+    pub async fn presence_all(&self, channel: impl Into<String>) -> Result<PresenceResult, Error> {
+        let channel = channel.into();
+        let mut members = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .presence(channel.clone(), Some(PRESENCE_PAGE), cursor.clone())
+                .await?;
+            members.extend(page.members);
+            match page.cursor {
+                // A cursor that does not move on would page forever.
+                Some(next) if Some(&next) == cursor.as_ref() => {
+                    return Err(Error::Protocol(format!(
+                        "presence of {channel}: the server returned the same cursor twice"
+                    )));
+                }
+                Some(next) => cursor = Some(next),
+                None => {
+                    return Ok(PresenceResult {
+                        channel: page.channel,
+                        clients: page.clients,
+                        users: page.users,
+                        members,
+                        cursor: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A channel's presence counts without the members: `clients` connections of
+    /// `users` distinct users. Allowed and queued like [`presence`](Self::presence).
+    pub async fn presence_stats(
+        &self,
+        channel: impl Into<String>,
+    ) -> Result<PresenceStatsResult, Error> {
+        let channel = channel.into();
+        self.request(|reply| Command::PresenceStats { channel, reply })
             .await
     }
 
@@ -547,7 +661,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Capacity of the outgoing queue of publishes and acks (default 1024).
+    /// Capacity of the outgoing queue of publishes, acks and presence queries (default
+    /// 1024).
     pub fn queue_capacity(mut self, n: usize) -> Self {
         self.cfg.queue_capacity = n;
         self

@@ -1,8 +1,8 @@
-//! The bounded queue of outgoing publishes and acks.
+//! The bounded queue of outgoing publishes, acks and presence queries.
 
 use std::collections::VecDeque;
 
-/// A bounded FIFO: holds publishes and acks while the client is disconnected (and
+/// A bounded FIFO: holds publishes, acks and presence queries while the client is disconnected (and
 /// while it paces itself under the server's rate limit); refuses new items when full
 /// instead of growing without bound.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! Tests of the background task against an in-process fake gateway over in-memory
 //! pipes, with paused Tokio time: reconnect schedule, close-code policy, token
 //! refresh, offline queue, resume and de-duplication, retries of channels refused as
-//! `unavailable`, heartbeats, timeouts.
+//! `unavailable`, heartbeats, timeouts; presence in [`presence`].
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -28,6 +28,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::driver::{BoxIo, Connector};
 use crate::{Backoff, Client, ClientBuilder, Error, Event, Events, Position, Since};
+
+mod presence;
 
 const SEED: u64 = 99;
 /// Generous bound for anything in paused time (auto-advance makes it instant).

@@ -236,6 +236,17 @@ impl Driver {
                     }
                 }
             },
+            ServerFrame::PresenceDiff(d) => {
+                // Diffs of a channel left may still arrive after the unsubscribe.
+                if self.subs.iter().any(|s| s.channel == d.channel) {
+                    self.emit(Event::PresenceDiff {
+                        channel: d.channel,
+                        joins: d.diff.joins,
+                        leaves: d.diff.leaves,
+                    })
+                    .await;
+                }
+            }
             ServerFrame::Welcome(_) => {}
         }
         Ok(())

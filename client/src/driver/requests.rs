@@ -1,9 +1,12 @@
 //! What the handle's commands become: requests on the open connection, or, while
-//! disconnected, remembered subscriptions and queued publishes and acks; then their
+//! disconnected, remembered subscriptions and queued publishes, acks and presence
+//! queries; then their
 //! replies (read as the protocol crate's typed results), their timeouts, and what
 //! happens to them when the connection drops.
 
-use protocol::frame::{AckResult, ClientFrame, PublishResult, ReplyResult};
+use protocol::frame::{
+    AckResult, ClientFrame, PresenceResult, PresenceStatsResult, PublishResult, ReplyResult,
+};
 use protocol::{ErrorCode, Payload};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -15,8 +18,8 @@ use super::subscriptions::{Sub, SubWaiter};
 use crate::ended::Ended;
 use crate::{Command, Error, Event, Receipt, lock};
 
-/// A publish or ack waiting to be sent (in the offline queue, which also paces them
-/// under the server's rate limit).
+/// A publish, ack or presence query waiting to be sent (in the offline queue, which
+/// also paces them under the server's rate limit).
 pub(super) enum Outgoing {
     Publish {
         channel: String,
@@ -28,6 +31,16 @@ pub(super) enum Outgoing {
         offset: u64,
         reply: oneshot::Sender<Result<u64, Error>>,
     },
+    Presence {
+        channel: String,
+        limit: Option<u32>,
+        cursor: Option<String>,
+        reply: oneshot::Sender<Result<PresenceResult, Error>>,
+    },
+    PresenceStats {
+        channel: String,
+        reply: oneshot::Sender<Result<PresenceStatsResult, Error>>,
+    },
 }
 
 impl Outgoing {
@@ -37,6 +50,12 @@ impl Outgoing {
                 let _ = reply.send(Err(e));
             }
             Outgoing::Ack { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Outgoing::Presence { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Outgoing::PresenceStats { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
         }
@@ -54,6 +73,8 @@ pub(super) enum Pending {
     Unsubscribe(oneshot::Sender<Result<(), Error>>),
     Publish(oneshot::Sender<Result<Receipt, Error>>),
     Ack(oneshot::Sender<Result<u64, Error>>),
+    Presence(oneshot::Sender<Result<PresenceResult, Error>>),
+    PresenceStats(oneshot::Sender<Result<PresenceStatsResult, Error>>),
     Refresh {
         token: String,
         /// `None` for the client's own proactive refresh.
@@ -78,6 +99,12 @@ impl Pending {
                 let _ = r.send(Err(e));
             }
             Pending::Ack(reply) => {
+                let _ = reply.send(Err(e));
+            }
+            Pending::Presence(reply) => {
+                let _ = reply.send(Err(e));
+            }
+            Pending::PresenceStats(reply) => {
                 let _ = reply.send(Err(e));
             }
             Pending::Refresh { reply: Some(r), .. } => {
@@ -117,7 +144,7 @@ impl Driver {
         self.write(conn, &frame).await
     }
 
-    /// Sends queued publishes and acks while the rate budget allows.
+    /// Sends queued publishes, acks and presence queries while the rate budget allows.
     pub(super) async fn pump(&mut self, conn: &mut Conn) -> Result<(), Ended> {
         while !self.queue.is_empty() && conn.bucket.try_take() {
             let Some(item) = self.queue.pop() else { break };
@@ -140,6 +167,24 @@ impl Driver {
                 Outgoing::Ack { offset, reply } => {
                     (ClientFrame::Ack { id, offset }, Pending::Ack(reply))
                 }
+                Outgoing::Presence {
+                    channel,
+                    limit,
+                    cursor,
+                    reply,
+                } => (
+                    ClientFrame::Presence {
+                        id,
+                        channel,
+                        limit,
+                        cursor,
+                    },
+                    Pending::Presence(reply),
+                ),
+                Outgoing::PresenceStats { channel, reply } => (
+                    ClientFrame::PresenceStats { id, channel },
+                    Pending::PresenceStats(reply),
+                ),
             };
             self.send_request(conn, id, frame, pending).await?;
         }
@@ -147,8 +192,8 @@ impl Driver {
     }
 
     /// A command while connected: subscriptions, unsubscriptions and refreshes go out
-    /// at once (they may take the rate budget into debt); publishes and acks go
-    /// through the queue.
+    /// at once (they may take the rate budget into debt); publishes, acks and
+    /// presence queries go through the queue.
     pub(super) async fn online_command(
         &mut self,
         conn: &mut Conn,
@@ -194,6 +239,24 @@ impl Driver {
             }
             Command::Ack { offset, reply } => {
                 self.enqueue(Outgoing::Ack { offset, reply });
+                self.pump(conn).await
+            }
+            Command::Presence {
+                channel,
+                limit,
+                cursor,
+                reply,
+            } => {
+                self.enqueue(Outgoing::Presence {
+                    channel,
+                    limit,
+                    cursor,
+                    reply,
+                });
+                self.pump(conn).await
+            }
+            Command::PresenceStats { channel, reply } => {
+                self.enqueue(Outgoing::PresenceStats { channel, reply });
                 self.pump(conn).await
             }
             Command::Refresh { token, reply } => {
@@ -246,6 +309,20 @@ impl Driver {
                 reply,
             }),
             Command::Ack { offset, reply } => self.enqueue(Outgoing::Ack { offset, reply }),
+            Command::Presence {
+                channel,
+                limit,
+                cursor,
+                reply,
+            } => self.enqueue(Outgoing::Presence {
+                channel,
+                limit,
+                cursor,
+                reply,
+            }),
+            Command::PresenceStats { channel, reply } => {
+                self.enqueue(Outgoing::PresenceStats { channel, reply })
+            }
             Command::Refresh { token, reply } => {
                 self.token = Some(token);
                 self.token_unproven = false;
@@ -316,6 +393,12 @@ impl Driver {
             Pending::Ack(reply) => {
                 let _ = reply.send(typed::<AckResult>(result).map(|a| a.offset));
             }
+            Pending::Presence(reply) => {
+                let _ = reply.send(typed(result));
+            }
+            Pending::PresenceStats(reply) => {
+                let _ = reply.send(typed(result));
+            }
             Pending::Refresh { token, reply } => {
                 self.on_refreshed(conn, token, reply, typed(result)).await
             }
@@ -345,6 +428,12 @@ impl Driver {
                     let _ = r.send(Err(Error::Disconnected));
                 }
                 Pending::Ack(reply) => {
+                    let _ = reply.send(Err(Error::Disconnected));
+                }
+                Pending::Presence(reply) => {
+                    let _ = reply.send(Err(Error::Disconnected));
+                }
+                Pending::PresenceStats(reply) => {
                     let _ = reply.send(Err(Error::Disconnected));
                 }
                 Pending::Refresh { reply, .. } => {
