@@ -25,6 +25,31 @@ pub struct Claims {
     /// Channel patterns the user may publish to.
     #[serde(default)]
     pub publish: Vec<String>,
+    /// Channel patterns whose presence the user may read without subscribing.
+    #[serde(default)]
+    pub presence: Vec<String>,
+    /// Public information shown to the members of the user's presence channels
+    /// (at most `protocol::presence::MAX_INFO_BYTES` of JSON).
+    #[serde(default)]
+    pub info: Option<serde_json::Value>,
+}
+
+impl Claims {
+    /// The checks beyond the signature: a valid user id, a bounded `info`.
+    fn checked(self) -> Result<Self, AuthError> {
+        protocol::channel::validate_user(&self.sub)
+            .map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
+        if let Some(info) = &self.info {
+            let len = serde_json::to_string(info).map_or(usize::MAX, |s| s.len());
+            if len > protocol::presence::MAX_INFO_BYTES {
+                return Err(AuthError::Invalid(format!(
+                    "the `info` claim is {len} bytes of JSON, more than {}",
+                    protocol::presence::MAX_INFO_BYTES
+                )));
+            }
+        }
+        Ok(self)
+    }
 }
 
 /// Why a token was refused; the message is safe to return to the client (it never
@@ -262,9 +287,7 @@ impl Verifier {
         if !data.claims.sub.starts_with(DEMO_PREFIX) {
             return Err(AuthError::Invalid("a demo token names a demo- user".into()));
         }
-        protocol::channel::validate_user(&data.claims.sub)
-            .map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
-        Ok(data.claims)
+        data.claims.checked()
     }
 
     /// Mints a demo token for demo user `name` (the subject is `demo-<name>`).
@@ -278,7 +301,21 @@ impl Verifier {
         let sub = format!("{DEMO_PREFIX}{name}");
         let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
         header.kid = Some(DEMO_KID.to_owned());
-        let token = mint(header, &demo_key(secret)?, &sub, ttl_secs, rights, rights)?;
+        // The demo's rooms list their members by this name.
+        let info = serde_json::json!({ "name": name });
+        let extra = Extra {
+            presence: &[],
+            info: Some(&info),
+        };
+        let token = mint(
+            header,
+            &demo_key(secret)?,
+            &sub,
+            ttl_secs,
+            rights,
+            rights,
+            extra,
+        )?;
         Ok((token, sub))
     }
 
@@ -333,9 +370,7 @@ impl Verifier {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid(e.to_string()),
         })?;
-        protocol::channel::validate_user(&data.claims.sub)
-            .map_err(|e| AuthError::Invalid(format!("sub: {e}")))?;
-        Ok(data.claims)
+        data.claims.checked()
     }
 }
 
@@ -347,6 +382,27 @@ pub fn mint_hs256(
     subscribe: &[String],
     publish: &[String],
 ) -> Result<String, jsonwebtoken::errors::Error> {
+    mint_hs256_with(secret, sub, ttl_secs, subscribe, publish, Extra::default())
+}
+
+/// Claims of a minted token beyond its rights.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Extra<'a> {
+    /// Channel patterns whose presence the user may read.
+    pub presence: &'a [String],
+    /// Public information for presence.
+    pub info: Option<&'a serde_json::Value>,
+}
+
+/// Mints an HS256 token with presence claims.
+pub fn mint_hs256_with(
+    secret: &[u8],
+    sub: &str,
+    ttl_secs: u64,
+    subscribe: &[String],
+    publish: &[String],
+    extra: Extra<'_>,
+) -> Result<String, jsonwebtoken::errors::Error> {
     mint(
         jsonwebtoken::Header::new(Algorithm::HS256),
         secret,
@@ -354,6 +410,7 @@ pub fn mint_hs256(
         ttl_secs,
         subscribe,
         publish,
+        extra,
     )
 }
 
@@ -381,6 +438,7 @@ fn mint(
     ttl_secs: u64,
     subscribe: &[String],
     publish: &[String],
+    extra: Extra<'_>,
 ) -> Result<String, jsonwebtoken::errors::Error> {
     #[derive(serde::Serialize)]
     struct Mint<'a> {
@@ -389,6 +447,10 @@ fn mint(
         iat: u64,
         subscribe: &'a [String],
         publish: &'a [String],
+        #[serde(skip_serializing_if = "<[String]>::is_empty")]
+        presence: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a serde_json::Value>,
     }
     let now = jsonwebtoken::get_current_timestamp();
     jsonwebtoken::encode(
@@ -399,6 +461,8 @@ fn mint(
             iat: now,
             subscribe,
             publish,
+            presence: extra.presence,
+            info: extra.info,
         },
         &jsonwebtoken::EncodingKey::from_secret(secret),
     )
@@ -440,12 +504,21 @@ mod tests {
         // The demo key cannot sign a token for a real user...
         let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
         header.kid = Some(DEMO_KID.into());
-        let forged = mint(header, &demo_key(SECRET).unwrap(), "alice", 60, &[], &[]).unwrap();
+        let forged = mint(
+            header,
+            &demo_key(SECRET).unwrap(),
+            "alice",
+            60,
+            &[],
+            &[],
+            Extra::default(),
+        )
+        .unwrap();
         assert!(demo.verify(&forged).is_err());
         // ...and the production secret cannot pass for the demo key.
         let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
         header.kid = Some(DEMO_KID.into());
-        let other = mint(header, SECRET, "demo-alice", 60, &[], &[]).unwrap();
+        let other = mint(header, SECRET, "demo-alice", 60, &[], &[], Extra::default()).unwrap();
         assert!(demo.verify(&other).is_err());
         // Production tokens still work in demo mode.
         let t = mint_hs256(SECRET, "alice", 60, &[], &[]).unwrap();

@@ -21,6 +21,7 @@ pub mod http;
 pub(crate) mod hub;
 pub(crate) mod metrics;
 pub(crate) mod node;
+pub(crate) mod presence;
 pub(crate) mod session;
 #[cfg(test)]
 mod testing;
@@ -114,10 +115,16 @@ pub async fn serve(
         }
         tracing::info!(url = %format!("http://{at}/demo/"), "demo app");
     }
+    let presence_task = tokio::spawn(node.presence.clone().run());
     let public_task = tokio::spawn(http::server::serve_public(public, node.clone()));
     let admin_task = tokio::spawn(http::admin::serve_admin(admin, node.clone()));
     shutdown.await;
     drain(&node).await;
+    // Leaves and offline marks of the connections just closed, so that their users'
+    // grace periods start now (clients reconnecting to another node within them
+    // show no leave).
+    node.presence.flush_now(Duration::from_secs(2)).await;
+    presence_task.abort();
     public_task.abort();
     admin_task.abort();
     tracing::info!("stopped");
@@ -128,32 +135,52 @@ pub async fn serve(
 pub(crate) fn assemble(config: Config) -> Result<Arc<Node>, GatewayError> {
     let metrics = Arc::new(Metrics::new());
     let verifier = auth::Verifier::new(&config.auth.jwt, config.demo)?;
-    let table = Arc::new(Table::new(metrics.clone()));
-    let broker: Arc<dyn Broker> = match &config.redis {
+    let table = Arc::new(Table::new(metrics.clone()).with_presence(config.presence.rules.clone()));
+    let (broker, store): (Arc<dyn Broker>, Arc<dyn presence::Store>) = match &config.redis {
         None => {
             metrics.broker.set_up(true);
-            Arc::new(MemoryBroker::new(
+            let broker = MemoryBroker::new(table.clone(), &config.history, metrics.clone());
+            let store = presence::MemoryStore::new(
                 table.clone(),
-                &config.history,
-                metrics.clone(),
-            ))
+                config.presence.grace,
+                config.presence.last_seen_ttl,
+            );
+            (Arc::new(broker), Arc::new(store))
         }
-        Some(redis) => Arc::new(broker::RedisBroker::start(
-            redis.clone(),
-            &config.history,
-            broker::NodeContext {
-                node_id: config.node.id.clone(),
-                max_payload: config.conn.max_payload_size,
-            },
-            table.clone(),
-            metrics.clone(),
-        )?),
+        Some(redis) => {
+            let broker = broker::RedisBroker::start(
+                redis.clone(),
+                &config.history,
+                broker::NodeContext {
+                    node_id: config.node.id.clone(),
+                    max_payload: config.conn.max_payload_size,
+                },
+                table.clone(),
+                metrics.clone(),
+            )?;
+            let store = presence::RedisStore::new(
+                broker.presence_publisher(),
+                publisher::presence::NodePresence {
+                    node: config.node.id.clone(),
+                    ttl: config.presence.ttl(),
+                    grace: config.presence.grace,
+                    last_seen_ttl: config.presence.last_seen_ttl,
+                },
+            );
+            (Arc::new(broker), Arc::new(store))
+        }
     };
-    let node =
-        Node::new(config, table, broker, metrics, verifier).map_err(|e| GatewayError::Config {
+    let presence = Arc::new(presence::Presence::new(
+        config.presence.clone(),
+        store,
+        metrics.clone(),
+    ));
+    let node = Node::new(config, table, broker, presence, metrics, verifier).map_err(|e| {
+        GatewayError::Config {
             setting: "protocol".into(),
             message: e.to_string(),
-        })?;
+        }
+    })?;
     Ok(Arc::new(node))
 }
 

@@ -28,12 +28,22 @@ fn start() -> anyhow::Result<()> {
                 "invalid setting `secret`: must be at least 16 bytes, like the gateway's jwt-secret"
             );
         }
-        let token = gateway::auth::mint_hs256(
+        let info: Option<serde_json::Value> = m
+            .info
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .context("invalid setting `info`: must be JSON, e.g. '{\"name\":\"Alice\"}'")?;
+        let token = gateway::auth::mint_hs256_with(
             m.secret.as_bytes(),
             &m.sub,
             m.ttl.0.as_secs(),
             &m.subscribe,
             &m.publish,
+            gateway::auth::Extra {
+                presence: &m.presence,
+                info: info.as_ref(),
+            },
         )
         .context("cannot mint token")?;
         println!("{token}");

@@ -15,12 +15,15 @@ use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::{Hub, Table};
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 
 pub struct Node {
     pub config: Config,
     pub hub: Hub,
     /// Where publications go, and history and acknowledgements come from.
     pub broker: Arc<dyn Broker>,
+    /// Who is in which channel, who is online.
+    pub presence: Arc<Presence>,
     pub metrics: Arc<Metrics>,
     pub verifier: Verifier,
     pub ws_config: WebSocketConfig,
@@ -81,6 +84,7 @@ impl Node {
         config: Config,
         table: Arc<Table>,
         broker: Arc<dyn Broker>,
+        presence: Arc<Presence>,
         metrics: Arc<Metrics>,
         verifier: Verifier,
     ) -> Result<Self, ProtocolError> {
@@ -113,6 +117,7 @@ impl Node {
             config,
             hub,
             broker,
+            presence,
             metrics,
             verifier,
             ws_config,

@@ -30,6 +30,8 @@ pub fn claims(user: &str, subscribe: &[&str], publish: &[&str]) -> Claims {
         exp: protocol::now_millis() / 1000 + 600,
         subscribe: subscribe.iter().map(|s| s.to_string()).collect(),
         publish: publish.iter().map(|s| s.to_string()).collect(),
+        presence: Vec::new(),
+        info: None,
     }
 }
 

@@ -83,6 +83,7 @@ mod backend;
 mod builder;
 pub mod connect;
 mod inbox;
+pub mod presence;
 mod script;
 pub mod sentinel;
 
@@ -378,6 +379,19 @@ impl Publisher {
         >,
     {
         on_conn(&self.inner, self.inner.route(channel), f).await
+    }
+
+    /// Runs `f` on a connection to Redis `route` (shard or partition).
+    pub(crate) async fn on_route<T, F>(&self, route: usize, f: F) -> Result<T, PublishError>
+    where
+        F: for<'c> FnOnce(
+            &'c Inner,
+            &'c mut Conn,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, PublishError>> + Send + 'c>,
+        >,
+    {
+        on_conn(&self.inner, route, f).await
     }
 }
 

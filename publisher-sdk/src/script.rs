@@ -18,6 +18,10 @@ pub(crate) struct Lua {
 }
 
 impl Lua {
+    pub(crate) const fn new(src: &'static str, script: LazyLock<redis::Script>) -> Self {
+        Self { src, script }
+    }
+
     fn hash(&self) -> &str {
         self.script.get_hash()
     }

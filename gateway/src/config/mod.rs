@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use protocol::history::HistoryRules;
+use protocol::presence::PresenceRules;
 
 use crate::error::GatewayError;
 pub use redis::RedisConfig;
@@ -24,6 +25,10 @@ pub use settings::{
 /// what was said before one joined).
 const DEMO_HISTORY: [&str; 2] = ["$user:* 100 24h", "room:* 100 1h"];
 
+/// Presence rules in demo mode when none are configured (the rooms show who is
+/// there).
+const DEMO_PRESENCE: [&str; 1] = ["room:* events"];
+
 /// The validated configuration of one gateway node.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -33,6 +38,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub conn: ConnConfig,
     pub history: HistoryConfig,
+    pub presence: PresenceConfig,
     /// Where Redis lives (`None`: the in-memory broker, single node).
     pub redis: Option<RedisConfig>,
     /// Serve the demo app and mint demo tokens.
@@ -121,6 +127,50 @@ pub struct HistoryConfig {
     pub resume_burst: u32,
 }
 
+/// Who is in a channel, and who is online.
+#[derive(Debug, Clone)]
+pub struct PresenceConfig {
+    pub rules: PresenceRules,
+    /// How often a node refreshes its entries (they live twice as long).
+    pub refresh: Duration,
+    pub grace: Duration,
+    pub online: bool,
+    pub last_seen_ttl: Duration,
+}
+
+impl PresenceConfig {
+    fn from_settings(s: &Settings, demo: bool) -> Result<Self, GatewayError> {
+        let rules = match &s.presence {
+            None if demo => PresenceRules::parse(DEMO_PRESENCE.iter()),
+            _ => PresenceRules::parse(
+                s.list(&s.presence, "presence")
+                    .iter()
+                    .filter(|r| !r.trim().is_empty()),
+            ),
+        }
+        .map_err(|e| config_err("presence", e))?;
+        let refresh = setting!(s, presence_refresh)?.0;
+        if refresh < Duration::from_millis(100) {
+            return Err(config_err("presence-refresh", "must be at least 100ms"));
+        }
+        Ok(Self {
+            rules,
+            refresh,
+            grace: setting!(s, presence_grace)?.0,
+            online: setting!(s, presence_online)?,
+            last_seen_ttl: positive(
+                setting!(s, presence_last_seen_ttl)?.0,
+                "presence-last-seen-ttl",
+            )?,
+        })
+    }
+
+    /// How long an entry lives without a refresh.
+    pub fn ttl(&self) -> Duration {
+        self.refresh * 2
+    }
+}
+
 fn config_err(setting: impl Into<String>, message: impl Into<String>) -> GatewayError {
     GatewayError::Config {
         setting: setting.into(),
@@ -185,6 +235,7 @@ impl Config {
             api: ApiConfig::from_settings(&s)?,
             conn: ConnConfig::from_settings(&s)?,
             history: HistoryConfig::from_settings(&s, demo)?,
+            presence: PresenceConfig::from_settings(&s, demo)?,
             redis,
             demo,
         })

@@ -77,6 +77,10 @@ pub fn defaults() -> &'static HashMap<&'static str, String> {
             ("replay_page_bytes", "262144".to_owned()),
             ("resume_rate", "5".to_owned()),
             ("resume_burst", "20".to_owned()),
+            ("presence_refresh", "5s".to_owned()),
+            ("presence_grace", "5s".to_owned()),
+            ("presence_online", "true".to_owned()),
+            ("presence_last_seen_ttl", "30d".to_owned()),
         ]
         .into_iter()
         .collect()
@@ -283,6 +287,13 @@ pub struct MintToken {
     /// Channel patterns the user may publish to.
     #[arg(long, value_delimiter = ',')]
     pub publish: Vec<String>,
+    /// Channel patterns whose presence the user may read without subscribing.
+    #[arg(long, value_delimiter = ',')]
+    pub presence: Vec<String>,
+    /// Public information for presence (`info` claim), as JSON, e.g.
+    /// '{"name":"Alice"}'.
+    #[arg(long)]
+    pub info: Option<String>,
 }
 
 /// Every setting, as given (unset ones are `None`). Flags override environment
@@ -701,6 +712,35 @@ pub struct Settings {
         help_heading = "History and recovery"
     )]
     pub resume_burst: Option<u32>,
+    /// Presence rules, first match wins: `"<pattern> [events] [max=<members>]"` or
+    /// `"<pattern> off"` (e.g. `room:* events max=5000`). `events` sends join and
+    /// leave (`presence_diff`) frames to the channel's subscribers; `max` caps the
+    /// members listed (default 10000). [default: none; `room:* events` with --demo]
+    #[arg(
+        long,
+        env = "TIDINGS_PRESENCE",
+        value_delimiter = ',',
+        help_heading = "Presence"
+    )]
+    pub presence: Option<Vec<String>>,
+    /// How often a node refreshes its presence and online entries in Redis; entries
+    /// live twice as long, so a crashed node's members are gone within 2x this.
+    #[arg(long, env = "TIDINGS_PRESENCE_REFRESH", help_heading = "Presence")]
+    pub presence_refresh: Option<HumanDuration>,
+    /// How long after a user's last connection to a channel went their leave is
+    /// announced: a reconnect (to any node) within it shows neither leave nor join.
+    #[arg(long, env = "TIDINGS_PRESENCE_GRACE", help_heading = "Presence")]
+    pub presence_grace: Option<HumanDuration>,
+    /// Keep each user's online status and last-seen time (API `/api/v1/online`).
+    #[arg(long, env = "TIDINGS_PRESENCE_ONLINE", num_args = 0..=1, default_missing_value = "true", require_equals = true, help_heading = "Presence")]
+    pub presence_online: Option<bool>,
+    /// How long a user's last-seen time is kept after they were last connected.
+    #[arg(
+        long,
+        env = "TIDINGS_PRESENCE_LAST_SEEN_TTL",
+        help_heading = "Presence"
+    )]
+    pub presence_last_seen_ttl: Option<HumanDuration>,
 }
 
 impl Cli {

@@ -167,8 +167,8 @@ fn key_matches(keys: &[String], given: &str) -> bool {
     })
 }
 
-/// Serves the publish routes (the caller matched the path).
-pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Response<Body> {
+/// The checks every API request passes first: POST, the API enabled, the key.
+pub(crate) fn admit(req: &Request<Incoming>, node: &Node) -> Option<Response<Body>> {
     if req.method() != http::Method::POST {
         let mut resp = error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -178,24 +178,29 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Res
         // RFC 9110 §15.5.6: a 405 must list the allowed methods.
         resp.headers_mut()
             .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
-        return resp;
+        return Some(resp);
     }
     if node.config.api.keys.is_empty() {
-        return error(
+        return Some(error(
             StatusCode::NOT_FOUND,
             "not_found",
             "the publish API is disabled: configure --api-keys",
-        );
+        ));
     }
     match bearer(req.headers()) {
-        Some(k) if key_matches(&node.config.api.keys, k) => {}
-        _ => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "missing or wrong API key",
-            );
-        }
+        Some(k) if key_matches(&node.config.api.keys, k) => None,
+        _ => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key",
+        )),
+    }
+}
+
+/// Serves the publish routes (the caller matched the path).
+pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Response<Body> {
+    if let Some(refused) = admit(&req, &node) {
+        return refused;
     }
     let limit = if batch {
         MAX_BATCH * (node.config.conn.max_payload_size + 4096)

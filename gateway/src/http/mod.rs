@@ -5,6 +5,7 @@
 pub(crate) mod admin;
 pub mod api;
 pub(crate) mod demo;
+pub(crate) mod presence;
 pub(crate) mod server;
 
 use bytes::Bytes;

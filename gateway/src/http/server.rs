@@ -38,6 +38,15 @@ async fn route(req: Request<Incoming>, node: Arc<Node>) -> Result<Response<Body>
         "/ws" => crate::conn::handshake::upgrade(req, node),
         "/api/v1/publish" => crate::http::api::handle(req, node, false).await,
         "/api/v1/publish/batch" => crate::http::api::handle(req, node, true).await,
+        "/api/v1/presence" => {
+            crate::http::presence::handle(req, node, crate::http::presence::Route::Page).await
+        }
+        "/api/v1/presence/stats" => {
+            crate::http::presence::handle(req, node, crate::http::presence::Route::Stats).await
+        }
+        "/api/v1/online" => {
+            crate::http::presence::handle(req, node, crate::http::presence::Route::Online).await
+        }
         _ => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     })
 }

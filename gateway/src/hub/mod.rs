@@ -16,6 +16,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
+use protocol::presence::{DIFF_EVENT, PresenceDiff, PresenceRules};
 use protocol::{Encoding, Publication, frame};
 use slab::Slab;
 
@@ -39,6 +40,8 @@ pub struct Table {
     shards: Box<[RwLock<Channels>]>,
     hasher: RandomState,
     metrics: Arc<Metrics>,
+    /// Which channels' presence diffs reach their subscribers (rules with events).
+    presence: PresenceRules,
 }
 
 const SHARDS: usize = 64;
@@ -57,6 +60,33 @@ impl Table {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             metrics,
+            presence: PresenceRules::default(),
+        }
+    }
+
+    /// Delivers presence diffs on the channels whose rule has events.
+    pub fn with_presence(mut self, rules: PresenceRules) -> Self {
+        self.presence = rules;
+        self
+    }
+
+    /// The diff a `$presence` publication carries, when its channel's rule has
+    /// events (other nodes may announce more than this node's rules ask for).
+    fn diff_of(&self, p: &Publication) -> Option<PresenceDiff> {
+        if !self.presence.policy(&p.channel).is_some_and(|r| r.events) {
+            return None;
+        }
+        match serde_json::from_str::<PresenceDiff>(p.payload.json()) {
+            Ok(d) => {
+                self.metrics
+                    .presence
+                    .announced(d.joins.len(), d.leaves.len());
+                Some(d)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable presence diff");
+                None
+            }
         }
     }
 
@@ -124,6 +154,13 @@ impl Handler for Table {
     /// table is held while writing. What cannot be queued is counted as dropped;
     /// what is queued is counted as delivered once the connection writes it.
     fn deliver(&self, p: &Publication) -> usize {
+        let diff = match p.event == DIFF_EVENT {
+            true => match self.diff_of(p) {
+                Some(d) => Some(d),
+                None => return 0,
+            },
+            false => None,
+        };
         let targets: Vec<(Arc<Outbox>, Encoding, u32)> = {
             let shard = read(self.shard(&p.channel));
             let Some(subs) = shard.get(p.channel.as_str()) else {
@@ -155,9 +192,11 @@ impl Handler for Table {
                 direct = false;
             }
             let frame = match encoding {
-                Encoding::Json => json.get_or_insert_with(|| encode_frame(Encoding::Json, p)),
+                Encoding::Json => {
+                    json.get_or_insert_with(|| encode_frame(Encoding::Json, p, diff.as_ref()))
+                }
                 Encoding::MsgPack => {
-                    msgpack.get_or_insert_with(|| encode_frame(Encoding::MsgPack, p))
+                    msgpack.get_or_insert_with(|| encode_frame(Encoding::MsgPack, p, diff.as_ref()))
                 }
             };
             let Some(frame) = frame.clone() else {
@@ -243,9 +282,12 @@ pub fn epoch_tag(epoch: &str) -> u32 {
 }
 
 /// The complete WebSocket frame of a publication in one encoding (text frames for
-/// JSON, binary for MessagePack).
-fn encode_frame(enc: Encoding, p: &Publication) -> Option<Bytes> {
-    let payload = frame::encode_message(enc, p).ok()?;
+/// JSON, binary for MessagePack): a `message`, or the `presence_diff` it carries.
+fn encode_frame(enc: Encoding, p: &Publication, diff: Option<&PresenceDiff>) -> Option<Bytes> {
+    let payload = match diff {
+        Some(d) => frame::encode_presence_diff(enc, &p.channel, d).ok()?,
+        None => frame::encode_message(enc, p).ok()?,
+    };
     let opcode = if enc.is_text() { 1 } else { 2 };
     Some(crate::hub::outbox::ws_frame(opcode, &payload))
 }

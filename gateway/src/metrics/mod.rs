@@ -3,9 +3,11 @@
 //! tokens or channel names. Hot-path counters are resolved once at startup.
 
 mod broker;
+mod presence;
 mod register;
 
 pub use broker::{BrokerInvalid, BrokerMetrics, ShardMetrics};
+pub use presence::{PresenceMetrics, Query};
 use register::{counter, counter_vec, gauge, histogram};
 
 use prometheus::{Encoder, Histogram, IntCounter, IntCounterVec, IntGauge, Registry, TextEncoder};
@@ -56,7 +58,7 @@ pub enum Drop {
 const CLOSE_CODES: [u16; 13] = [
     1000, 1001, 1002, 1006, 1007, 1008, 1009, 1011, 4001, 4002, 4003, 4004, 4005,
 ];
-const FRAME_TYPES: [&str; 8] = [
+const FRAME_TYPES: [&str; 10] = [
     "subscribe",
     "unsubscribe",
     "publish",
@@ -65,6 +67,8 @@ const FRAME_TYPES: [&str; 8] = [
     "pong",
     "invalid",
     "ws_control",
+    "presence",
+    "presence_stats",
 ];
 
 pub struct Metrics {
@@ -92,6 +96,7 @@ pub struct Metrics {
     draining: IntGauge,
     gaps: IntCounterVec,
     pub broker: BrokerMetrics,
+    pub presence: PresenceMetrics,
 }
 
 /// A budget that refused something, the `budget` label.
@@ -249,6 +254,7 @@ impl Metrics {
                 "outcome",
             ),
             broker: BrokerMetrics::new(&r),
+            presence: PresenceMetrics::new(&r),
             registry: r,
         };
         m.touch();

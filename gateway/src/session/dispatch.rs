@@ -68,6 +68,13 @@ impl Session {
             } => self.publish(id, channel, event, payload).await,
             ClientFrame::Refresh { id, token } => self.refresh(id, &token),
             ClientFrame::Ack { id, offset } => self.ack(id, offset).await,
+            ClientFrame::Presence {
+                id,
+                channel,
+                limit,
+                cursor,
+            } => self.presence(id, &channel, limit, cursor, now).await,
+            ClientFrame::PresenceStats { id, channel } => self.presence_stats(id, &channel).await,
         }
     }
 }
@@ -78,7 +85,9 @@ fn request_id(f: &ClientFrame) -> Option<u64> {
         | ClientFrame::Unsubscribe { id, .. }
         | ClientFrame::Publish { id, .. }
         | ClientFrame::Refresh { id, .. }
-        | ClientFrame::Ack { id, .. } => Some(*id),
+        | ClientFrame::Ack { id, .. }
+        | ClientFrame::Presence { id, .. }
+        | ClientFrame::PresenceStats { id, .. } => Some(*id),
         ClientFrame::Pong => None,
     }
 }

@@ -91,9 +91,23 @@ pub struct Session {
     node: Arc<Node>,
     rate: TokenBucket,
     abuse: TokenBucket,
-    /// History reads started (subscribes with history, resumes, gap fills).
+    /// History reads started (subscribes with history, resumes, gap fills,
+    /// presence listings).
     resumes: TokenBucket,
+    /// This connection in presence, when presence is on (boxed: one pointer when
+    /// it is off).
+    presence: Option<Box<Membership>>,
     slot: Slot,
+}
+
+/// What presence knows of a connection.
+struct Membership {
+    /// Its presence client id, unique across nodes.
+    client: Arc<str>,
+    /// The token's public `info`.
+    info: Option<serde_json::Value>,
+    /// Channel patterns whose presence it may read without subscribing.
+    rights: Vec<String>,
 }
 
 fn err(id: Option<u64>, code: ErrorCode, message: impl Into<String>) -> Outcome {
@@ -114,8 +128,17 @@ impl Session {
         let now = Instant::now();
         let personal: Arc<str> = Arc::from(channel::personal(slot.user()));
         let broadcast: Arc<str> = Arc::from(BROADCAST);
+        let id = node.next_session_id();
+        let presence = node.presence.is_active().then(|| {
+            node.presence.connected(slot.user());
+            Box::new(Membership {
+                client: Arc::from(protocol::presence::client_id(&node.config.node.id, id)),
+                info: claims.info,
+                rights: claims.presence,
+            })
+        });
         let mut s = Session {
-            id: node.next_session_id(),
+            id,
             encoding,
             answers_pings: false,
             subscribe_rights: claims.subscribe,
@@ -127,6 +150,7 @@ impl Session {
             rate: TokenBucket::new(message_rate(&node), node.started, now),
             abuse: TokenBucket::new(ABUSE, node.started, now),
             resumes: TokenBucket::new(resume_rate(&node), node.started, now),
+            presence,
             node,
             slot,
         };
@@ -149,6 +173,13 @@ impl Session {
             },
         );
         self.outbox.with_cursor(|c| c.add(id));
+        if let Some(m) = &self.presence
+            && self.node.presence.policy(&channel).is_some()
+        {
+            self.node
+                .presence
+                .join(&channel, &m.client, self.slot.user(), m.info.as_ref());
+        }
         self.subs.push(Sub { channel, key, id });
         self.subs.len() - 1
     }
@@ -157,7 +188,17 @@ impl Session {
         let sub = self.subs.swap_remove(pos);
         self.node.hub.unsubscribe(&sub.channel, sub.key);
         self.outbox.with_cursor(|c| c.remove(sub.id));
+        self.left(&sub.channel);
         sub.channel
+    }
+
+    /// Presence learns that this connection left `channel`.
+    fn left(&self, channel: &Arc<str>) {
+        if let Some(m) = &self.presence
+            && self.node.presence.policy(channel).is_some()
+        {
+            self.node.presence.leave(channel, &m.client);
+        }
     }
 
     pub fn outbox(&self) -> &Arc<Outbox> {
@@ -225,8 +266,13 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        for sub in self.subs.drain(..) {
+        let subs = std::mem::take(&mut self.subs);
+        for sub in subs {
             self.node.hub.unsubscribe(&sub.channel, sub.key);
+            self.left(&sub.channel);
+        }
+        if self.presence.is_some() {
+            self.node.presence.disconnected(self.slot.user());
         }
     }
 }

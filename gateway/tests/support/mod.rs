@@ -29,6 +29,29 @@ pub fn token(sub: &str, subscribe: &[&str], publish: &[&str], ttl_secs: u64) -> 
     gateway::auth::mint_hs256(SECRET.as_bytes(), sub, ttl_secs, &s, &p).unwrap()
 }
 
+/// Mints a token with presence claims (`presence` patterns, `info`).
+pub fn token_with(
+    sub: &str,
+    subscribe: &[&str],
+    presence: &[&str],
+    info: Option<serde_json::Value>,
+) -> String {
+    let s: Vec<String> = subscribe.iter().map(|x| x.to_string()).collect();
+    let pr: Vec<String> = presence.iter().map(|x| x.to_string()).collect();
+    gateway::auth::mint_hs256_with(
+        SECRET.as_bytes(),
+        sub,
+        300,
+        &s,
+        &[],
+        gateway::auth::Extra {
+            presence: &pr,
+            info: info.as_ref(),
+        },
+    )
+    .unwrap()
+}
+
 /// How a client presents its token.
 #[derive(Clone, Copy, Debug)]
 pub enum TokenVia {
@@ -78,6 +101,8 @@ pub struct Client {
     next_id: u64,
     /// Messages read while waiting for something else.
     pending: std::collections::VecDeque<MessageFrame>,
+    /// Presence diffs read while waiting for something else.
+    pub diffs: std::collections::VecDeque<protocol::frame::PresenceDiffFrame>,
     pub pings: usize,
 }
 
@@ -174,6 +199,7 @@ impl Client {
             protocol,
             next_id: 1,
             pending: Default::default(),
+            diffs: Default::default(),
             pings: 0,
         })
     }
@@ -229,6 +255,7 @@ impl Client {
                 ServerFrame::Reply(r) if r.id == Some(id) => return r,
                 ServerFrame::Reply(r) => panic!("unexpected reply {r:?} while waiting for {id}"),
                 ServerFrame::Message(m) => self.pending.push_back(m),
+                ServerFrame::PresenceDiff(d) => self.diffs.push_back(d),
                 other => panic!("unexpected frame {other:?}"),
             }
         }
@@ -240,6 +267,7 @@ impl Client {
             match self.next_frame().await {
                 ServerFrame::Reply(r) => return r,
                 ServerFrame::Message(m) => self.pending.push_back(m),
+                ServerFrame::PresenceDiff(d) => self.diffs.push_back(d),
                 other => panic!("unexpected frame {other:?}"),
             }
         }
@@ -250,10 +278,70 @@ impl Client {
         if let Some(m) = self.pending.pop_front() {
             return m;
         }
-        match self.next_frame().await {
-            ServerFrame::Message(m) => m,
-            other => panic!("expected a message, got {other:?}"),
+        loop {
+            match self.next_frame().await {
+                ServerFrame::Message(m) => return m,
+                ServerFrame::PresenceDiff(d) => self.diffs.push_back(d),
+                other => panic!("expected a message, got {other:?}"),
+            }
         }
+    }
+
+    /// The next presence diff.
+    pub async fn diff(&mut self) -> protocol::frame::PresenceDiffFrame {
+        if let Some(d) = self.diffs.pop_front() {
+            return d;
+        }
+        loop {
+            match self.next_frame().await {
+                ServerFrame::PresenceDiff(d) => return d,
+                ServerFrame::Message(m) => self.pending.push_back(m),
+                other => panic!("expected a presence diff, got {other:?}"),
+            }
+        }
+    }
+
+    /// Asserts that no presence diff arrives within `d` (messages are kept).
+    pub async fn no_diff_within(&mut self, d: Duration) {
+        assert!(self.diffs.is_empty(), "unexpected diffs {:?}", self.diffs);
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, self.ws.next()).await {
+            match decode(self.encoding, &msg) {
+                Some(ServerFrame::PresenceDiff(d)) => panic!("unexpected diff {d:?}"),
+                Some(ServerFrame::Message(m)) => self.pending.push_back(m),
+                Some(ServerFrame::Ping) => self.send(&ClientFrame::Pong).await,
+                _ => {}
+            }
+        }
+    }
+
+    /// A `presence` request; the reply.
+    pub async fn presence(
+        &mut self,
+        channel: &str,
+        limit: Option<u32>,
+        cursor: Option<&str>,
+    ) -> Reply {
+        let id = self.next_id();
+        self.send(&ClientFrame::Presence {
+            id,
+            channel: channel.into(),
+            limit,
+            cursor: cursor.map(str::to_owned),
+        })
+        .await;
+        self.reply(id).await
+    }
+
+    /// A `presence_stats` request; the reply.
+    pub async fn presence_stats(&mut self, channel: &str) -> Reply {
+        let id = self.next_id();
+        self.send(&ClientFrame::PresenceStats {
+            id,
+            channel: channel.into(),
+        })
+        .await;
+        self.reply(id).await
     }
 
     /// Asserts that no message arrives within `d`.
@@ -585,6 +673,7 @@ pub async fn connect_addr(addr: SocketAddr, token: &str) -> Client {
         protocol: None,
         next_id: 1,
         pending: Default::default(),
+        diffs: Default::default(),
         pings: 0,
     }
 }

@@ -127,6 +127,8 @@ impl Shared {
 pub struct RedisBroker {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Presence reads and writes, on connections of their own.
+    presence: Publisher,
 }
 
 impl RedisBroker {
@@ -166,6 +168,7 @@ impl RedisBroker {
         let publisher = build(redis.connections, None)?;
         let reader = build(redis.connections, Some(&publisher))?;
         let prober = build(1, Some(&publisher))?;
+        let presence = build(2, Some(&publisher))?;
         let keys = publisher.keys().clone();
         let per_instance = redis.subscribers.max(1);
         let mut targets = Vec::new();
@@ -218,7 +221,18 @@ impl RedisBroker {
             .iter()
             .map(|s| tokio::spawn(run_shard(shared.clone(), s.clone())))
             .collect();
-        Ok(Self { shared, tasks })
+        Ok(Self {
+            shared,
+            tasks,
+            presence,
+        })
+    }
+}
+
+impl RedisBroker {
+    /// The publisher presence goes through.
+    pub fn presence_publisher(&self) -> Publisher {
+        self.presence.clone()
     }
 }
 

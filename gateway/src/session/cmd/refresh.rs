@@ -35,6 +35,9 @@ impl Session {
         }
         self.subscribe_rights = claims.subscribe;
         self.publish_rights = claims.publish;
+        if let Some(m) = &mut self.presence {
+            m.rights = claims.presence;
+        }
         self.expires_at = claims.exp;
         // Rights can shrink on refresh: leave channels the new token no longer allows.
         let mut dropped = Vec::new();
