@@ -715,7 +715,7 @@ pub struct Settings {
     /// Presence rules, first match wins: `"<pattern> [events] [max=<members>]"` or
     /// `"<pattern> off"` (e.g. `room:* events max=5000`). `events` sends join and
     /// leave (`presence_diff`) frames to the channel's subscribers; `max` caps the
-    /// members listed (default 10000). [default: none; `room:* events` with --demo]
+    /// members listed (default 10000). None by default; `room:* events` with --demo.
     #[arg(
         long,
         env = "TIDINGS_PRESENCE",
