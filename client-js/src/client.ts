@@ -28,11 +28,20 @@ import {
   type ClientFrame,
   type JsonValue,
   type MessageFrame,
+  type PresenceDiffFrame,
   type ReplyFrame,
   type Since,
   type WelcomeFrame,
 } from './frames.js';
 import { Positions, type Position } from './positions.js';
+import {
+  MAX_PRESENCE_PAGE,
+  parsePresenceResult,
+  parsePresenceStats,
+  PresenceTracker,
+  type PresenceHost,
+  type PresenceTrackerOptions,
+} from './presence.js';
 import { OfflineQueue } from './queue.js';
 import { Subscription, type SubscriptionHost } from './subscription.js';
 import { jwtExpiry, refreshDelayMs } from './token.js';
@@ -42,6 +51,9 @@ import type {
   ConnectionState,
   DisconnectedEvent,
   Message,
+  PresenceDiff,
+  PresenceResult,
+  PresenceStats,
   Receipt,
   SubscribeResult,
   WebSocketConstructor,
@@ -83,7 +95,7 @@ function describe(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-export class TidingsClient extends Emitter<ClientEvents> implements SubscriptionHost {
+export class TidingsClient extends Emitter<ClientEvents> implements SubscriptionHost, PresenceHost {
   private readonly urls: string[];
   private readonly codec: Codec;
   private readonly WS: WebSocketConstructor;
@@ -237,6 +249,62 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const { promise, d } = deferred<number>();
     this.enqueue({ kind: 'ack', offset, d });
     return promise;
+  }
+
+  /**
+   * One page of a channel's presence: its counts (`clients` connections of `users`
+   * distinct users) and at most `limit` members (server default 100, at most 1000)
+   * ordered by client id, after `cursor` (the previous page's `cursor`; absent on the
+   * last page). Allowed on channels the token may subscribe to or names in its
+   * `presence` claim, whose presence the gateway tracks (`--presence`); otherwise a
+   * ServerError with `forbidden` or `bad_request`. Queued like a publish while
+   * disconnected.
+   */
+  presence(channel: string, opts: { limit?: number; cursor?: string } = {}): Promise<PresenceResult> {
+    const { promise, d } = deferred<PresenceResult>();
+    const item: Extract<Outgoing, { kind: 'presence' }> = { kind: 'presence', channel, d };
+    if (opts.limit !== undefined) item.limit = opts.limit;
+    if (opts.cursor !== undefined) item.cursor = opts.cursor;
+    this.enqueue(item);
+    return promise;
+  }
+
+  /**
+   * Every member of a channel's presence: `presence()` page after page (1000 at a
+   * time) until the last. The counts are the last page's; pages are separate requests,
+   * so members that joined or left meanwhile may be missing or listed.
+   */
+  async presenceAll(channel: string): Promise<PresenceResult> {
+    const members: PresenceResult['members'] = [];
+    let cursor: string | undefined;
+    for (;;) {
+      const page = await this.presence(channel, cursor === undefined ? { limit: MAX_PRESENCE_PAGE } : { limit: MAX_PRESENCE_PAGE, cursor });
+      members.push(...page.members);
+      if (page.cursor === undefined) return { channel: page.channel, clients: page.clients, users: page.users, members };
+      // A cursor that does not move on would page forever.
+      if (page.cursor === cursor) throw new ProtocolError(`presence of ${channel}: the server returned the same cursor twice`);
+      cursor = page.cursor;
+    }
+  }
+
+  /** A channel's presence counts without the members. Allowed and queued like `presence()`. */
+  presenceStats(channel: string): Promise<PresenceStats> {
+    const { promise, d } = deferred<PresenceStats>();
+    this.enqueue({ kind: 'presence_stats', channel, d });
+    return promise;
+  }
+
+  /**
+   * Subscribes to `channel` (or takes the Subscription already held) and keeps a live
+   * list of the users present on it: a snapshot after every confirmation of the
+   * subscription, then the channel's join and leave events (see PresenceTracker).
+   * `stop()` the tracker when done; it leaves the channel subscribed.
+   *
+   *   const room = client.trackPresence('room:1');
+   *   room.on('change', ({ members, count }) => render(members, count));
+   */
+  trackPresence(channel: string, opts: PresenceTrackerOptions = {}): PresenceTracker {
+    return new PresenceTracker(this, this.subscribe(channel), { random: this.random, ...opts });
   }
 
   /**
@@ -603,17 +671,31 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     if (this.conn) this.pump(this.conn);
   }
 
-  /** Sends queued publishes and acks while the rate budget allows. */
+  /** Sends queued publishes, acks and presence queries while the rate budget allows. */
   private pump(conn: Conn): void {
     while (this.queue.length > 0 && !conn.ended && conn.bucket.tryTake()) {
       const item = this.queue.shift();
       if (!item) break;
       const id = this.id();
-      if (item.kind === 'publish') {
-        const frame: ClientFrame = { type: 'publish', id, channel: item.channel, event: item.event, payload: item.payload };
-        this.request(conn, frame, id, { kind: 'publish', d: item.d });
-      } else {
-        this.request(conn, { type: 'ack', id, offset: item.offset }, id, { kind: 'ack', offset: item.offset, d: item.d });
+      switch (item.kind) {
+        case 'publish': {
+          const frame: ClientFrame = { type: 'publish', id, channel: item.channel, event: item.event, payload: item.payload };
+          this.request(conn, frame, id, { kind: 'publish', d: item.d });
+          break;
+        }
+        case 'ack':
+          this.request(conn, { type: 'ack', id, offset: item.offset }, id, { kind: 'ack', offset: item.offset, d: item.d });
+          break;
+        case 'presence': {
+          const frame: Extract<ClientFrame, { type: 'presence' }> = { type: 'presence', id, channel: item.channel };
+          if (item.limit !== undefined) frame.limit = item.limit;
+          if (item.cursor !== undefined) frame.cursor = item.cursor;
+          this.request(conn, frame, id, { kind: 'presence', d: item.d });
+          break;
+        }
+        case 'presence_stats':
+          this.request(conn, { type: 'presence_stats', id, channel: item.channel }, id, { kind: 'presence_stats', d: item.d });
+          break;
       }
     }
     if (this.queue.length > 0 && !conn.ended && conn.paceTimer === undefined) {
@@ -667,6 +749,9 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
       case 'reply':
         this.onReply(conn, frame);
         break;
+      case 'presence_diff':
+        this.onPresenceDiff(frame);
+        break;
       default: // a second welcome, or a frame type from a newer server: ignored
         break;
     }
@@ -682,6 +767,15 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     if (m.msg_id !== undefined) msg.msgId = m.msg_id;
     this.emit('message', msg);
     sub?._message(msg);
+  }
+
+  private onPresenceDiff(f: PresenceDiffFrame): void {
+    const sub = this.subs.get(f.channel);
+    // Diffs of a channel we left may still arrive after the unsubscribe reply.
+    if (!sub) return;
+    const diff: PresenceDiff = { channel: f.channel, joins: f.joins, leaves: f.leaves };
+    this.emit('presence', diff);
+    sub._presence(diff);
   }
 
   private onReply(conn: Conn, r: ReplyFrame): void {
@@ -715,6 +809,17 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
       case 'ack':
         if (err) return p.d.reject(err);
         return p.d.resolve(numField(result.offset) ?? p.offset);
+      case 'presence':
+      case 'presence_stats': {
+        if (err) return p.d.reject(err);
+        try {
+          if (p.kind === 'presence') p.d.resolve(parsePresenceResult(r.result));
+          else p.d.resolve(parsePresenceStats(r.result));
+        } catch (e) {
+          p.d.reject(e instanceof ProtocolError ? e : new ProtocolError(describe(e)));
+        }
+        return;
+      }
       case 'refresh':
         return this.onRefreshed(conn, p, err, result);
     }

@@ -5,7 +5,7 @@ import type { Ended } from './ended.js';
 import type { TidingsError } from './errors.js';
 import type { JsonValue } from './frames.js';
 import type { Subscription } from './subscription.js';
-import type { Receipt, WebSocketLike } from './types.js';
+import type { PresenceResult, PresenceStats, Receipt, WebSocketLike } from './types.js';
 
 export type Timer = ReturnType<typeof setTimeout>;
 
@@ -22,10 +22,12 @@ export function deferred<T>(): { promise: Promise<T>; d: Deferred<T> } {
   return { promise, d };
 }
 
-/** A publish or ack waiting in the outgoing queue. */
+/** A publish, ack or presence query waiting in the outgoing queue. */
 export type Outgoing =
   | { kind: 'publish'; channel: string; event: string; payload: JsonValue; d: Deferred<Receipt> }
-  | { kind: 'ack'; offset: number; d: Deferred<number> };
+  | { kind: 'ack'; offset: number; d: Deferred<number> }
+  | { kind: 'presence'; channel: string; limit?: number; cursor?: string; d: Deferred<PresenceResult> }
+  | { kind: 'presence_stats'; channel: string; d: Deferred<PresenceStats> };
 
 /** A request sent and waiting for its reply. */
 export type Pending =
@@ -33,6 +35,8 @@ export type Pending =
   | { kind: 'unsubscribe'; d: Deferred<void> }
   | { kind: 'publish'; d: Deferred<Receipt> }
   | { kind: 'ack'; offset: number; d: Deferred<number> }
+  | { kind: 'presence'; d: Deferred<PresenceResult> }
+  | { kind: 'presence_stats'; d: Deferred<PresenceStats> }
   /** `d` is absent for the client's own proactive refresh. */
   | { kind: 'refresh'; token: string; d?: Deferred<number | undefined> };
 

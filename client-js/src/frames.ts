@@ -60,13 +60,33 @@ export interface PingFrame {
   type: 'ping';
 }
 
+/** A user who joined a channel's presence, with the public `info` of their token. */
+export interface PresenceJoin {
+  user: string;
+  /** The token's `info` claim; absent when the token has none. */
+  info?: JsonValue;
+}
+
+/** A user who left a channel's presence (their last connection gone for the grace period). */
+export interface PresenceLeave {
+  user: string;
+}
+
+/** `presence_diff`: users who joined or left a channel (docs/protocol.md section 15). */
+export interface PresenceDiffFrame {
+  type: 'presence_diff';
+  channel: string;
+  joins: PresenceJoin[];
+  leaves: PresenceLeave[];
+}
+
 /** A frame type this client does not know (ignored). */
 export interface UnknownFrame {
   type: 'unknown';
   kind: string;
 }
 
-export type ServerFrame = WelcomeFrame | MessageFrame | ReplyFrame | PingFrame | UnknownFrame;
+export type ServerFrame = WelcomeFrame | MessageFrame | ReplyFrame | PresenceDiffFrame | PingFrame | UnknownFrame;
 
 // Field order matters only for MessagePack byte equality with the Rust encoder
 // (docs/protocol.md hex dumps): type, id, then the request's fields.
@@ -76,6 +96,8 @@ export type ClientFrame =
   | { type: 'publish'; id: number; channel: string; event: string; payload: JsonValue }
   | { type: 'refresh'; id: number; token: string }
   | { type: 'ack'; id: number; offset: number }
+  | { type: 'presence'; id: number; channel: string; limit?: number; cursor?: string }
+  | { type: 'presence_stats'; id: number; channel: string }
   | { type: 'pong' };
 
 type Obj = Record<string, unknown>;
@@ -124,6 +146,18 @@ function limits(v: unknown): Limits | undefined {
     rate_burst: num(v.rate_burst),
   };
   return Object.values(l).every((x) => x !== undefined) ? (l as Limits) : undefined;
+}
+
+/** The entries of a `presence_diff` list (missing: empty); each needs a string `user`. */
+function users(v: unknown, field: string): Obj[] {
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v)) throw new ProtocolError(`presence_diff frame with a \`${field}\` that is not a list`);
+  return v.map((x) => {
+    if (!isObj(x) || typeof x.user !== 'string') {
+      throw new ProtocolError(`presence_diff frame with an entry of \`${field}\` without a \`user\``);
+    }
+    return x;
+  });
 }
 
 /** Validates a decoded frame. Throws ProtocolError for a malformed known frame. */
@@ -176,6 +210,15 @@ export function parseServerFrame(v: unknown): ServerFrame {
       }
       return r;
     }
+    case 'presence_diff':
+      return {
+        type,
+        channel: need(str(v.channel), 'channel', type),
+        joins: users(v.joins, 'joins').map((j) =>
+          j.info === undefined || j.info === null ? { user: j.user as string } : { user: j.user as string, info: toJson(j.info) },
+        ),
+        leaves: users(v.leaves, 'leaves').map((l) => ({ user: l.user as string })),
+      };
     case 'ping':
       return { type };
     case undefined:

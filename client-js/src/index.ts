@@ -3,12 +3,19 @@
 
 export { TidingsClient } from './client.js';
 export { Subscription, type SubscriptionEvents } from './subscription.js';
+export {
+  PresenceTracker,
+  type PresenceSnapshot,
+  type PresenceStatus,
+  type PresenceTrackerEvents,
+  type PresenceTrackerOptions,
+} from './presence.js';
 export { Backoff, type BackoffOptions } from './backoff.js';
 export { jsonCodec, type Codec, type WireData } from './codec.js';
 export { onClose, onConnectionLost, onHandshakeStatus, type Reconnect } from './policy.js';
 export { sinceOf, type Position } from './positions.js';
 export { jwtExpiry, refreshDelayMs } from './token.js';
-export type { ClientFrame, JsonValue, Limits, ServerFrame, Since } from './frames.js';
+export type { ClientFrame, JsonValue, Limits, PresenceJoin, PresenceLeave, ServerFrame, Since } from './frames.js';
 export type {
   ClientEvents,
   ClientOptions,
@@ -16,6 +23,11 @@ export type {
   ConnectionState,
   DisconnectedEvent,
   Message,
+  PresenceDiff,
+  PresenceMember,
+  PresenceResult,
+  PresenceStats,
+  PresenceUser,
   Receipt,
   ReconnectingEvent,
   RecoveredEvent,

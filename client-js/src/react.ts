@@ -6,8 +6,9 @@ import { useCallback, useEffect, useRef, useState, useSyncExternalStore } from '
 import type { TidingsClient } from './client.js';
 import type { TidingsError } from './errors.js';
 import type { JsonValue } from './frames.js';
+import type { PresenceSnapshot, PresenceTracker } from './presence.js';
 import type { Subscription } from './subscription.js';
-import type { ClientEvents, ConnectionState, Message, Receipt, SubscribeResult } from './types.js';
+import type { ClientEvents, ConnectionState, Message, PresenceUser, Receipt, SubscribeResult } from './types.js';
 
 /** The client's connection state, re-rendering on every change. */
 export function useConnectionState(client: TidingsClient): ConnectionState {
@@ -120,6 +121,66 @@ export function useChannel(
     [client, channel],
   );
   return { ...s, publish };
+}
+
+export interface PresenceState {
+  /** The users present on the channel, in order of user id. */
+  members: PresenceUser[];
+  /** Connections and distinct users among `members`; undefined until the first snapshot. */
+  count: { clients: number; users: number } | undefined;
+  /**
+   * `loading`: the first snapshot (or a new one after a reconnect) is on its way, the
+   * members shown are the last known. `ready`: current. `error` (with `error` set):
+   * the channel or its presence was refused; a refusal for now is tried again.
+   */
+  status: 'idle' | 'loading' | 'ready' | 'error';
+  error?: TidingsError;
+  /** Takes a new snapshot now (e.g. on a channel whose presence has no events). */
+  refresh(): Promise<void>;
+}
+
+function presenceView(s: PresenceSnapshot): Omit<PresenceState, 'refresh'> {
+  const v: Omit<PresenceState, 'refresh'> = {
+    members: s.members,
+    count: s.count,
+    status: s.status === 'stopped' ? 'idle' : s.status,
+  };
+  if (s.error) v.error = s.error;
+  return v;
+}
+
+/**
+ * Who is on `channel` while the component is mounted (nothing when `channel` is null):
+ * subscribes to it (shared with `useChannel` on the same channel), takes a snapshot of
+ * its presence and follows its join and leave events; a new snapshot after every
+ * reconnect. Live updates need a presence rule with `events` on the gateway.
+ *
+ *   const { members, count } = usePresence(client, 'room:lobby');
+ *   members.map(m => <li key={m.user}>{m.user}</li>)
+ */
+export function usePresence(client: TidingsClient, channel: string | null | undefined): PresenceState {
+  type S = Omit<PresenceState, 'refresh'>;
+  const [s, setS] = useState<S>({ members: [], count: undefined, status: channel ? 'loading' : 'idle' });
+  const tracker = useRef<PresenceTracker | undefined>(undefined);
+  useEffect(() => {
+    if (!channel) {
+      setS({ members: [], count: undefined, status: 'idle' });
+      return;
+    }
+    acquire(client, channel);
+    const t = client.trackPresence(channel);
+    tracker.current = t;
+    setS(presenceView(t.snapshot));
+    const off = t.on('change', (snap) => setS(presenceView(snap)));
+    return () => {
+      off();
+      t.stop();
+      if (tracker.current === t) tracker.current = undefined;
+      release(client, channel);
+    };
+  }, [client, channel]);
+  const refresh = useCallback(() => tracker.current?.refresh() ?? Promise.resolve(), []);
+  return { ...s, refresh };
 }
 
 export interface NotificationsState {

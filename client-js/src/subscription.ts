@@ -5,12 +5,18 @@ import { Emitter } from './emitter.js';
 import type { TidingsError } from './errors.js';
 import type { JsonValue } from './frames.js';
 import type { Position } from './positions.js';
-import type { Message, Receipt, SubscribeResult, SubscribeRetry } from './types.js';
+import type { Message, PresenceDiff, Receipt, SubscribeResult, SubscribeRetry } from './types.js';
 
 export interface SubscriptionEvents {
   message: Message;
   /** Every confirmation from the server: the first one, and one after each reconnect. */
   subscribed: SubscribeResult;
+  /**
+   * Users joined or left the channel (`presence_diff`; only on channels whose presence
+   * rule has `events`). Diffs sent while disconnected are lost: take a new snapshot
+   * after each `subscribed` (PresenceTracker does).
+   */
+  presence: PresenceDiff;
   /** The resume result of a resubscription with `since` (see `Recovered`). */
   recovered: boolean;
   /**
@@ -123,6 +129,11 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   /** @internal */
   _message(m: Message): void {
     this.emit('message', m);
+  }
+
+  /** @internal */
+  _presence(d: PresenceDiff): void {
+    this.emit('presence', d);
   }
 
   /** @internal The subscription is over; `error` explains why, when it was not asked for. */

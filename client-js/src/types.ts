@@ -5,7 +5,7 @@
 import type { BackoffOptions } from './backoff.js';
 import type { Codec } from './codec.js';
 import type { ServerError, TidingsError } from './errors.js';
-import type { JsonValue, Limits, Since } from './frames.js';
+import type { JsonValue, Limits, PresenceJoin, PresenceLeave, Since } from './frames.js';
 
 // Method-style signature: parameters are checked bivariantly, so both the DOM's
 // `(ev: MessageEvent) => any` and ws's `(event: WebSocket.MessageEvent) => void`
@@ -118,6 +118,61 @@ export interface Receipt {
   raw: JsonValue;
 }
 
+/** One member of a channel's presence: a connection of a user. */
+export interface PresenceMember {
+  user: string;
+  /** The connection's presence id (`<node>/<session>`), unique across nodes. */
+  client: string;
+  /** The token's public `info` claim (e.g. `{ name: 'Alice' }`); absent when it has none. */
+  info?: JsonValue;
+}
+
+/** One page of a channel's presence (`client.presence()`). */
+export interface PresenceResult {
+  channel: string;
+  /** Connections present. */
+  clients: number;
+  /** Distinct users among them. */
+  users: number;
+  /** This page's members, ordered by client id. */
+  members: PresenceMember[];
+  /** Pass it back to get the next page; absent on the last page. */
+  cursor?: string;
+}
+
+/** A channel's presence counts (`client.presenceStats()`). */
+export interface PresenceStats {
+  channel: string;
+  clients: number;
+  users: number;
+}
+
+/**
+ * Users who joined or left a channel (`presence_diff`, only on channels whose presence
+ * rule has `events`). Per user: a user joins when their first connection subscribes and
+ * leaves when their last one has been gone for the server's grace period. A join of a
+ * user already present is possible (e.g. re-announced after a Redis restart): treat
+ * joins as idempotent.
+ */
+export interface PresenceDiff {
+  channel: string;
+  joins: PresenceJoin[];
+  leaves: PresenceLeave[];
+}
+
+/** A user present on a channel, with their connections grouped (PresenceTracker, usePresence). */
+export interface PresenceUser {
+  user: string;
+  /** The `info` of the user's token (the latest seen). */
+  info?: JsonValue;
+  /**
+   * The user's connections on the channel as of the last snapshot (at least 1). Join
+   * and leave events are per user, so connections opened or closed since by a user
+   * who stays present are counted at the next snapshot.
+   */
+  clients: number;
+}
+
 export interface ConnectedEvent {
   node: string;
   session: string;
@@ -171,6 +226,8 @@ export interface ClientEvents {
   disconnected: DisconnectedEvent;
   reconnecting: ReconnectingEvent;
   recovered: RecoveredEvent;
+  /** Users joined or left a channel the client holds (channels with presence events). */
+  presence: PresenceDiff;
   /** Problems that are not the answer to a request; a terminal one comes last. */
   error: TidingsError;
   /** Every change of `client.state`. */
