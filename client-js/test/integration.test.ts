@@ -5,8 +5,9 @@ import WebSocket from 'ws';
 import { TidingsClient } from '../src/client.js';
 import { ServerError, UnauthorizedError } from '../src/errors.js';
 import { msgpackCodec } from '../src/msgpack.js';
-import type { ClientOptions, Message, RecoveredEvent } from '../src/types.js';
-import { httpPublish, startGateway, startRedis, token, waitFor, type Gateway, type Proc } from './harness.js';
+import type { PresenceTracker } from '../src/presence.js';
+import type { ClientOptions, Message, PresenceDiff, RecoveredEvent } from '../src/types.js';
+import { httpPublish, sleep, startGateway, startRedis, token, waitFor, type Gateway, type Proc } from './harness.js';
 
 const HISTORY = ['--history', '$user:* 100 24h,room:* 100 1h'];
 const clients: TidingsClient[] = [];
@@ -167,6 +168,145 @@ describe('against a gateway', { timeout: 60_000 }, () => {
       assert.equal(got[3]?.offset, 1);
     } finally {
       await solo.proc.stop('SIGKILL');
+    }
+  });
+});
+
+describe('presence against two gateway nodes', { timeout: 60_000 }, () => {
+  // Short timings: a leave is announced 500 ms after the user's last connection went.
+  const GRACE_MS = 500;
+  const PRESENCE = ['--presence', 'room:* events,quiet:*,watch:*', '--presence-grace', `${GRACE_MS}ms`, '--presence-refresh', '1s'];
+  let redis: { port: number; proc: Proc };
+  let nodes: Gateway[] = [];
+  const mine: TidingsClient[] = [];
+  before(async () => {
+    redis = await startRedis();
+    nodes = await Promise.all([1, 2].map(() => startGateway({ redisPort: redis.port, args: PRESENCE })));
+  });
+  after(async () => {
+    await Promise.all(mine.map((c) => c.close()));
+    await Promise.all(nodes.map((n) => n.proc.stop('SIGKILL')));
+    await redis?.proc.stop('SIGKILL');
+  });
+
+  function on(node: number, user: string, opts: Partial<ClientOptions> = {}, claims: Record<string, unknown> = {}): TidingsClient {
+    const gw = nodes[node] as Gateway;
+    const c = new TidingsClient({ url: gw.ws, token: token(user, { info: { name: user.toUpperCase() }, ...claims }), WebSocket, ...opts });
+    mine.push(c);
+    return c;
+  }
+
+  const names = (t: PresenceTracker): string[] => t.members.map((m) => `${m.user}:${JSON.stringify(m.info)}:${m.clients}`);
+
+  test('two clients on two nodes see each other (info, client ids, counts); a leave arrives after the grace period', async () => {
+    const alice = on(0, 'alice');
+    const bob = on(1, 'bob', { codec: msgpackCodec });
+    const ta = alice.trackPresence('room:pres');
+    const diffs: PresenceDiff[] = [];
+    alice.on('presence', (d) => diffs.push(d));
+    await waitFor(() => ta.status === 'ready' && ta.members.length === 1, 10_000, "alice's own entry");
+    const tb = bob.trackPresence('room:pres');
+    await waitFor(() => names(ta).length === 2 && names(tb).length === 2, 10_000, 'both members on both sides');
+    const want = ['alice:{"name":"ALICE"}:1', 'bob:{"name":"BOB"}:1'];
+    assert.deepEqual(names(ta), want);
+    assert.deepEqual(names(tb), want);
+    assert.deepEqual(ta.count, { clients: 2, users: 2 });
+    assert.ok(diffs.some((d) => d.joins.some((j) => j.user === 'bob' && JSON.stringify(j.info) === '{"name":"BOB"}')), JSON.stringify(diffs));
+
+    // The listing itself: client ids are <node>/<session> of each connection's welcome.
+    const page = await bob.presence('room:pres', { limit: 1 });
+    assert.deepEqual([page.clients, page.users, page.members.length], [2, 2, 1]);
+    assert.equal(typeof page.cursor, 'string');
+    const all = await bob.presenceAll('room:pres');
+    const sessions = [alice, bob].map((c) => (c.state.status === 'connected' ? `${c.state.node}/${c.state.session}` : ''));
+    assert.deepEqual(all.members.map((m) => m.client).sort(), sessions.sort());
+    assert.deepEqual(await alice.presenceStats('room:pres'), { channel: 'room:pres', clients: 2, users: 2 });
+
+    // bob leaves: gone from alice's list once the grace period is over, not before.
+    await bob.close();
+    const gone = Date.now();
+    await waitFor(() => names(ta).length === 1, 10_000, "bob's leave");
+    const after = Date.now() - gone;
+    assert.ok(after >= GRACE_MS - 50, `the leave came ${after} ms after the close, within the grace period`);
+    assert.deepEqual(names(ta), ['alice:{"name":"ALICE"}:1']);
+    assert.ok(diffs.some((d) => d.leaves.some((l) => l.user === 'bob')));
+    assert.deepEqual(await alice.presenceStats('room:pres'), { channel: 'room:pres', clients: 1, users: 1 });
+  });
+
+  test('a user with two connections is one member; closing one of them is no leave', async () => {
+    const carol1 = on(0, 'carol');
+    const carol2 = on(1, 'carol');
+    const dave = on(0, 'dave');
+    const td = dave.trackPresence('room:two');
+    await waitFor(() => td.status === 'ready', 10_000, "dave's snapshot");
+    await carol1.subscribe('room:two').ready;
+    await carol2.subscribe('room:two').ready;
+    await waitFor(async () => (await dave.presenceStats('room:two')).clients === 3, 10_000, 'three connections');
+    await td.refresh();
+    assert.deepEqual(names(td), ['carol:{"name":"CAROL"}:2', 'dave:{"name":"DAVE"}:1']);
+    assert.deepEqual(td.count, { clients: 3, users: 2 });
+    const leaves: string[] = [];
+    dave.on('presence', (d) => leaves.push(...d.leaves.map((l) => l.user)));
+    await carol1.close();
+    await sleep(GRACE_MS * 3);
+    assert.equal(leaves.length, 0, 'carol is still here on her other connection');
+    assert.deepEqual(await dave.presenceStats('room:two'), { channel: 'room:two', clients: 2, users: 2 });
+    await carol2.unsubscribe('room:two');
+    await waitFor(() => leaves.includes('carol'), 10_000, "carol's leave after her last connection left the room");
+    assert.deepEqual(names(td), ['dave:{"name":"DAVE"}:1']);
+  });
+
+  test('rights and rules: forbidden without a pattern, bad_request without a presence rule, the presence claim reads without subscribing', async () => {
+    const erin = on(0, 'erin', {}, { subscribe: ['room:*', 'news'], presence: ['watch:*'] });
+    await assert.rejects(erin.presence('secret:1'), (e: ServerError) => e.code === 'forbidden');
+    await assert.rejects(erin.presenceStats('news'), (e: ServerError) => e.code === 'bad_request');
+    await assert.rejects(erin.presence('room:x', { limit: 0 }), (e: ServerError) => e.code === 'bad_request');
+    // No subscribe right on watch:*, but the presence claim names it.
+    assert.deepEqual(await erin.presenceStats('watch:1'), { channel: 'watch:1', clients: 0, users: 0 });
+    await assert.rejects(on(1, 'hank').presenceStats('watch:1'), (e: ServerError) => e.code === 'forbidden');
+    // Quiet rooms: listings without events.
+    const frank = on(1, 'frank', {}, { subscribe: ['quiet:*'] });
+    const tf = frank.trackPresence('quiet:1');
+    await waitFor(() => tf.status === 'ready', 10_000, 'the snapshot');
+    const diffs: PresenceDiff[] = [];
+    frank.on('presence', (d) => diffs.push(d));
+    const gina = on(0, 'gina', {}, { subscribe: ['quiet:*'] });
+    await gina.subscribe('quiet:1').ready;
+    await waitFor(async () => (await frank.presenceStats('quiet:1')).users === 2, 10_000, 'gina listed');
+    await sleep(300);
+    assert.equal(diffs.length, 0, 'no events on a channel whose rule has none');
+    await tf.refresh();
+    assert.deepEqual(tf.members.map((m) => m.user), ['frank', 'gina']);
+  });
+
+  test('a node is killed: its user reconnects to another node within the grace period, nobody sees a leave, the snapshot is taken again', async () => {
+    const doomed = await startGateway({ redisPort: redis.port, args: PRESENCE });
+    try {
+      const ivan = new TidingsClient({
+        url: [doomed.ws, (nodes[1] as Gateway).ws],
+        token: token('ivan', { info: { name: 'IVAN' } }),
+        WebSocket,
+        backoff: { initialMs: 50, maxMs: 100 },
+      });
+      mine.push(ivan);
+      const judy = on(0, 'judy');
+      const ti = ivan.trackPresence('room:fail');
+      const tj = judy.trackPresence('room:fail');
+      await waitFor(() => ti.members.length === 2 && tj.members.length === 2, 10_000, 'both members on both sides');
+      const seen: PresenceDiff[] = [];
+      judy.on('presence', (d) => seen.push(d));
+      let snapshots = 0;
+      ti.on('change', (c) => void (c.status === 'loading' && snapshots++));
+      await doomed.proc.stop('SIGKILL');
+      await waitFor(() => ivan.state.status === 'connected' && snapshots > 0 && ti.status === 'ready', 10_000, "ivan's new snapshot on the other node");
+      // The dead node's entries expire within 2 x refresh; a leave would follow the grace period.
+      await sleep(3000);
+      assert.equal(seen.filter((d) => d.leaves.length > 0).length, 0, JSON.stringify(seen));
+      assert.deepEqual(tj.members.map((m) => m.user), ['ivan', 'judy']);
+      assert.deepEqual(ti.members.map((m) => m.user), ['ivan', 'judy']);
+      assert.deepEqual(await judy.presenceStats('room:fail'), { channel: 'room:fail', clients: 2, users: 2 });
+    } finally {
+      await doomed.proc.stop('SIGKILL');
     }
   });
 });
