@@ -87,8 +87,10 @@ pub enum OtError {
         a_base_len: usize,
         b_base_len: usize,
     },
-    /// The wire form is not JSON, not an array, or holds a string that is not valid
-    /// Unicode (a lone surrogate escape).
+    /// The wire form is not JSON, not an array, or holds a string that is not
+    /// well-formed Unicode (a lone surrogate escape). Input that is not JSON is
+    /// reported as malformed even when an element before the syntax error breaks a
+    /// rule.
     #[error("malformed operation: {0}")]
     Malformed(String),
     /// An element of the wire array is not a nonzero integer within ±[`MAX_LEN`] nor
@@ -298,13 +300,13 @@ impl Operation {
     pub fn from_json(json: &str) -> Result<Self, OtError> {
         let mut slot = None;
         let mut de = serde_json::Deserializer::from_str(json);
-        let read = WireSeed { slot: &mut slot }
-            .deserialize(&mut de)
-            .and_then(|op| de.end().map(|()| op));
-        read.map_err(|e| {
-            slot.take()
-                .unwrap_or_else(|| OtError::Malformed(e.to_string()))
-        })
+        let read = WireSeed { slot: &mut slot }.deserialize(&mut de);
+        // Trailing text makes the input malformed, even after an invalid element.
+        match (read, de.end()) {
+            (Ok(op), Ok(())) => Ok(op),
+            (_, Err(e)) => Err(OtError::Malformed(e.to_string())),
+            (Err(e), Ok(())) => Err(slot.unwrap_or_else(|| OtError::Malformed(e.to_string()))),
+        }
     }
 
     /// [`Operation::from_json`] of an already parsed JSON value.
@@ -432,6 +434,10 @@ impl<'de> Visitor<'de> for WireSeed<'_> {
         let mut reader = WireReader::default();
         while let Some(value) = seq.next_element::<Value>()? {
             if let Err(e) = reader.push(value) {
+                // Input that is not JSON at all is malformed, whatever its first
+                // elements: read the rest (a syntax error there wins), as
+                // JSON.parse does before the TypeScript implementation validates.
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {}
                 let message = e.to_string();
                 *self.slot = Some(e);
                 return Err(de::Error::custom(message));
