@@ -43,6 +43,22 @@ pub fn token(sub: &str, subscribe: &[&str], publish: &[&str], ttl_secs: i64) -> 
     .unwrap()
 }
 
+/// Like [`token`], with the public `info` claim presence shows (a day long).
+pub fn token_with_info(sub: &str, subscribe: &[&str], info: serde_json::Value) -> String {
+    let claims = serde_json::json!({
+        "sub": sub,
+        "exp": now_secs() + 86_400,
+        "subscribe": subscribe,
+        "info": info,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// The next event, or a failure after [`WAIT`].
 pub async fn next(events: &mut Events) -> Event {
     tokio::time::timeout(WAIT, events.next())
