@@ -115,7 +115,7 @@ export function App() {
           log out
         </button>
       </header>
-      <Rooms client={client} user={user} />
+      <Rooms client={client} user={user} subject={subject} />
       <aside>
         <Notifications client={client} user={subject} />
         <EventLog client={client} />

@@ -1,7 +1,8 @@
-// One joined room: its messages, the message box and who is typing.
+// One joined room: its messages, the message box, who is typing and who is here.
 import { useEffect, useRef, useState } from 'react';
 import type { Message, TidingsClient } from '../src/index.js';
 import { useChannel } from '../src/react.js';
+import { Members } from './Members.js';
 
 /** How long a typing indicator lasts without a new typing event. */
 const TYPING_TTL_MS = 4000;
@@ -24,7 +25,19 @@ function typingText(names: string[]): string {
   return `${names.slice(0, -1).join(', ')} and ${names.at(-1)} are typing…`;
 }
 
-export function RoomPane({ client, user, room, active }: { client: TidingsClient; user: string; room: string; active: boolean }) {
+export function RoomPane({
+  client,
+  user,
+  subject,
+  room,
+  active,
+}: {
+  client: TidingsClient;
+  user: string;
+  subject: string;
+  room: string;
+  active: boolean;
+}) {
   const chat = useChannel(client, `room:${room}`, { limit: 200 });
   const [typers, setTypers] = useState<Record<string, number>>({});
   const typing = useChannel(client, `typing:${room}`, {
@@ -96,18 +109,23 @@ export function RoomPane({ client, user, room, active }: { client: TidingsClient
         {chat.recovered === false && <span className="warn"> · some messages were missed</span>}
         {chat.error && <span className="error"> · {chat.error.message}</span>}
       </div>
-      <ol className="messages" data-testid="messages" ref={list}>
-        {chat.messages.map((m) => {
-          const c = asChat(m);
-          return (
-            <li key={`${m.offset ?? ''}:${m.ts}:${c.from}`} className={c.from === user ? 'mine' : ''} data-testid="message" data-from={c.from}>
-              <b>{c.from}</b> {c.text}
-            </li>
-          );
-        })}
-      </ol>
-      <div className="typing" data-testid="typing">
-        {typingText(names)}
+      <div className="room-body">
+        <div className="room-main">
+          <ol className="messages" data-testid="messages" ref={list}>
+            {chat.messages.map((m) => {
+              const c = asChat(m);
+              return (
+                <li key={`${m.offset ?? ''}:${m.ts}:${c.from}`} className={c.from === user ? 'mine' : ''} data-testid="message" data-from={c.from}>
+                  <b>{c.from}</b> {c.text}
+                </li>
+              );
+            })}
+          </ol>
+          <div className="typing" data-testid="typing">
+            {typingText(names)}
+          </div>
+        </div>
+        <Members client={client} channel={`room:${room}`} subject={subject} />
       </div>
       <form
         className="compose"

@@ -1,12 +1,13 @@
 // Chat rooms: join rooms (tabs), chat in them (publish on room:<name>, which keeps
 // history, so missed messages come back after a reconnect), and typing indicators
-// (publish on typing:<name>, which keeps none: ephemeral).
+// (publish on typing:<name>, which keeps none: ephemeral), and who is in each room
+// (the presence of room:<name>).
 import { useState } from 'react';
 import type { TidingsClient } from '../src/index.js';
 import { ROOM_RE } from './api.js';
 import { RoomPane } from './RoomPane.js';
 
-export function Rooms({ client, user }: { client: TidingsClient; user: string }) {
+export function Rooms({ client, user, subject }: { client: TidingsClient; user: string; subject: string }) {
   const [rooms, setRooms] = useState<string[]>(['lobby']);
   const [active, setActive] = useState('lobby');
   const [name, setName] = useState('');
@@ -37,7 +38,7 @@ export function Rooms({ client, user }: { client: TidingsClient; user: string })
             <button data-testid={`room-tab-${r}`} onClick={() => setActive(r)}>
               #{r}
             </button>
-            <button className="close" title={`leave #${r}`} onClick={() => leave(r)}>
+            <button className="close" title={`leave #${r}`} data-testid={`leave-${r}`} onClick={() => leave(r)}>
               ×
             </button>
           </span>
@@ -54,7 +55,7 @@ export function Rooms({ client, user }: { client: TidingsClient; user: string })
         {error && <span className="error">{error}</span>}
       </nav>
       {rooms.map((r) => (
-        <RoomPane key={r} client={client} user={user} room={r} active={r === active} />
+        <RoomPane key={r} client={client} user={user} subject={subject} room={r} active={r === active} />
       ))}
       {rooms.length === 0 && <p className="empty">Join a room to chat.</p>}
     </main>

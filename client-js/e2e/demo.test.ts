@@ -11,7 +11,21 @@ import { httpPublish, ROOT, sleep, startGateway, startRedis, waitFor, type Gatew
 const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 const ARTIFACTS = resolve(ROOT, 'e2e/artifacts');
 // Two nodes share one Redis in these tests: demo mode is told that is intended.
-const GW_ARGS = ['--demo', '--demo-unsafe', '--heartbeat-interval', '2s', '--drain-period', '300ms'];
+// Demo mode's presence rule (room:* events) with short timings: a member who left is
+// announced 500 ms after their last connection went.
+const GRACE_MS = 500;
+const GW_ARGS = [
+  '--demo',
+  '--demo-unsafe',
+  '--heartbeat-interval',
+  '2s',
+  '--drain-period',
+  '300ms',
+  '--presence-grace',
+  `${GRACE_MS}ms`,
+  '--presence-refresh',
+  '1s',
+];
 const STEP_MS = 15_000;
 
 // The whole run must end, whatever hangs: the harness kills every child on exit.
@@ -97,6 +111,49 @@ describe('demo app in Chromium', { timeout: 100_000 }, () => {
       const texts = await page.locator('[data-testid=room-e2e] [data-testid=message]').allTextContents();
       assert.equal(texts.length, 2, `${name}'s page shows ${JSON.stringify(texts)}`);
     }
+  });
+
+  test('each room lists its members with online dots; one who leaves the room or closes the page disappears after the grace period', async () => {
+    const members = (page: Page, room: string) => page.locator(`[data-testid=room-${room}] [data-testid=member]`);
+    const users = async (page: Page, room: string): Promise<string[]> =>
+      (await members(page, room).evaluateAll((els) => els.map((e) => e.getAttribute('data-user') ?? ''))).sort();
+    const join = async (page: Page, room: string): Promise<void> => {
+      await page.getByTestId('room-input').fill(room);
+      await page.getByTestId('join-button').click();
+      await page.locator(`[data-testid=room-${room}] .room-status`).filter({ hasText: 'subscribed' }).waitFor();
+    };
+    for (const page of [alice, bob]) await join(page, 'pres');
+    // Demo users are demo-<name>; the name comes from the token's `info` claim
+    // (the user id when a token has none).
+    for (const page of [alice, bob]) {
+      await waitFor(async () => (await users(page, 'pres')).join() === 'demo-alice,demo-bob', STEP_MS, 'both members listed');
+      await page.locator('[data-testid=room-pres] [data-testid=members][data-status=ready]').waitFor();
+      await waitText(page, '[data-testid=room-pres] [data-testid=member-count]', /^2$/);
+      assert.equal(await page.locator('[data-testid=room-pres] [data-testid=member] .dot.online').count(), 2);
+    }
+    assert.match((await members(alice, 'pres').filter({ has: alice.locator('.you') }).textContent()) ?? '', /alice.*\(you\)/);
+    assert.match((await members(alice, 'pres').filter({ hasNotText: 'you' }).textContent()) ?? '', /bob/);
+    // The rooms joined before list their members too.
+    await waitFor(async () => (await users(alice, 'e2e')).join() === 'demo-alice,demo-bob', STEP_MS, 'the members of #e2e');
+
+    // bob leaves the room (his connection stays): alice's list drops him after the grace period.
+    await bob.getByTestId('leave-pres').click();
+    const left = Date.now();
+    await waitFor(async () => (await users(alice, 'pres')).join() === 'demo-alice', STEP_MS, "bob's leave");
+    const after = Date.now() - left;
+    assert.ok(after >= GRACE_MS - 100, `bob disappeared ${after} ms after leaving, within the grace period`);
+    await waitText(alice, '[data-testid=room-pres] [data-testid=member-count]', /^1$/);
+
+    // carol opens the room and closes her page: gone as well.
+    const carol = await openDemo(browser as Browser, gw, 'carol');
+    await join(carol, 'pres');
+    await waitFor(async () => (await users(alice, 'pres')).join() === 'demo-alice,demo-carol', STEP_MS, 'carol listed');
+    await carol.context().close();
+    await waitFor(async () => (await users(alice, 'pres')).join() === 'demo-alice', STEP_MS, "carol's leave");
+    mkdirSync(ARTIFACTS, { recursive: true });
+    await alice.screenshot({ path: resolve(ARTIFACTS, 'demo-presence.png') });
+    // Back to #e2e for the tests that follow.
+    for (const page of [alice, bob]) await page.getByTestId('room-tab-e2e').click();
   });
 
   test('a typing indicator appears on the other page, and goes when the message is sent', async () => {
