@@ -46,12 +46,14 @@ fn client_key(f: &ClientFrame) -> (ClientFrame, Option<serde_json::Value>) {
             channel,
             event,
             payload,
+            expect,
         } => (
             ClientFrame::Publish {
                 id: *id,
                 channel: channel.clone(),
                 event: event.clone(),
                 payload: Payload::null(),
+                expect: expect.clone(),
             },
             Some(value(payload)),
         ),

@@ -36,6 +36,10 @@ pub enum ErrorCode {
     /// node, or the bytes one publish request may write. Retrying the same request
     /// does not help until the budget frees up (histories expire).
     QuotaExceeded,
+    /// A conditional publish (`expect`) found the channel's history at another
+    /// position; the error carries the current `offset` and `epoch`. Catch up and
+    /// retry.
+    Conflict,
     /// A bug or an unexpected failure on the server.
     Internal,
     /// A code this version does not know (sent by a newer peer); treat as `internal`.
@@ -60,6 +64,7 @@ impl ErrorCode {
             ErrorCode::TokenMismatch => "token_mismatch",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }

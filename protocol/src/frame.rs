@@ -116,6 +116,10 @@ pub enum ClientFrame {
         channel: String,
         event: String,
         payload: Payload,
+        /// A conditional publish: only if the channel's history is at this
+        /// position (its latest offset and epoch), else a `conflict` error.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expect: Option<Since>,
     },
     Refresh {
         id: u64,
@@ -171,6 +175,7 @@ struct FlatClient {
     payload: Option<Payload>,
     token: Option<String>,
     since: Option<Since>,
+    expect: Option<Since>,
     offset: Option<u64>,
     limit: Option<u32>,
     cursor: Option<String>,
@@ -232,6 +237,7 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, Protoco
                 .event
                 .unwrap_or_else(|| crate::envelope::DEFAULT_EVENT.to_owned()),
             payload: flat.payload.unwrap_or_else(Payload::null),
+            expect: flat.expect,
         },
         "refresh" => ClientFrame::Refresh {
             id: need_id()?,
@@ -392,6 +398,12 @@ impl From<&Publication> for Message {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// With `conflict`: the channel's current latest offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// With `conflict`: the channel's current epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 /// The answer to a client request, echoing its `id` (absent when the request was
@@ -428,6 +440,26 @@ impl Reply {
             error: Some(ErrorBody {
                 code,
                 message: message.into(),
+                offset: None,
+                epoch: None,
+            }),
+        }
+    }
+
+    /// The refusal of a conditional publish: the channel is at `offset` of `epoch`.
+    pub fn conflict(id: u64, offset: u64, epoch: impl Into<String>) -> Self {
+        let epoch = epoch.into();
+        Self {
+            id: Some(id),
+            ok: false,
+            result: None,
+            error: Some(ErrorBody {
+                code: ErrorCode::Conflict,
+                message: format!(
+                    "the channel is at offset {offset} of epoch `{epoch}`, not at the expected position"
+                ),
+                offset: Some(offset),
+                epoch: Some(epoch),
             }),
         }
     }
@@ -442,6 +474,8 @@ impl Reply {
             (false, None) => Err(ErrorBody {
                 code: ErrorCode::Internal,
                 message: "reply without ok or error".into(),
+                offset: None,
+                epoch: None,
             }),
         }
     }
@@ -612,6 +646,17 @@ mod tests {
                 channel: "room:1".into(),
                 event: "typing".into(),
                 payload: Payload::from_json(r#"{"who":"a","n":[1,2]}"#).unwrap(),
+                expect: None,
+            },
+            ClientFrame::Publish {
+                id: 30,
+                channel: "doc:1".into(),
+                event: "op".into(),
+                payload: Payload::from_json("[1]").unwrap(),
+                expect: Some(Since {
+                    offset: 0,
+                    epoch: String::new(),
+                }),
             },
             ClientFrame::Refresh {
                 id: 4,

@@ -105,7 +105,7 @@ impl ReplyResult for UnsubscribeResult {
 
 /// The answer to `publish`: a receipt. The same object is the HTTP API's receipt
 /// (`Receipt` in docs/api/openapi.yaml): what one publish request reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishResult {
     /// Gateway nodes that had subscribers for the channel when it was published
     /// (summed over the targets of an API request).
@@ -118,6 +118,12 @@ pub struct PublishResult {
     /// no id).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub duplicates: u64,
+    /// A conditional publish's offset in the channel's history (its new position).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// The epoch of that offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -235,16 +241,26 @@ mod tests {
                 PublishResult {
                     nodes: 1,
                     sessions: Some(3),
-                    duplicates: 0,
+                    ..PublishResult::default()
                 }
                 .into(),
                 r#"{"nodes":1,"sessions":3}"#,
             ),
             (
                 PublishResult {
+                    nodes: 2,
+                    offset: Some(18),
+                    epoch: Some("d41e7a9c03b5f218".into()),
+                    ..PublishResult::default()
+                }
+                .into(),
+                r#"{"nodes":2,"offset":18,"epoch":"d41e7a9c03b5f218"}"#,
+            ),
+            (
+                PublishResult {
                     nodes: 0,
-                    sessions: None,
                     duplicates: 1,
+                    ..PublishResult::default()
                 }
                 .into(),
                 r#"{"nodes":0,"duplicates":1}"#,

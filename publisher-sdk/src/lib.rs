@@ -123,6 +123,10 @@ pub enum PublishError {
     /// published for the targets named. Waiting helps: histories expire.
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
+    /// A conditional publish ([`Publish::expect`]) found the channel's history at
+    /// another position (given here); nothing was published. Catch up and retry.
+    #[error("conflict: the channel is at offset {offset} of epoch `{epoch}`")]
+    Conflict { offset: u64, epoch: String },
 }
 
 /// What a publish reached.
@@ -138,6 +142,9 @@ pub struct Receipt {
     /// Targets skipped because their idempotency key (the message id) was already
     /// published within the idempotency window.
     pub duplicates: usize,
+    /// A conditional publish's history epoch (with `offsets[0]`, the channel's new
+    /// position); `None` for other publishes.
+    pub epoch: Option<String>,
 }
 
 struct Inner {
@@ -227,6 +234,7 @@ impl Publisher {
             event: envelope::DEFAULT_EVENT.to_owned(),
             payload: Ok(Payload::null()),
             id: None,
+            expect: None,
         }
     }
 
@@ -329,6 +337,7 @@ impl Publisher {
             per_target: vec![0; pubs.len()],
             offsets: vec![None; pubs.len()],
             duplicates: 0,
+            epoch: None,
         };
         for (idx, result) in groups.values().zip(results) {
             let r = result?;
@@ -340,6 +349,33 @@ impl Publisher {
             }
         }
         Ok(receipt)
+    }
+
+    /// Publishes `p` only if its channel's history is at `at` (see
+    /// [`Publish::expect`]); the receipt's offset is the publication's.
+    pub async fn publish_if(
+        &self,
+        p: Publication,
+        at: &StreamPosition,
+    ) -> Result<Receipt, PublishError> {
+        if p.payload.len() > self.inner.max_payload {
+            return Err(PublishError::PayloadTooLarge {
+                size: p.payload.len(),
+                max: self.inner.max_payload,
+            });
+        }
+        if self.inner.history.policy(&p.channel).is_none() {
+            return Err(PublishError::InvalidTarget(format!(
+                "channel `{}` keeps no history: a conditional publish needs one",
+                p.channel
+            )));
+        }
+        let route = self.inner.route(&p.channel);
+        let at = at.clone();
+        on_conn(&self.inner, route, move |inner, conn| {
+            Box::pin(async move { script::publish_if(inner, conn, &p, &at).await })
+        })
+        .await
     }
 
     /// The namespace of Redis names.
@@ -516,9 +552,23 @@ pub struct Publish<'a> {
     event: String,
     payload: Result<Payload, PublishError>,
     id: Option<String>,
+    expect: Option<StreamPosition>,
 }
 
 impl Publish<'_> {
+    /// Publishes only if the channel's history is at `offset` of `epoch` (its
+    /// latest offset; `0` and `""` before its first message), atomically: the
+    /// optimistic-concurrency primitive (collaborative editing orders operations
+    /// with it). Otherwise fails with [`PublishError::Conflict`] carrying the
+    /// current position. One channel with history only.
+    pub fn expect(mut self, offset: u64, epoch: impl Into<String>) -> Self {
+        self.expect = Some(StreamPosition {
+            epoch: epoch.into(),
+            offset,
+        });
+        self
+    }
+
     /// The application event name (default `message`).
     pub fn event(mut self, event: impl Into<String>) -> Self {
         self.event = event.into();
@@ -568,7 +618,15 @@ impl Publish<'_> {
                 p
             })
             .collect();
-        self.publisher.publish_all(&pubs).await
+        match self.expect {
+            None => self.publisher.publish_all(&pubs).await,
+            Some(at) => match <[Publication; 1]>::try_from(pubs) {
+                Ok([p]) => self.publisher.publish_if(p, &at).await,
+                Err(_) => Err(PublishError::InvalidTarget(
+                    "a conditional publish has exactly one target".into(),
+                )),
+            },
+        }
     }
 }
 

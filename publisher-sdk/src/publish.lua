@@ -9,14 +9,25 @@
 -- ARGV[9] epoch to use if the history has none yet, ARGV[10] idempotency window (s, 0: none),
 -- ARGV[11] PUBLISH, or SPUBLISH (sharded pub/sub) in a Redis Cluster,
 -- ARGV[12] the rule's budget here: channels that may hold history at once (0: none)
+-- ARGV[13], ARGV[14] (optional) a conditional publish: the offset and epoch the
+-- history must be at ('' for none; epoch '' with offset 0: no history yet)
 -- Returns {receivers, offset}; receivers is -1 when the idempotency key was seen
 -- before, -2 when the channel would start a history beyond the rule's budget
--- (nothing was published).
+-- (nothing was published); {-3, offset, epoch} when a conditional publish found the
+-- history elsewhere (nothing was published); a conditional publish that went through
+-- returns {receivers, offset, epoch}.
 local idem = tonumber(ARGV[10]) > 0
 if idem then
   local prev = redis.call('GET', KEYS[3])
   if prev then
     return {-1, tonumber(prev)}
+  end
+end
+if ARGV[13] and ARGV[13] ~= '' then
+  local seq = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+  local ep = redis.call('HGET', KEYS[2], 'epoch') or ''
+  if seq ~= tonumber(ARGV[13]) or (ep ~= ARGV[14] and not (ep == '' and seq == 0)) then
+    return {-3, seq, ep}
   end
 end
 local msg = {v = 1, ch = ARGV[2], ev = ARGV[3], p = ARGV[4], ts = tonumber(ARGV[6])}
@@ -53,5 +64,8 @@ end
 local n = redis.call(ARGV[11] or 'PUBLISH', ARGV[1], env)
 if idem then
   redis.call('SET', KEYS[3], off, 'EX', ARGV[10])
+end
+if ARGV[13] and ARGV[13] ~= '' then
+  return {n, off, msg.ep or ''}
 end
 return {n, off}

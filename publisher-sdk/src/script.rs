@@ -92,6 +92,55 @@ fn scripted_args(inner: &Inner, p: &Publication, cmd: &mut redis::Cmd) {
         .arg(inner.budget_here(policy));
 }
 
+/// A conditional publish: the publish script with the expected position.
+pub(crate) async fn publish_if(
+    inner: &Inner,
+    conn: &mut Conn,
+    p: &Publication,
+    at: &protocol::history::StreamPosition,
+) -> Result<Receipt, PublishError> {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(PUBLISH.hash());
+    scripted_args(inner, p, &mut cmd);
+    cmd.arg(at.offset).arg(&at.epoch);
+    let reply: Vec<redis::Value> = match cmd.query_async(conn).await {
+        Ok(r) => r,
+        Err(e) if is_noscript(&e) => {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(PUBLISH.src)
+                .query_async::<String>(conn)
+                .await
+                .map_err(unavailable)?;
+            cmd.query_async(conn).await.map_err(unavailable)?
+        }
+        Err(e) => return Err(unavailable(e)),
+    };
+    let int = |v: Option<&redis::Value>| match v {
+        Some(redis::Value::Int(n)) => *n,
+        _ => 0,
+    };
+    let (n, off) = (int(reply.first()), int(reply.get(1)));
+    let epoch = match reply.get(2) {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        _ => String::new(),
+    };
+    match n {
+        -3 => Err(PublishError::Conflict {
+            offset: off.max(0) as u64,
+            epoch,
+        }),
+        -2 => budget_verdict(vec![p.channel.clone()]).map(|()| Receipt::default()),
+        n => Ok(Receipt {
+            nodes: n.max(0) as u64,
+            per_target: vec![n.max(0) as u64],
+            offsets: vec![(off > 0).then_some(off as u64)],
+            duplicates: usize::from(n == -1),
+            epoch: (!epoch.is_empty()).then_some(epoch),
+        }),
+    }
+}
+
 fn needs_script(inner: &Inner, p: &Publication) -> bool {
     inner.history.policy(&p.channel).is_some()
         || (p.id.is_some() && !inner.idempotency_window.is_zero())
@@ -171,6 +220,7 @@ pub(crate) async fn publish(
         per_target,
         offsets,
         duplicates,
+        epoch: None,
     })
 }
 
@@ -263,6 +313,7 @@ async fn publish_many(
         per_target,
         offsets,
         duplicates,
+        epoch: None,
     })
 }
 

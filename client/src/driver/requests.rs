@@ -161,6 +161,7 @@ impl Driver {
                         channel,
                         event,
                         payload,
+                        expect: None,
                     },
                     Pending::Publish(reply),
                 ),

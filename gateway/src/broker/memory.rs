@@ -130,7 +130,12 @@ impl MemoryBroker {
 
     /// Assigns offset and epoch (history) and drops repeated ids; `Ok(None)` when
     /// the publication is a duplicate, an error when it would exceed a budget.
-    fn admit(&self, mut p: Publication, now: Instant) -> Result<Option<Publication>, BrokerError> {
+    fn admit(
+        &self,
+        mut p: Publication,
+        now: Instant,
+        expect: Option<&StreamPosition>,
+    ) -> Result<Option<Publication>, BrokerError> {
         let mut store = self.store();
         store.publishes += 1;
         if store.publishes.is_multiple_of(SWEEP_EVERY) {
@@ -144,6 +149,14 @@ impl MemoryBroker {
             && store.seen.get(key).is_some_and(|until| *until > now)
         {
             return Ok(None);
+        }
+        if let Some(at) = expect {
+            let (offset, epoch) = store
+                .live(&p.channel, now)
+                .map_or((0, String::new()), |s| (s.seq, s.epoch.clone()));
+            if offset != at.offset || (epoch != at.epoch && !(epoch.is_empty() && offset == 0)) {
+                return Err(BrokerError::Conflict(StreamPosition { epoch, offset }));
+            }
         }
         if let Some(policy) = self.rules.policy(&p.channel) {
             let size = p.encode().len();
@@ -223,9 +236,11 @@ impl Broker for MemoryBroker {
             nodes: 0,
             sessions: Some(0),
             duplicates: 0,
+            offset: None,
+            epoch: None,
         };
         for p in pubs {
-            let Some(p) = self.admit(p, now)? else {
+            let Some(p) = self.admit(p, now, None)? else {
                 r.duplicates += 1;
                 continue;
             };
@@ -233,6 +248,34 @@ impl Broker for MemoryBroker {
             r.sessions = r.sessions.map(|s| s + self.handler.deliver(&p) as u64);
         }
         Ok(r)
+    }
+
+    async fn publish_if(
+        &self,
+        p: Publication,
+        at: &StreamPosition,
+    ) -> Result<Receipt, BrokerError> {
+        if self.rules.policy(&p.channel).is_none() {
+            return Err(BrokerError::Rejected(
+                "a conditional publish needs a channel with history".into(),
+            ));
+        }
+        let Some(p) = self.admit(p, Instant::now(), Some(at))? else {
+            return Ok(Receipt {
+                nodes: 0,
+                sessions: Some(0),
+                duplicates: 1,
+                offset: None,
+                epoch: None,
+            });
+        };
+        Ok(Receipt {
+            nodes: u64::from(self.handler.has_interest(&p.channel)),
+            sessions: Some(self.handler.deliver(&p) as u64),
+            duplicates: 0,
+            offset: p.offset,
+            epoch: p.epoch.clone(),
+        })
     }
 
     fn interest_changed(&self, _channel: &Arc<str>) {}
@@ -394,14 +437,31 @@ mod tests {
             p
         };
         for i in 0..MAX_SEEN {
-            broker.admit(publish(i), Instant::now()).unwrap();
+            broker.admit(publish(i), Instant::now(), None).unwrap();
         }
         // Every id is still remembered: a retry is a duplicate.
-        assert!(broker.admit(publish(0), Instant::now()).unwrap().is_none());
+        assert!(
+            broker
+                .admit(publish(0), Instant::now(), None)
+                .unwrap()
+                .is_none()
+        );
         // One more evicts the oldest (only), and says so.
-        broker.admit(publish(MAX_SEEN), Instant::now()).unwrap();
-        assert!(broker.admit(publish(0), Instant::now()).unwrap().is_some());
-        assert!(broker.admit(publish(2), Instant::now()).unwrap().is_none());
+        broker
+            .admit(publish(MAX_SEEN), Instant::now(), None)
+            .unwrap();
+        assert!(
+            broker
+                .admit(publish(0), Instant::now(), None)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            broker
+                .admit(publish(2), Instant::now(), None)
+                .unwrap()
+                .is_none()
+        );
         assert!(
             metrics
                 .render()

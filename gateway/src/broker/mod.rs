@@ -31,6 +31,9 @@ pub enum BrokerError {
     /// A budget is used up (history channels of a rule, history bytes of a node).
     #[error("quota exceeded: {0}")]
     Quota(String),
+    /// A conditional publish found the channel's history at this position.
+    #[error("conflict: the channel is at offset {} of epoch `{}`", .0.offset, .0.epoch)]
+    Conflict(StreamPosition),
 }
 
 /// What a broker reports upward (implemented by the hub's table). Calls come from
@@ -59,6 +62,7 @@ impl BrokerError {
             BrokerError::Unavailable(_) => protocol::ErrorCode::Unavailable,
             BrokerError::Rejected(_) => protocol::ErrorCode::BadRequest,
             BrokerError::Quota(_) => protocol::ErrorCode::QuotaExceeded,
+            BrokerError::Conflict(_) => protocol::ErrorCode::Conflict,
         }
     }
 }
@@ -68,6 +72,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes each publication to every node interested in its channel, in one
     /// round trip where the broker allows. The receipt sums over the publications.
     async fn publish(&self, pubs: Vec<Publication>) -> Result<Receipt, BrokerError>;
+
+    /// Publishes `p` only if its channel's history is at `at` (its latest offset
+    /// and epoch), atomically; otherwise [`BrokerError::Conflict`] with where it is.
+    /// The receipt carries the publication's offset.
+    async fn publish_if(&self, p: Publication, at: &StreamPosition)
+    -> Result<Receipt, BrokerError>;
 
     /// A channel gained its first or lost its last local subscriber. Must not block:
     /// the broker re-reads the hub's interest set to decide what to do.

@@ -33,6 +33,9 @@ pub struct PublishRequest {
     payload: Option<Payload>,
     /// Message id, passed to clients as `msg_id`.
     id: Option<String>,
+    /// A conditional publish (one channel with history): only if its history is
+    /// at this position, else `409 conflict` with the current one.
+    expect: Option<protocol::frame::Since>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +80,7 @@ enum Failure {
     TooLarge(String),
     Unavailable(String),
     Quota(String),
+    Conflict(protocol::history::StreamPosition),
 }
 
 impl Failure {
@@ -86,6 +90,11 @@ impl Failure {
             Failure::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
             Failure::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             Failure::Quota(m) => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", m),
+            Failure::Conflict(_) => (
+                StatusCode::CONFLICT,
+                "conflict",
+                "the channel is not at the expected position",
+            ),
         }
     }
 }
@@ -140,16 +149,43 @@ async fn publish_one(node: &Node, r: PublishRequest) -> Result<Receipt, Failure>
             p
         })
         .collect();
+    let failed = |e: crate::broker::BrokerError| match e {
+        crate::broker::BrokerError::Conflict(at) => Failure::Conflict(at),
+        e => match e.code() {
+            ErrorCode::Unavailable => Failure::Unavailable(e.to_string()),
+            ErrorCode::QuotaExceeded => Failure::Quota(e.to_string()),
+            _ => Failure::Invalid(e.to_string()),
+        },
+    };
+    if let Some(at) = r.expect {
+        let Ok([p]) = <[Publication; 1]>::try_from(pubs) else {
+            return Err(Failure::Invalid(
+                "a conditional publish (expect) has exactly one target".into(),
+            ));
+        };
+        let at = protocol::history::StreamPosition {
+            epoch: at.epoch,
+            offset: at.offset,
+        };
+        return node.broker.publish_if(p, &at).await.map_err(failed);
+    }
     // One broker call: with Redis, one pipelined round trip for every target.
-    node.broker.publish(pubs).await.map_err(|e| match e.code() {
-        ErrorCode::Unavailable => Failure::Unavailable(e.to_string()),
-        ErrorCode::QuotaExceeded => Failure::Quota(e.to_string()),
-        _ => Failure::Invalid(e.to_string()),
-    })
+    node.broker.publish(pubs).await.map_err(failed)
 }
 
 fn failure_response(f: Failure) -> Response<Body> {
     let (status, code, message) = f.code();
+    if let Failure::Conflict(at) = &f {
+        return json(
+            status,
+            &json!({
+                "error": code,
+                "message": message,
+                "offset": at.offset,
+                "epoch": at.epoch,
+            }),
+        );
+    }
     error(status, code, message)
 }
 
@@ -263,6 +299,12 @@ pub async fn handle(req: Request<Incoming>, node: Arc<Node>, batch: bool) -> Res
     for r in b.messages {
         results.push(match publish_one(&node, r).await {
             Ok(receipt) => json!(receipt),
+            Err(Failure::Conflict(at)) => json!({
+                "error": "conflict",
+                "message": "the channel is not at the expected position",
+                "offset": at.offset,
+                "epoch": at.epoch,
+            }),
             Err(f) => {
                 let (_, code, message) = f.code();
                 json!({"error": code, "message": message})

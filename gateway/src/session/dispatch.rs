@@ -65,7 +65,8 @@ impl Session {
                 channel,
                 event,
                 payload,
-            } => self.publish(id, channel, event, payload).await,
+                expect,
+            } => self.publish(id, channel, event, payload, expect).await,
             ClientFrame::Refresh { id, token } => self.refresh(id, &token),
             ClientFrame::Ack { id, offset } => self.ack(id, offset).await,
             ClientFrame::Presence {

@@ -413,6 +413,32 @@ impl Client {
             channel: channel.into(),
             event: event.into(),
             payload,
+            expect: None,
+        })
+        .await;
+        self.reply(id).await
+    }
+
+    /// A conditional publish: only if the channel is at `offset` of `epoch`.
+    pub async fn publish_if(
+        &mut self,
+        channel: &str,
+        event: &str,
+        payload: serde_json::Value,
+        offset: u64,
+        epoch: &str,
+    ) -> Reply {
+        let id = self.next_id();
+        let payload = Payload::from_value(&payload).unwrap();
+        self.send(&ClientFrame::Publish {
+            id,
+            channel: channel.into(),
+            event: event.into(),
+            payload,
+            expect: Some(protocol::frame::Since {
+                offset,
+                epoch: epoch.into(),
+            }),
         })
         .await;
         self.reply(id).await

@@ -252,11 +252,35 @@ impl Broker for RedisBroker {
                 nodes: r.nodes,
                 sessions: None,
                 duplicates: r.duplicates as u64,
+                offset: None,
+                epoch: None,
             }),
             Err(e) => {
                 if matches!(e, PublishError::QuotaExceeded(_)) {
                     self.shared.metrics.budget_refused(Budget::HistoryChannels);
                 } else {
+                    self.shared.metrics.broker.publish_failed();
+                }
+                Err(broker_error(e))
+            }
+        }
+    }
+
+    async fn publish_if(
+        &self,
+        p: Publication,
+        at: &StreamPosition,
+    ) -> Result<Receipt, BrokerError> {
+        match self.shared.publisher.publish_if(p, at).await {
+            Ok(r) => Ok(Receipt {
+                nodes: r.nodes,
+                sessions: None,
+                duplicates: r.duplicates as u64,
+                offset: r.offsets.first().copied().flatten(),
+                epoch: r.epoch,
+            }),
+            Err(e) => {
+                if matches!(e, PublishError::Unavailable(_)) {
                     self.shared.metrics.broker.publish_failed();
                 }
                 Err(broker_error(e))
@@ -374,6 +398,9 @@ fn broker_error(e: PublishError) -> BrokerError {
     match e {
         PublishError::Unavailable(m) => BrokerError::Unavailable(m),
         PublishError::QuotaExceeded(m) => BrokerError::Quota(m),
+        PublishError::Conflict { offset, epoch } => {
+            BrokerError::Conflict(StreamPosition { epoch, offset })
+        }
         other => BrokerError::Rejected(other.to_string()),
     }
 }
