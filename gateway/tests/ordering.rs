@@ -7,7 +7,7 @@
 mod support;
 
 use protocol::ErrorCode;
-use protocol::frame::Reply;
+use protocol::frame::{HistoryResult, Reply, ReplyResult, Since};
 use publisher::{PublishError, Publisher};
 use serde_json::{Value, json};
 use support::{Client, Gateway, RedisServer, ready_nodes, token};
@@ -54,10 +54,63 @@ async fn conditional_publishes_follow_the_rules(gw: &Gateway) {
     assert_eq!(r.error.unwrap().code, ErrorCode::BadRequest);
 }
 
+/// `history` reads the last entries, or pages forward from a position.
+async fn history_reads_the_last_entries_and_pages_forward(gw: &Gateway) {
+    let t = token("reader", &["doc:*"], &["doc:*"], 60);
+    let mut c = Client::connect(gw, &t).await;
+    let r = c.history("doc:h", Some(1), None).await;
+    let h = HistoryResult::from_value(r.result.unwrap()).unwrap();
+    assert_eq!(
+        (h.epoch.as_str(), h.offset, h.publications.len()),
+        ("", 0, 0)
+    );
+    for i in 1..=5 {
+        let r = c.publish("doc:h", "snapshot", json!({ "rev": i })).await;
+        assert!(r.ok, "{r:?}");
+    }
+    let r = c.history("doc:h", Some(1), None).await;
+    let last = HistoryResult::from_value(r.result.unwrap()).unwrap();
+    assert_eq!(last.offset, 5);
+    assert_eq!(last.publications.len(), 1);
+    assert_eq!(last.publications[0].payload, json!({"rev": 5}));
+    assert_eq!(last.publications[0].event, "snapshot");
+    let since = Since {
+        offset: 2,
+        epoch: last.epoch.clone(),
+    };
+    let r = c.history("doc:h", Some(2), Some(since)).await;
+    let page = HistoryResult::from_value(r.result.unwrap()).unwrap();
+    let offsets: Vec<u64> = page.publications.iter().map(|p| p.offset).collect();
+    assert_eq!(offsets, [3, 4]);
+    // Another epoch: no entries, and where the channel is.
+    let other = Since {
+        offset: 2,
+        epoch: "other".into(),
+    };
+    let r = c.history("doc:h", None, Some(other)).await;
+    let page = HistoryResult::from_value(r.result.unwrap()).unwrap();
+    assert_eq!((page.offset, page.publications.len()), (5, 0));
+    assert_eq!(page.epoch, last.epoch);
+    for (ch, limit, code) in [
+        ("news", None, ErrorCode::Forbidden),
+        ("doc:h", Some(0), ErrorCode::BadRequest),
+        ("doc:h", Some(101), ErrorCode::BadRequest),
+        ("$user:reader", None, ErrorCode::InvalidChannel),
+    ] {
+        let r = c.history(ch, limit, None).await;
+        assert_eq!(r.error.unwrap().code, code, "{ch}");
+    }
+    let t = token("reader2", &["*"], &[], 60);
+    let mut c = Client::connect(gw, &t).await;
+    let r = c.history("news", None, None).await;
+    assert_eq!(r.error.unwrap().code, ErrorCode::BadRequest);
+}
+
 #[tokio::test]
 async fn conditional_publish_on_the_memory_broker() {
     let gw = Gateway::builder().args(&["--history", DOCS]).start().await;
     conditional_publishes_follow_the_rules(&gw).await;
+    history_reads_the_last_entries_and_pages_forward(&gw).await;
 }
 
 #[tokio::test]
@@ -65,6 +118,7 @@ async fn conditional_publish_on_redis() {
     let redis = RedisServer::start().await;
     let gws = ready_nodes(1, |b, n| b.redis(&redis, n).args(&["--history", DOCS])).await;
     conditional_publishes_follow_the_rules(&gws[0]).await;
+    history_reads_the_last_entries_and_pages_forward(&gws[0]).await;
 }
 
 /// Writers on two nodes race for each next offset: exactly one wins each, the log

@@ -12,8 +12,8 @@ use crate::presence::PresenceDiff;
 use crate::{ErrorCode, Payload, ProtocolError, Publication};
 
 pub use crate::results::{
-    AckResult, PresenceResult, PresenceStatsResult, PublishResult, RefreshResult, ReplyResult,
-    SubscribeResult, UnsubscribeResult,
+    AckResult, HistoryEntry, HistoryResult, MAX_HISTORY_PAGE, PresenceResult, PresenceStatsResult,
+    PublishResult, RefreshResult, ReplyResult, SubscribeResult, UnsubscribeResult,
 };
 
 /// Subprotocol selecting JSON text frames (the default when none is offered).
@@ -143,6 +143,16 @@ pub enum ClientFrame {
         id: u64,
         channel: String,
     },
+    /// Entries of a channel's history: the last `limit`, or the first `limit`
+    /// after `since`.
+    History {
+        id: u64,
+        channel: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<Since>,
+    },
     Pong,
 }
 
@@ -156,6 +166,7 @@ impl ClientFrame {
             ClientFrame::Ack { .. } => "ack",
             ClientFrame::Presence { .. } => "presence",
             ClientFrame::PresenceStats { .. } => "presence_stats",
+            ClientFrame::History { .. } => "history",
             ClientFrame::Pong => "pong",
         }
     }
@@ -258,6 +269,12 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, Protoco
         "presence_stats" => ClientFrame::PresenceStats {
             id: need_id()?,
             channel: need(flat.channel, "channel")?,
+        },
+        "history" => ClientFrame::History {
+            id: need_id()?,
+            channel: need(flat.channel, "channel")?,
+            limit: flat.limit,
+            since: flat.since,
         },
         other => {
             return Err(frame_err(
@@ -678,6 +695,21 @@ mod tests {
             ClientFrame::PresenceStats {
                 id: 8,
                 channel: "room:1".into(),
+            },
+            ClientFrame::History {
+                id: 9,
+                channel: "snap:doc:1".into(),
+                limit: Some(1),
+                since: None,
+            },
+            ClientFrame::History {
+                id: 10,
+                channel: "doc:1".into(),
+                limit: None,
+                since: Some(Since {
+                    offset: 4,
+                    epoch: "e".into(),
+                }),
             },
             ClientFrame::Pong,
         ];

@@ -190,6 +190,35 @@ impl ReplyResult for PresenceStatsResult {
     const REQUEST: &'static str = "presence_stats";
 }
 
+/// Most entries one `history` request returns, and its default.
+pub const MAX_HISTORY_PAGE: u32 = 100;
+
+/// One entry of a channel's history, as a `history` reply lists it (the fields of a
+/// `message` frame without the channel, which the reply names once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub event: String,
+    pub payload: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<String>,
+    pub offset: u64,
+    pub ts: u64,
+}
+
+/// The answer to `history`: the channel's position (`epoch`, latest `offset`; `""`
+/// and `0` before its first message) and entries oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryResult {
+    pub channel: String,
+    pub epoch: String,
+    pub offset: u64,
+    pub publications: Vec<HistoryEntry>,
+}
+
+impl ReplyResult for HistoryResult {
+    const REQUEST: &'static str = "history";
+}
+
 macro_rules! into_value {
     ($($t:ty),*) => {$(
         impl From<$t> for serde_json::Value {
@@ -207,7 +236,8 @@ into_value!(
     RefreshResult,
     AckResult,
     PresenceResult,
-    PresenceStatsResult
+    PresenceStatsResult,
+    HistoryResult
 );
 
 #[cfg(test)]

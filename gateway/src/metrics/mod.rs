@@ -58,7 +58,7 @@ pub enum Drop {
 const CLOSE_CODES: [u16; 13] = [
     1000, 1001, 1002, 1006, 1007, 1008, 1009, 1011, 4001, 4002, 4003, 4004, 4005,
 ];
-const FRAME_TYPES: [&str; 10] = [
+const FRAME_TYPES: [&str; 11] = [
     "subscribe",
     "unsubscribe",
     "publish",
@@ -69,6 +69,7 @@ const FRAME_TYPES: [&str; 10] = [
     "ws_control",
     "presence",
     "presence_stats",
+    "history",
 ];
 
 pub struct Metrics {

@@ -76,6 +76,12 @@ impl Session {
                 cursor,
             } => self.presence(id, &channel, limit, cursor, now).await,
             ClientFrame::PresenceStats { id, channel } => self.presence_stats(id, &channel).await,
+            ClientFrame::History {
+                id,
+                channel,
+                limit,
+                since,
+            } => self.history(id, &channel, limit, since, now).await,
         }
     }
 }
@@ -88,7 +94,8 @@ fn request_id(f: &ClientFrame) -> Option<u64> {
         | ClientFrame::Refresh { id, .. }
         | ClientFrame::Ack { id, .. }
         | ClientFrame::Presence { id, .. }
-        | ClientFrame::PresenceStats { id, .. } => Some(*id),
+        | ClientFrame::PresenceStats { id, .. }
+        | ClientFrame::History { id, .. } => Some(*id),
         ClientFrame::Pong => None,
     }
 }

@@ -333,6 +333,24 @@ impl Client {
         self.reply(id).await
     }
 
+    /// A `history` request; the reply.
+    pub async fn history(
+        &mut self,
+        channel: &str,
+        limit: Option<u32>,
+        since: Option<protocol::frame::Since>,
+    ) -> Reply {
+        let id = self.next_id();
+        self.send(&ClientFrame::History {
+            id,
+            channel: channel.into(),
+            limit,
+            since,
+        })
+        .await;
+        self.reply(id).await
+    }
+
     /// A `presence_stats` request; the reply.
     pub async fn presence_stats(&mut self, channel: &str) -> Reply {
         let id = self.next_id();

@@ -3,6 +3,7 @@
 //! decodes a frame and picks one.
 
 mod ack;
+mod history;
 mod presence;
 mod publish;
 mod refresh;
