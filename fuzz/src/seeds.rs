@@ -95,9 +95,11 @@ pub const CLIENT_TYPES: &[&str] = &[
     "publish",
     "refresh",
     "ack",
+    "presence",
+    "presence_stats",
     "pong",
 ];
-pub const SERVER_TYPES: &[&str] = &["welcome", "message", "reply", "ping"];
+pub const SERVER_TYPES: &[&str] = &["welcome", "message", "reply", "presence_diff", "ping"];
 
 /// `n` nested arrays around `1`, as JSON text.
 pub fn deep_json(n: usize) -> String {

@@ -26,7 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use protocol::frame::{ServerFrame, decode_client, decode_server};
 use protocol::{Encoding, ErrorCode};
 use serde_json::{Value, json};
-use support::{API_KEY, Client, Gateway, WAIT, eventually, token};
+use support::{API_KEY, Client, Gateway, WAIT, eventually, token, token_with};
 use testkit::RedisServer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -259,7 +259,11 @@ impl Fleet {
                 "memory" => Gateway::start().await,
                 "redis" | "redis-down" => {
                     let redis = RedisServer::start().await;
-                    let gw = Gateway::builder().redis(&redis, kind).start().await;
+                    let gw = Gateway::builder()
+                        .redis(&redis, kind)
+                        .args(&["--presence", "room:*"])
+                        .start()
+                        .await;
                     eventually("ready", || async { gw.admin_get("/readyz").await.0 == 200 }).await;
                     self.redis.push(redis);
                     if kind == "redis-down" {
@@ -278,6 +282,7 @@ impl Fleet {
                         .await
                 }
                 "demo" => Gateway::builder().args(&["--demo"]).start().await,
+                "presence" => self.presence().await,
                 "origins" => {
                     Gateway::builder()
                         .args(&["--allowed-origins", "https://app.example"])
@@ -312,6 +317,38 @@ impl Fleet {
             self.gateways.insert(kind.to_owned(), gw);
         }
         &self.gateways[kind]
+    }
+}
+
+impl Fleet {
+    /// A gateway with presence on `room:*`: alice (two connections) and bob in
+    /// `room:42`, all with `info`; carol connected and left (offline, last seen).
+    async fn presence(&mut self) -> Gateway {
+        let gw = Gateway::builder()
+            .args(&["--presence", "room:* events"])
+            .start()
+            .await;
+        for (user, name) in [("alice", "Alice"), ("alice", "Alice"), ("bob", "Bob")] {
+            let tok = token_with(user, &["room:*"], &[], Some(json!({ "name": name })));
+            let mut c = Client::connect(&gw, &tok).await;
+            assert!(c.subscribe("room:42").await.ok);
+            self.held.push(c);
+        }
+        drop(Client::connect(&gw, &token_with("carol", &[], &[], None)).await);
+        eventually("room:42 listed and carol offline", || async {
+            let (_, stats) = gw
+                .post_api("/api/v1/presence/stats", r#"{"channel":"room:42"}"#)
+                .await;
+            let (_, online) = gw
+                .post_api("/api/v1/online", r#"{"users":["carol"]}"#)
+                .await;
+            let stats: Value = serde_json::from_str(&stats).unwrap_or_default();
+            let online: Value = serde_json::from_str(&online).unwrap_or_default();
+            let carol = &online["users"][0];
+            stats["clients"] == 3 && carol["online"] == false && carol["last_seen"].is_u64()
+        })
+        .await;
+        gw
     }
 }
 
@@ -359,7 +396,7 @@ async fn replay(fleet: &mut Fleet, op: &Value, path: &str, method: &str, r: &Val
             headers.push((format!("X-Extra-{i}"), "x".into()));
         }
     }
-    let body: Vec<u8> = if let Some(name) = r["request"].as_str() {
+    let mut body: Vec<u8> = if let Some(name) = r["request"].as_str() {
         let ex = &op["requestBody"]["content"]["application/json"]["examples"][name]["value"];
         assert!(
             !ex.is_null(),
@@ -382,6 +419,23 @@ async fn replay(fleet: &mut Fleet, op: &Value, path: &str, method: &str, r: &Val
     };
     let (public, admin) = fleet.addrs(kind).await;
     let addr = if r["admin"] == true { admin } else { public };
+    // `cursor_from: <request example>`: that request first, then this one with the
+    // `cursor` of its answer (the page after it).
+    if let Some(first) = r["cursor_from"].as_str() {
+        let ex = &op["requestBody"]["content"]["application/json"]["examples"][first]["value"];
+        assert!(!ex.is_null(), "x-replay: no request example `{first}`");
+        let a = request(addr, &method, &path, &headers, ex.to_string().as_bytes()).await;
+        let answer: Value = serde_json::from_str(&a.body).unwrap_or_default();
+        let cursor = answer["cursor"].clone();
+        assert!(
+            cursor.is_string(),
+            "x-replay: `{first}` gave no cursor: {}",
+            a.body
+        );
+        let mut next: Value = serde_json::from_slice(&body).unwrap();
+        next["cursor"] = cursor;
+        body = next.to_string().into_bytes();
+    }
     let mut answer = request(addr, &method, &path, &headers, &body).await;
     if r["repeat"] == true {
         answer = request(addr, &method, &path, &headers, &body).await;
@@ -470,14 +524,17 @@ async fn openapi_examples_replay_against_gateways() {
 
 // --- WebSocket --------------------------------------------------------------------------
 
-const CLIENT_TYPES: [&str; 6] = [
+const CLIENT_TYPES: [&str; 8] = [
     "subscribe",
     "unsubscribe",
     "publish",
     "refresh",
     "ack",
+    "presence",
+    "presence_stats",
     "pong",
 ];
+const SERVER_TYPES: [&str; 5] = ["welcome", "message", "reply", "presence_diff", "ping"];
 
 /// The JSON examples of every component message that is not a `*Msgpack` twin, with
 /// the message's `x-replay` entry for each.
@@ -577,10 +634,7 @@ fn asyncapi_codes_equal_the_protocol_crate() {
             .keys()
             .map(String::as_str)
             .collect();
-        for t in CLIENT_TYPES
-            .iter()
-            .chain(&["welcome", "message", "reply", "ping"])
-        {
+        for t in CLIENT_TYPES.iter().chain(&SERVER_TYPES) {
             assert!(names.contains(t), "channel {ch} lacks the {t} frame");
         }
     }
@@ -591,6 +645,7 @@ async fn asyncapi_client_frames_are_answered_in_both_encodings() {
     let s = specs();
     let gw = Gateway::builder()
         .args(&["--history", "$user:* 100 24h,room:* 100 1h"])
+        .args(&["--presence", "room:* events"])
         .start()
         .await;
     // Something on alice's personal channel, so that `ack` has a position to store.
@@ -602,7 +657,7 @@ async fn asyncapi_client_frames_are_answered_in_both_encodings() {
         .into_iter()
         .filter(|(_, p, _)| CLIENT_TYPES.contains(&p["type"].as_str().unwrap()))
         .collect();
-    assert!(examples.len() >= 6);
+    assert!(examples.len() >= CLIENT_TYPES.len());
     for enc in [Encoding::Json, Encoding::MsgPack] {
         let tok = token("alice", &["news", "room:*"], &["room:*"], 300);
         let mut c = Client::connect_encoding(&gw, &tok, enc).await;
@@ -709,6 +764,48 @@ impl Raw {
     }
 }
 
+/// Three connections of two users, with `info`, subscribed to `channel`, and a
+/// reader (not subscribed) once presence lists all three.
+async fn presence_reader(gw: &Gateway, channel: &str, tag: &str) -> (Raw, Vec<Raw>) {
+    let mut members = Vec::new();
+    for user in [format!("{tag}-a"), format!("{tag}-a"), format!("{tag}-b")] {
+        let tok = token_with(&user, &["room:*"], &[], Some(json!({ "name": user })));
+        let (mut r, _) = Raw::connect(gw, &tok, "").await;
+        r.request(json!({"type": "subscribe", "channel": channel}))
+            .await;
+        members.push(r);
+    }
+    let (mut reader, _) = Raw::connect(
+        gw,
+        &token(&format!("{tag}-reader"), &["room:*"], &[], 300),
+        "",
+    )
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = reader
+            .request(json!({"type": "presence_stats", "channel": channel}))
+            .await;
+        if r["result"]["clients"] == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{channel}: {r}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (reader, members)
+}
+
+/// The next `presence_diff` with leaves (`leaves`) or with joins.
+async fn next_diff(r: &mut Raw, leaves: bool) -> Value {
+    loop {
+        let d = r.until("presence_diff").await;
+        let key = if leaves { "leaves" } else { "joins" };
+        if !d[key].as_array().unwrap().is_empty() {
+            return d;
+        }
+    }
+}
+
 /// A frame of the kind the scenario names, as the gateway sends it.
 async fn live_frame(scenario: &str, gw: &Gateway, ping_gw: &Gateway) -> Value {
     let tok = |u: &str| token(u, &["news", "room:*", "chat:*"], &["room:*", "chat:*"], 300);
@@ -779,6 +876,51 @@ async fn live_frame(scenario: &str, gw: &Gateway, ping_gw: &Gateway) -> Value {
             r.until("message").await;
             r.request(json!({"type": "ack", "offset": 1})).await
         }
+        "reply_presence_first" | "reply_presence_last" | "reply_presence_stats" => {
+            let channel = format!("room:{scenario}");
+            let (mut reader, _members) = presence_reader(gw, &channel, scenario).await;
+            if scenario == "reply_presence_stats" {
+                return reader
+                    .request(json!({"type": "presence_stats", "channel": channel}))
+                    .await;
+            }
+            let first = reader
+                .request(json!({"type": "presence", "channel": channel, "limit": 2}))
+                .await;
+            if scenario == "reply_presence_first" {
+                return first;
+            }
+            let cursor = first["result"]["cursor"].clone();
+            reader
+                .request(
+                    json!({"type": "presence", "channel": channel, "limit": 2, "cursor": cursor}),
+                )
+                .await
+        }
+        "presence_diff_join" => {
+            let tok = token_with("s-join", &["room:*"], &[], Some(json!({"name": "S"})));
+            let (mut r, _) = Raw::connect(gw, &tok, "").await;
+            r.request(json!({"type": "subscribe", "channel": "room:pj"}))
+                .await;
+            next_diff(&mut r, false).await
+        }
+        "presence_diff_leave" => {
+            let with_info = |u: &str| token_with(u, &["room:*"], &[], Some(json!({ "name": u })));
+            let (mut watcher, _) = Raw::connect(gw, &with_info("s-watch"), "").await;
+            watcher
+                .request(json!({"type": "subscribe", "channel": "room:pl"}))
+                .await;
+            next_diff(&mut watcher, false).await;
+            let (mut leaver, _) = Raw::connect(gw, &with_info("s-leave"), "").await;
+            leaver
+                .request(json!({"type": "subscribe", "channel": "room:pl"}))
+                .await;
+            next_diff(&mut watcher, false).await;
+            leaver
+                .request(json!({"type": "unsubscribe", "channel": "room:pl"}))
+                .await;
+            next_diff(&mut watcher, true).await
+        }
         "reply_forbidden" => {
             let (mut r, _) = Raw::connect(gw, &tok("s-forbid"), "").await;
             r.request(json!({"type": "subscribe", "channel": "secret"}))
@@ -802,6 +944,7 @@ async fn asyncapi_server_frames_match_what_the_gateway_sends() {
     let s = specs();
     let gw = Gateway::builder()
         .args(&["--history", "$user:* 100 24h,room:* 100 1h"])
+        .args(&["--presence", "room:* events", "--presence-grace", "300ms"])
         .start()
         .await;
     let ping_gw = Gateway::builder()
@@ -831,7 +974,7 @@ async fn asyncapi_server_frames_match_what_the_gateway_sends() {
         let live = live_frame(scenario, &gw, &ping_gw).await;
         same_shape(&payload, &live, &label, &mut problems);
     }
-    for kind in ["welcome", "message", "reply", "ping"] {
+    for kind in SERVER_TYPES {
         assert!(
             seen.contains_key(kind),
             "no {kind} example in asyncapi.yaml"

@@ -25,8 +25,9 @@ use std::path::PathBuf;
 
 use protocol::close::{self, Reconnect};
 use protocol::frame::{
-    AckResult, ClientFrame, PublishResult, RefreshResult, Reply, ReplyResult, ServerFrame,
-    SubscribeResult, UnsubscribeResult, decode_client, decode_server, encode_message,
+    AckResult, ClientFrame, PresenceResult, PresenceStatsResult, PublishResult, RefreshResult,
+    Reply, ReplyResult, ServerFrame, SubscribeResult, UnsubscribeResult, decode_client,
+    decode_server, encode_message, encode_presence_diff,
 };
 use protocol::{Encoding, Publication};
 use serde_json::{Value, json};
@@ -184,7 +185,7 @@ fn client_frames_of_the_fixture_encode_to_its_bytes() {
             }
         }
     }
-    assert_eq!(n, 7, "client frame examples");
+    assert_eq!(n, 10, "client frame examples");
 }
 
 /// The reply's result read as the typed result of the request it answers (told by
@@ -203,6 +204,10 @@ fn typed_reply(reply: &Reply, out: Encoding) -> Option<Vec<u8>> {
     let has = |k: &str| result.get(k).is_some();
     Some(if has("nodes") {
         again::<PublishResult>(reply, result, out)
+    } else if has("members") {
+        again::<PresenceResult>(reply, result, out)
+    } else if has("clients") {
+        again::<PresenceStatsResult>(reply, result, out)
     } else if has("expires_at") {
         again::<RefreshResult>(reply, result, out)
     } else if has("channel") {
@@ -259,15 +264,20 @@ fn server_frames_of_the_fixture_decode_and_encode_to_its_bytes() {
                             typed += 1;
                         }
                     }
-                    ServerFrame::Welcome(_) | ServerFrame::PresenceDiff(_) | ServerFrame::Ping => {}
+                    // The gateway's path: one encoding of the diff for all.
+                    ServerFrame::PresenceDiff(d) => {
+                        let bytes = encode_presence_diff(out, &d.channel, &d.diff).unwrap();
+                        assert_eq!(hex(&bytes), want, "{}", f.json);
+                    }
+                    ServerFrame::Welcome(_) | ServerFrame::Ping => {}
                 }
             }
         }
     }
-    assert_eq!(n, 16, "server frame examples");
-    // Eight successful replies (one in `ack`, seven in `reply`), each from two
-    // encodings into two.
-    assert_eq!(typed, 8 * 4, "typed reply results");
+    assert_eq!(n, 22, "server frame examples");
+    // Eleven successful replies (one in `ack`, seven in `reply`, three in section
+    // 15), each from two encodings into two.
+    assert_eq!(typed, 11 * 4, "typed reply results");
 }
 
 // --- close-codes.json ---------------------------------------------------------------
