@@ -54,6 +54,13 @@ async function waitText(page: Page, selector: string, re: RegExp, timeoutMs = ST
   );
 }
 
+const members = (page: Page, room: string) => page.locator(`[data-testid=room-${room}] [data-testid=member]`);
+
+/** The user ids a room's member list shows, sorted. */
+async function users(page: Page, room: string): Promise<string[]> {
+  return (await members(page, room).evaluateAll((els) => els.map((e) => e.getAttribute('data-user') ?? ''))).sort();
+}
+
 describe('demo app in Chromium', { timeout: 100_000 }, () => {
   let redis: { port: number; proc: Proc } | undefined;
   let gw: Gateway;
@@ -114,9 +121,6 @@ describe('demo app in Chromium', { timeout: 100_000 }, () => {
   });
 
   test('each room lists its members with online dots; one who leaves the room or closes the page disappears after the grace period', async () => {
-    const members = (page: Page, room: string) => page.locator(`[data-testid=room-${room}] [data-testid=member]`);
-    const users = async (page: Page, room: string): Promise<string[]> =>
-      (await members(page, room).evaluateAll((els) => els.map((e) => e.getAttribute('data-user') ?? ''))).sort();
     const join = async (page: Page, room: string): Promise<void> => {
       await page.getByTestId('room-input').fill(room);
       await page.getByTestId('join-button').click();
@@ -203,6 +207,8 @@ describe('demo app in Chromium', { timeout: 100_000 }, () => {
     await alice.locator('[data-testid=notification]', { hasText: 'Sent while you were away' }).waitFor();
     await alice.locator('[data-testid=room-e2e] [data-testid=message][data-from=backend]', { hasText: 'missed chat line' }).waitFor();
     await waitText(alice, '[data-testid=recovery]', /^recovered$/);
+    // The member list is taken again after the reconnect: both pages are in #e2e.
+    await waitFor(async () => (await users(alice, 'e2e')).join() === 'demo-alice,demo-bob', 40_000, 'the members of #e2e after the restart');
     await bob.locator('[data-testid=room-e2e] [data-testid=message][data-from=backend]').waitFor({ timeout: 40_000 });
 
     const log = await alice.evaluate(() => (window as unknown as { statusLog: string[] }).statusLog);

@@ -128,6 +128,20 @@ export interface PresenceTrackerEvents {
 
 export interface PresenceTrackerOptions {
   /**
+   * How long after a confirmation of the subscription the snapshot is taken (default
+   * 100 ms): the gateway lists a new subscriber within its 50 ms batch window plus a
+   * Redis round trip, so a listing taken at once can miss the client itself.
+   */
+  snapshotDelayMs?: number;
+  /**
+   * After a resubscription (a reconnect), a second snapshot between this long and twice
+   * as long after the first (default 2000 ms; 0: none). Members who reconnect at the same time as this client
+   * (e.g. every client of a restarted node) are missing from a listing taken before
+   * they are back, and a reconnect within the gateway's grace period announces no
+   * join, so only a later listing shows them again.
+   */
+  settleMs?: number;
+  /**
    * Delays before asking again after a refusal for now (`unavailable`, `rate_limited`,
    * `internal`) or a timeout: backoff with full jitter, 1 s doubling up to 30 s by default.
    */
@@ -149,10 +163,11 @@ function byUser(a: PresenceUser, b: PresenceUser): number {
 /**
  * The users present on a subscribed channel, kept current: created by
  * `client.trackPresence(channel)` (or the `usePresence` hook). Takes a snapshot (every
- * page of `presence`, grouped by user) each time the subscription is confirmed (the
- * first time, and after every reconnect, since diffs sent while disconnected are
- * lost), and applies the channel's `presence_diff` joins and leaves in between
- * (diffs that arrive while a snapshot loads are applied after it). Needs a presence
+ * page of `presence`, grouped by user) shortly after each confirmation of the
+ * subscription (the first time, and after every reconnect, since diffs sent while
+ * disconnected are lost; after a reconnect a second one later, see `settleMs`), and
+ * applies the channel's `presence_diff` joins and leaves in between (diffs that
+ * arrive while a snapshot loads are applied after it). Needs a presence
  * rule with `events` on the server for live updates; without one, the members are
  * those of the last snapshot (call `refresh()`).
  */
@@ -166,6 +181,13 @@ export class PresenceTracker extends Emitter<PresenceTrackerEvents> {
   private generation = 0;
   private readonly backoff: Backoff;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private snapshotTimer: ReturnType<typeof setTimeout> | undefined;
+  private settleTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly snapshotDelayMs: number;
+  private readonly settleMs: number;
+  private readonly random: () => number;
+  /** A confirmation of the subscription was seen: the next one is a resubscription. */
+  private confirmed = false;
   private readonly offs: (() => void)[];
   /** Stopped, or the subscription ended: nothing changes any more, but why it ended. */
   private done = false;
@@ -178,10 +200,13 @@ export class PresenceTracker extends Emitter<PresenceTrackerEvents> {
     opts: PresenceTrackerOptions = {},
   ) {
     super();
-    this.backoff = new Backoff(opts.retry, opts.random);
+    this.random = opts.random ?? Math.random;
+    this.backoff = new Backoff(opts.retry, this.random);
+    this.snapshotDelayMs = opts.snapshotDelayMs ?? 100;
+    this.settleMs = opts.settleMs ?? 2000;
     const sub = subscription;
     this.offs = [
-      sub.on('subscribed', () => void this.load()),
+      sub.on('subscribed', () => this.onSubscribed()),
       sub.on('presence', (d) => this.onDiff(d)),
       // Refused for now: still held, subscribed again in the background.
       sub.on('retrying', ({ error }) => this.update({ status: 'error', error })),
@@ -195,7 +220,7 @@ export class PresenceTracker extends Emitter<PresenceTrackerEvents> {
     });
     if (!sub.active) this.finish();
     else if (sub.retrying) this.update({ status: 'error', error: sub.retrying.error });
-    else if (sub.result) void this.load();
+    else if (sub.result) this.onSubscribed();
   }
 
   get channel(): string {
@@ -234,13 +259,39 @@ export class PresenceTracker extends Emitter<PresenceTrackerEvents> {
     this.finish();
   }
 
-  private async load(): Promise<void> {
+  /** The subscription is confirmed: a snapshot shortly, and after a resubscription another one later. */
+  private onSubscribed(): void {
+    if (this.done) return;
+    const again = this.confirmed;
+    this.confirmed = true;
+    this.clearTimers();
+    // Until the snapshot, the members shown are the last known.
+    this.update({ status: 'loading', error: undefined });
+    this.snapshotTimer = setTimeout(() => void this.load(), this.snapshotDelayMs);
+    if (again && this.settleMs > 0) {
+      // Jittered: after a node restart, every client of it gets here at once.
+      const delay = this.snapshotDelayMs + this.settleMs * (1 + this.random());
+      this.settleTimer = setTimeout(() => void this.load(true), delay);
+    }
+  }
+
+  private clearTimers(): void {
+    for (const t of [this.retryTimer, this.snapshotTimer, this.settleTimer]) clearTimeout(t);
+    this.retryTimer = this.snapshotTimer = this.settleTimer = undefined;
+  }
+
+  /** `quiet`: a check of a current list (the settle snapshot): the status stays `ready` meanwhile. */
+  private async load(quiet = false): Promise<void> {
     if (this.done) return;
     clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
+    if (!quiet) {
+      clearTimeout(this.snapshotTimer);
+      this.snapshotTimer = undefined;
+    }
     const gen = ++this.generation;
     this.pending = [];
-    this.update({ status: 'loading', error: undefined });
+    if (!quiet || this.state.status !== 'ready') this.update({ status: 'loading', error: undefined });
     let snap: PresenceResult;
     try {
       snap = await this.host.presenceAll(this.channel);
@@ -278,7 +329,7 @@ export class PresenceTracker extends Emitter<PresenceTrackerEvents> {
     if (this.done) return;
     this.done = true;
     this.generation += 1;
-    clearTimeout(this.retryTimer);
+    this.clearTimers();
     for (const off of this.offs) off();
     this.update(this.state.status === 'error' ? {} : { status: 'stopped' });
   }

@@ -309,4 +309,56 @@ describe('presence against two gateway nodes', { timeout: 60_000 }, () => {
       await doomed.proc.stop('SIGKILL');
     }
   });
+
+  test('a node drains: its users reconnect elsewhere within the grace period, and every list shows everybody again', async () => {
+    const draining = await startGateway({ redisPort: redis.port, args: [...PRESENCE, '--drain-period', '200ms'] });
+    try {
+      const movers = ['kate', 'liam'].map((user) => {
+        const c = new TidingsClient({
+          url: [draining.ws, (nodes[1] as Gateway).ws],
+          token: token(user, { info: { name: user.toUpperCase() } }),
+          WebSocket,
+          goingAwayDelayMs: 100,
+        });
+        mine.push(c);
+        return c;
+      });
+      const mia = on(0, 'mia');
+      const trackers = [...movers, mia].map((c) => c.trackPresence('room:drain', { settleMs: 1500 }));
+      const everybody = 'kate,liam,mia';
+      const lists = (): string[] => trackers.map((t) => t.members.map((m) => m.user).join());
+      // Every first snapshot taken (a listing taken while a member reconnects misses them).
+      await waitFor(() => lists().every((l) => l === everybody) && trackers.every((t) => t.status === 'ready'), 10_000, 'everybody on every list');
+      const leaves: string[] = [];
+      const t0 = Date.now();
+      const log: string[] = [];
+      mia.on('presence', (d) => {
+        leaves.push(...d.leaves.map((l) => l.user));
+        log.push(`${Date.now() - t0} mia diff ${JSON.stringify(d)}`);
+      });
+      // What happened, for a failure's message.
+      for (const [i, t] of trackers.entries()) {
+        t.on('change', (x) => log.push(`${Date.now() - t0} tracker ${i} ${x.status} ${x.members.map((m) => m.user).join()}`));
+      }
+      for (const [i, c] of movers.entries()) {
+        c.on('connected', (w) => log.push(`${Date.now() - t0} mover ${i} connected ${w.url}`));
+        c.on('disconnected', (w) => log.push(`${Date.now() - t0} mover ${i} disconnected ${w.code}`));
+      }
+      await draining.proc.stop('SIGTERM');
+      log.push(`${Date.now() - t0} drained`);
+      await waitFor(() => movers.every((c) => c.state.status === 'connected'), 10_000, 'both movers reconnected');
+      await waitFor(
+        () => lists().every((l) => l === everybody) && trackers.every((t) => t.status === 'ready'),
+        10_000,
+        'everybody on every list again',
+      ).catch((e: Error) => {
+        throw new Error(`${e.message}: ${JSON.stringify(trackers.map((t) => [t.status, t.members.map((m) => m.user)]))}\n${log.join('\n')}`);
+      });
+      await sleep(2500); // past the grace period, the entries' expiry and the settle snapshot
+      assert.deepEqual(lists(), [everybody, everybody, everybody]);
+      assert.deepEqual(leaves, [], 'nobody left');
+    } finally {
+      await draining.proc.stop('SIGKILL');
+    }
+  });
 });

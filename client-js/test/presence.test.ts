@@ -298,6 +298,35 @@ test('trackPresence: a new snapshot after the channel is subscribed again after 
   assert.equal(t.status, 'stopped');
 });
 
+test('trackPresence: after a reconnect, a second snapshot shows the members who were reconnecting too (no join is announced for them)', async () => {
+  const { client, fake, ws } = await connected();
+  const t = client.trackPresence('room:1', { snapshotDelayMs: 10, settleMs: 100 });
+  const seen = watch(t);
+  const s = await ws.next('subscribe');
+  ws.reply(s.id, { channel: 'room:1' });
+  await page(ws, [member('alice', 'n1/1'), member('bob', 'n1/2')]);
+  await waitFor(() => t.status === 'ready', 1000, 'the snapshot');
+  await new Promise((r) => setTimeout(r, 150));
+  assert.equal(ws.sent.filter((f) => f.type === 'presence').length, 1, 'no second snapshot after the first subscribe');
+  ws.drop();
+  const ws2 = await fake.nth(1);
+  ws2.welcome();
+  ws2.reply((await ws2.next('subscribe')).id, { channel: 'room:1' });
+  // bob is still reconnecting: not listed yet.
+  await page(ws2, [member('alice', 'n2/1')]);
+  await waitFor(() => t.status === 'ready' && t.members.length === 1, 1000, 'the first snapshot');
+  const at = seen.length;
+  await page(ws2, [member('alice', 'n2/1'), member('bob', 'n2/2')]);
+  await waitFor(() => t.members.length === 2, 1000, 'the settle snapshot');
+  assert.deepEqual(t.members.map((m) => m.user), ['alice', 'bob']);
+  // The check of a current list is quiet: it stays ready.
+  assert.deepEqual(
+    seen.slice(at).map((x) => x.status),
+    ['ready'],
+  );
+  await client.close();
+});
+
 test('trackPresence: refusals for now are asked again with backoff; others wait for the next subscription', async () => {
   const { client, ws } = await connected({ random: () => 0.01, backoff: { initialMs: 1000 } });
   await subscribed(client, ws, 'room:1');
