@@ -152,6 +152,22 @@ async fn members_are_seen_from_every_node_with_their_info_and_in_pages() {
     let r = c.presence_stats("room:1").await;
     let stats = PresenceStatsResult::from_value(r.result.unwrap()).unwrap();
     assert_eq!((stats.clients, stats.users), (4, 3));
+    // A backend reads the same through the SDK.
+    let sdk = publisher::Publisher::builder(redis.url()).build().unwrap();
+    let page = sdk.presence("room:1", 1000, None).await.unwrap();
+    assert_eq!((page.clients, page.users, page.members.len()), (4, 3, 4));
+    assert_eq!(sdk.presence_stats("room:1").await.unwrap().users, 3);
+    let online = sdk.online(&["alice", "zed"]).await.unwrap();
+    assert!(
+        online[0].online && online[0].last_seen.is_some(),
+        "{online:?}"
+    );
+    assert!(
+        !online[1].online && online[1].last_seen.is_none(),
+        "{online:?}"
+    );
+    assert!(sdk.online::<&str>(&[]).await.is_err());
+    assert!(sdk.presence("room:1", 0, None).await.is_err());
 }
 
 #[tokio::test]
@@ -498,4 +514,37 @@ async fn the_http_api_lists_counts_and_refuses_bad_requests() {
         .http("POST", "/api/v1/online", &[], r#"{"users":["a"]}"#)
         .await;
     assert_eq!(s, 401);
+}
+
+/// A node shutting down (SIGTERM) sends its connections' leaves before it exits
+/// (the presence task batches them as the drain closes connections, and a last
+/// flush after the drain sends what is left): the leave follows after the grace
+/// period and the next refresh of another node, not only once the node's entries
+/// expire (2 x refresh).
+#[tokio::test]
+async fn a_draining_node_sends_its_leaves_before_it_exits() {
+    let redis = RedisServer::start().await;
+    let mut gws = ready_nodes(2, |b, name| {
+        b.redis(&redis, name).drain_period("200ms").args(&[
+            "--presence",
+            "room:* events",
+            "--presence-refresh",
+            "2s",
+            "--presence-grace",
+            "300ms",
+        ])
+    })
+    .await;
+    let mut a = member(&gws[0], "alice", "room:t").await;
+    assert_eq!(joined(&a.diff().await), ["alice"]);
+    let _e = member(&gws[1], "erin", "room:t").await;
+    assert_eq!(joined(&a.diff().await), ["erin"]);
+    let stopped = Instant::now();
+    gws[1].terminate();
+    gws[1].wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(left(&a.diff().await), ["erin"]);
+    let took = stopped.elapsed();
+    // Entries expire after 4 s; with the leave sent at shutdown it is due after
+    // 300 ms and announced by node0's next refresh (every 2 s).
+    assert!(took < Duration::from_millis(3500), "{took:?}");
 }

@@ -148,15 +148,17 @@ impl Presence {
     }
 
     fn schedule(&self, channel: &Arc<str>, next_due: Option<Duration>) {
-        if let Some(d) = next_due {
-            // A little after the leave is due, so Redis' clock has passed it too.
-            let at = Instant::now() + d + Duration::from_millis(5);
-            lock(&self.state)
-                .due
-                .entry(at)
-                .or_default()
-                .insert(channel.clone());
+        let Some(d) = next_due else {
+            return;
+        };
+        // A little after the leave is due, so Redis' clock has passed it too.
+        let at = Instant::now() + d + Duration::from_millis(5);
+        let mut s = lock(&self.state);
+        if s.due_at.get(channel).is_some_and(|earlier| *earlier <= at) {
+            return;
         }
+        s.due_at.insert(channel.clone(), at);
+        s.due.entry(at).or_default().insert(channel.clone());
     }
 
     /// Keeps this node's entries alive, registers them again where Redis lost
@@ -247,8 +249,16 @@ impl Presence {
         let channels: Vec<Arc<str>> = {
             let mut s = lock(&self.state);
             let later = s.due.split_off(&(now + Duration::from_millis(1)));
-            let due = std::mem::replace(&mut s.due, later);
-            due.into_values().flatten().collect()
+            let due: Vec<Arc<str>> = std::mem::replace(&mut s.due, later)
+                .into_values()
+                .flatten()
+                .collect();
+            for c in &due {
+                if s.due_at.get(c).is_some_and(|at| *at <= now) {
+                    s.due_at.remove(c);
+                }
+            }
+            due
         };
         let mut seen = std::collections::HashSet::new();
         for channel in channels {
