@@ -155,8 +155,10 @@ pub enum Event {
     /// last one has been gone for the server's grace period. Joins are idempotent: a
     /// join of a user already present (e.g. re-announced after a Redis restart)
     /// carries their current `info`. Diffs sent while the client was disconnected
-    /// are lost: take a new snapshot with [`Client::presence_all`] after the channel
-    /// is subscribed again.
+    /// are lost: take a new snapshot with [`Client::presence_all`] after each
+    /// [`Event::Connected`] (it goes out after the resubscriptions). A listing lacks
+    /// members who are reconnecting at that moment, and a reconnect within the grace
+    /// period announces no join: after a reconnect, list again a few seconds later.
     PresenceDiff {
         channel: String,
         joins: Vec<Joined>,
