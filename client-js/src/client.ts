@@ -12,6 +12,7 @@ import { Emitter } from './emitter.js';
 import {
   CancelledError,
   ClosedError,
+  ConflictError,
   ConfigError,
   DisconnectedError,
   ProtocolError,
@@ -33,6 +34,7 @@ import {
   type Since,
   type WelcomeFrame,
 } from './frames.js';
+import { parseHistoryResult } from './history.js';
 import { Positions, type Position } from './positions.js';
 import {
   MAX_PRESENCE_PAGE,
@@ -50,10 +52,12 @@ import type {
   ClientOptions,
   ConnectionState,
   DisconnectedEvent,
+  HistoryResult,
   Message,
   PresenceDiff,
   PresenceResult,
   PresenceStats,
+  PublishOptions,
   Receipt,
   SubscribeResult,
   WebSocketConstructor,
@@ -89,6 +93,13 @@ function obj(v: JsonValue | undefined): Record<string, JsonValue> {
 
 function numField(v: JsonValue | undefined): number | undefined {
   return typeof v === 'number' ? v : undefined;
+}
+
+/** The error of a refused reply: a ConflictError for `conflict` with a position. */
+function replyError(r: ReplyFrame): ServerError {
+  const e = r.error;
+  if (e?.code === 'conflict' && e.offset !== undefined) return new ConflictError(e.offset, e.epoch ?? '', e.message);
+  return new ServerError(e?.code ?? 'internal', e?.message ?? 'reply without ok or error');
 }
 
 function describe(e: unknown): string {
@@ -233,11 +244,33 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   /**
    * Publishes `payload` as `event` on a public channel. While disconnected it waits
    * in the outgoing queue (rejects at once with QueueFullError when full) and is sent
-   * after the reconnect, in order.
+   * after the reconnect, in order. With `expect` it is a conditional publish (see
+   * PublishOptions): it rejects with a ConflictError (code `conflict`, with the
+   * channel's `offset` and `epoch`) unless the channel's history is at that position.
    */
-  publish(channel: string, event: string, payload: JsonValue = null): Promise<Receipt> {
+  publish(channel: string, event: string, payload: JsonValue = null, opts: PublishOptions = {}): Promise<Receipt> {
     const { promise, d } = deferred<Receipt>();
-    this.enqueue({ kind: 'publish', channel, event, payload, d });
+    const item: Extract<Outgoing, { kind: 'publish' }> = { kind: 'publish', channel, event, payload, d };
+    if (opts.expect) item.expect = { offset: opts.expect.offset, epoch: opts.expect.epoch };
+    this.enqueue(item);
+    return promise;
+  }
+
+  /**
+   * Entries of a channel's history without subscribing: the last `limit` (1 to 100,
+   * default 100), or with `since` the first `limit` after that position (to page
+   * forward: pass the last entry's offset and the result's epoch). A `since` of
+   * another epoch returns no entries, only where the channel is. Allowed on channels
+   * the token may subscribe to that keep history (else a ServerError `forbidden` or
+   * `bad_request`); counts against the same budget as resuming a subscription.
+   * Queued like a publish while disconnected.
+   */
+  history(channel: string, opts: { limit?: number; since?: Since } = {}): Promise<HistoryResult> {
+    const { promise, d } = deferred<HistoryResult>();
+    const item: Extract<Outgoing, { kind: 'history' }> = { kind: 'history', channel, d };
+    if (opts.limit !== undefined) item.limit = opts.limit;
+    if (opts.since !== undefined) item.since = { offset: opts.since.offset, epoch: opts.since.epoch };
+    this.enqueue(item);
     return promise;
   }
 
@@ -679,7 +712,8 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
       const id = this.id();
       switch (item.kind) {
         case 'publish': {
-          const frame: ClientFrame = { type: 'publish', id, channel: item.channel, event: item.event, payload: item.payload };
+          const frame: Extract<ClientFrame, { type: 'publish' }> = { type: 'publish', id, channel: item.channel, event: item.event, payload: item.payload };
+          if (item.expect) frame.expect = item.expect;
           this.request(conn, frame, id, { kind: 'publish', d: item.d });
           break;
         }
@@ -696,6 +730,13 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
         case 'presence_stats':
           this.request(conn, { type: 'presence_stats', id, channel: item.channel }, id, { kind: 'presence_stats', d: item.d });
           break;
+        case 'history': {
+          const frame: Extract<ClientFrame, { type: 'history' }> = { type: 'history', id, channel: item.channel };
+          if (item.limit !== undefined) frame.limit = item.limit;
+          if (item.since !== undefined) frame.since = item.since;
+          this.request(conn, frame, id, { kind: 'history', d: item.d });
+          break;
+        }
       }
     }
     if (this.queue.length > 0 && !conn.ended && conn.paceTimer === undefined) {
@@ -788,7 +829,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     if (!entry) return; // timed out already
     conn.inflight.delete(r.id);
     clearTimeout(entry.timer);
-    const err = r.ok ? undefined : new ServerError(r.error?.code ?? 'internal', r.error?.message ?? 'reply without ok or error');
+    const err = r.ok ? undefined : replyError(r);
     const result = obj(r.result);
     const p = entry.p;
     switch (p.kind) {
@@ -804,6 +845,9 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
         const sessions = numField(result.sessions);
         if (nodes !== undefined) receipt.nodes = nodes;
         if (sessions !== undefined) receipt.sessions = sessions;
+        const offset = numField(result.offset);
+        if (offset !== undefined) receipt.offset = offset;
+        if (typeof result.epoch === 'string') receipt.epoch = result.epoch;
         return p.d.resolve(receipt);
       }
       case 'ack':
@@ -820,6 +864,14 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
         }
         return;
       }
+      case 'history':
+        if (err) return p.d.reject(err);
+        try {
+          p.d.resolve(parseHistoryResult(r.result));
+        } catch (e) {
+          p.d.reject(e instanceof ProtocolError ? e : new ProtocolError(describe(e)));
+        }
+        return;
       case 'refresh':
         return this.onRefreshed(conn, p, err, result);
     }

@@ -3,9 +3,9 @@
 import type { Bucket } from './bucket.js';
 import type { Ended } from './ended.js';
 import type { TidingsError } from './errors.js';
-import type { JsonValue } from './frames.js';
 import type { Subscription } from './subscription.js';
-import type { PresenceResult, PresenceStats, Receipt, WebSocketLike } from './types.js';
+import type { JsonValue, Since } from './frames.js';
+import type { HistoryResult, PresenceResult, PresenceStats, Receipt, WebSocketLike } from './types.js';
 
 export type Timer = ReturnType<typeof setTimeout>;
 
@@ -24,10 +24,11 @@ export function deferred<T>(): { promise: Promise<T>; d: Deferred<T> } {
 
 /** A publish, ack or presence query waiting in the outgoing queue. */
 export type Outgoing =
-  | { kind: 'publish'; channel: string; event: string; payload: JsonValue; d: Deferred<Receipt> }
+  | { kind: 'publish'; channel: string; event: string; payload: JsonValue; expect?: Since; d: Deferred<Receipt> }
   | { kind: 'ack'; offset: number; d: Deferred<number> }
   | { kind: 'presence'; channel: string; limit?: number; cursor?: string; d: Deferred<PresenceResult> }
-  | { kind: 'presence_stats'; channel: string; d: Deferred<PresenceStats> };
+  | { kind: 'presence_stats'; channel: string; d: Deferred<PresenceStats> }
+  | { kind: 'history'; channel: string; limit?: number; since?: Since; d: Deferred<HistoryResult> };
 
 /** A request sent and waiting for its reply. */
 export type Pending =
@@ -37,6 +38,7 @@ export type Pending =
   | { kind: 'ack'; offset: number; d: Deferred<number> }
   | { kind: 'presence'; d: Deferred<PresenceResult> }
   | { kind: 'presence_stats'; d: Deferred<PresenceStats> }
+  | { kind: 'history'; d: Deferred<HistoryResult> }
   /** `d` is absent for the client's own proactive refresh. */
   | { kind: 'refresh'; token: string; d?: Deferred<number | undefined> };
 

@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'token_mismatch'
   | 'unavailable'
   | 'quota_exceeded'
+  | 'conflict'
   | 'internal';
 
 /** Known codes, plus any string a newer server may send. */
@@ -73,6 +74,25 @@ export class ServerError extends TidingsError {
     readonly serverMessage: string,
   ) {
     super(`${code}: ${serverMessage}`);
+  }
+}
+
+/**
+ * A conditional publish (`publish(..., { expect })`) was refused: the channel's
+ * history is not at the expected position. `offset` and `epoch` say where it is now;
+ * catch up (the messages up to `offset` are on their way to a subscriber) and try
+ * again expecting that position. A ServerError with code `conflict`, so code that
+ * switches on `ServerError.code` sees it too.
+ */
+export class ConflictError extends ServerError {
+  constructor(
+    /** The channel's latest offset when the publish was refused. */
+    readonly offset: number,
+    /** The channel's history epoch then (`""`: no history yet). */
+    readonly epoch: string,
+    serverMessage = `the channel is at offset ${offset} of epoch \`${epoch}\``,
+  ) {
+    super('conflict', serverMessage);
   }
 }
 

@@ -53,7 +53,8 @@ export interface ReplyFrame {
   id?: number;
   ok: boolean;
   result?: JsonValue;
-  error?: { code: string; message: string };
+  /** `offset` and `epoch` come with `conflict` (where the channel's history is). */
+  error?: { code: string; message: string; offset?: number; epoch?: string };
 }
 
 export interface PingFrame {
@@ -93,11 +94,12 @@ export type ServerFrame = WelcomeFrame | MessageFrame | ReplyFrame | PresenceDif
 export type ClientFrame =
   | { type: 'subscribe'; id: number; channel: string; since?: Since }
   | { type: 'unsubscribe'; id: number; channel: string }
-  | { type: 'publish'; id: number; channel: string; event: string; payload: JsonValue }
+  | { type: 'publish'; id: number; channel: string; event: string; payload: JsonValue; expect?: Since }
   | { type: 'refresh'; id: number; token: string }
   | { type: 'ack'; id: number; offset: number }
   | { type: 'presence'; id: number; channel: string; limit?: number; cursor?: string }
   | { type: 'presence_stats'; id: number; channel: string }
+  | { type: 'history'; id: number; channel: string; limit?: number; since?: Since }
   | { type: 'pong' };
 
 type Obj = Record<string, unknown>;
@@ -207,6 +209,10 @@ export function parseServerFrame(v: unknown): ServerFrame {
       if (v.result !== undefined) r.result = toJson(v.result);
       if (isObj(v.error)) {
         r.error = { code: str(v.error.code) ?? 'internal', message: str(v.error.message) ?? '' };
+        const offset = num(v.error.offset);
+        if (offset !== undefined) r.error.offset = offset;
+        const epoch = str(v.error.epoch);
+        if (epoch !== undefined) r.error.epoch = epoch;
       }
       return r;
     }

@@ -14,6 +14,7 @@ export { Backoff, type BackoffOptions } from './backoff.js';
 export { jsonCodec, type Codec, type WireData } from './codec.js';
 export { onClose, onConnectionLost, onHandshakeStatus, type Reconnect } from './policy.js';
 export { sinceOf, type Position } from './positions.js';
+export { MAX_HISTORY_PAGE } from './history.js';
 export { jwtExpiry, refreshDelayMs } from './token.js';
 export type { ClientFrame, JsonValue, Limits, PresenceJoin, PresenceLeave, ServerFrame, Since } from './frames.js';
 export type {
@@ -22,12 +23,14 @@ export type {
   ConnectedEvent,
   ConnectionState,
   DisconnectedEvent,
+  HistoryResult,
   Message,
   PresenceDiff,
   PresenceMember,
   PresenceResult,
   PresenceStats,
   PresenceUser,
+  PublishOptions,
   Receipt,
   ReconnectingEvent,
   RecoveredEvent,
@@ -40,6 +43,7 @@ export {
   CancelledError,
   ClosedError,
   ConfigError,
+  ConflictError,
   DisconnectedError,
   HandshakeError,
   ProtocolError,

@@ -5,7 +5,7 @@ import { Emitter } from './emitter.js';
 import type { TidingsError } from './errors.js';
 import type { JsonValue } from './frames.js';
 import type { Position } from './positions.js';
-import type { Message, PresenceDiff, Receipt, SubscribeResult, SubscribeRetry } from './types.js';
+import type { Message, PresenceDiff, PublishOptions, Receipt, SubscribeResult, SubscribeRetry } from './types.js';
 
 export interface SubscriptionEvents {
   message: Message;
@@ -38,7 +38,7 @@ export interface SubscriptionEvents {
 /** What a Subscription needs from its client (avoids an import cycle). */
 export interface SubscriptionHost {
   unsubscribe(channel: string): Promise<void>;
-  publish(channel: string, event: string, payload?: JsonValue): Promise<Receipt>;
+  publish(channel: string, event: string, payload?: JsonValue, opts?: PublishOptions): Promise<Receipt>;
   position(channel: string): Position | undefined;
 }
 
@@ -95,8 +95,9 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     return this.host.unsubscribe(this.channel);
   }
 
-  publish(event: string, payload: JsonValue = null): Promise<Receipt> {
-    return this.host.publish(this.channel, event, payload);
+  /** `client.publish()` on this channel (with `expect`: a conditional publish). */
+  publish(event: string, payload: JsonValue = null, opts: PublishOptions = {}): Promise<Receipt> {
+    return this.host.publish(this.channel, event, payload, opts);
   }
 
   /** @internal */

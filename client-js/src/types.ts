@@ -114,8 +114,37 @@ export interface Receipt {
   nodes?: number;
   /** Connections reached (single-node gateways only). */
   sessions?: number;
+  /** A conditional publish (`expect`): the publication's offset in the channel's history. */
+  offset?: number;
+  /** A conditional publish: the epoch of that offset. */
+  epoch?: string;
   /** The reply's whole `result`, for fields added later. */
   raw: JsonValue;
+}
+
+/** Options of `client.publish()`. */
+export interface PublishOptions {
+  /**
+   * A conditional publish, on a channel with history: accepted only if the channel's
+   * latest offset and epoch are these (`{offset: 0, epoch: ''}`, or any epoch with
+   * offset 0, on a channel with no history yet); otherwise it rejects with a
+   * ConflictError carrying where the channel is. The receipt then has the
+   * publication's `offset` and `epoch`. Two publishes expecting the same position
+   * never both go through, so retrying one whose reply was lost is safe.
+   */
+  expect?: Since;
+}
+
+/**
+ * The answer to `client.history()`: the channel's position (its `epoch` and latest
+ * `offset`; `""` and 0 before its first message) and entries of its history, oldest
+ * first (each with its `offset`).
+ */
+export interface HistoryResult {
+  channel: string;
+  epoch: string;
+  offset: number;
+  publications: Message[];
 }
 
 /** One member of a channel's presence: a connection of a user. */
