@@ -134,21 +134,34 @@ export interface PresenceTrackerOptions {
    */
   snapshotDelayMs?: number;
   /**
-   * After a resubscription (a reconnect), a second snapshot between this long and twice
-   * as long after the first (default 2000 ms; 0: none). Members who reconnect at the same time as this client
-   * (e.g. every client of a restarted node) are missing from a listing taken before
-   * they are back, and a reconnect within the gateway's grace period announces no
-   * join, so only a later listing shows them again.
+   * After a resubscription (a reconnect), a second snapshot between this long and
+   * twice as long after the first (default 2000 ms; 0: none). Members who reconnect
+   * at the same time as this client (e.g. every client of a restarted node) are
+   * missing from a listing taken before they are back, and a reconnect within the
+   * gateway's grace period announces no join, so only a later listing shows them.
    */
   settleMs?: number;
   /**
-   * Delays before asking again after a refusal for now (`unavailable`, `rate_limited`,
-   * `internal`) or a timeout: backoff with full jitter, 1 s doubling up to 30 s by default.
+   * A new snapshot this long after the last one (default 300000 ms, 5 minutes, give
+   * or take a quarter; 0: never), as docs/protocol.md section 15 advises for
+   * long-lived views: members missed by a listing taken during their reconnect, and
+   * diffs lost while the gateway's Redis was away, are only ever repaired by listing
+   * again. Each page takes from the connection's history-read budget.
+   */
+  relistMs?: number;
+  /**
+   * Delays before asking again after a refusal for now (`unavailable`, `internal`) or
+   * a timeout: backoff with full jitter, 1 s doubling up to 30 s by default. After
+   * `rate_limited` (the history-read budget was empty, and the refusal was a strike)
+   * the delay is at least 5 s, when the budget has refilled.
    */
   retry?: BackoffOptions;
   /** Random source in [0, 1) for the jitter (tests). */
   random?: () => number;
 }
+
+/** The least delay before asking again after `rate_limited` (the budget refills 20 tokens at 5/s). */
+const RATE_LIMITED_MIN_MS = 5000;
 
 /** Failures worth asking again after a delay; the others wait for the next subscription. */
 function retryable(e: TidingsError): boolean {
@@ -183,6 +196,8 @@ export class PresenceTracker extends Emitter<PresenceTrackerEvents> {
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private snapshotTimer: ReturnType<typeof setTimeout> | undefined;
   private settleTimer: ReturnType<typeof setTimeout> | undefined;
+  private relistTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly relistMs: number;
   private readonly snapshotDelayMs: number;
   private readonly settleMs: number;
   private readonly random: () => number;
@@ -204,6 +219,7 @@ export class PresenceTracker extends Emitter<PresenceTrackerEvents> {
     this.backoff = new Backoff(opts.retry, this.random);
     this.snapshotDelayMs = opts.snapshotDelayMs ?? 100;
     this.settleMs = opts.settleMs ?? 2000;
+    this.relistMs = opts.relistMs ?? 300_000;
     const sub = subscription;
     this.offs = [
       sub.on('subscribed', () => this.onSubscribed()),
@@ -276,11 +292,11 @@ export class PresenceTracker extends Emitter<PresenceTrackerEvents> {
   }
 
   private clearTimers(): void {
-    for (const t of [this.retryTimer, this.snapshotTimer, this.settleTimer]) clearTimeout(t);
-    this.retryTimer = this.snapshotTimer = this.settleTimer = undefined;
+    for (const t of [this.retryTimer, this.snapshotTimer, this.settleTimer, this.relistTimer]) clearTimeout(t);
+    this.retryTimer = this.snapshotTimer = this.settleTimer = this.relistTimer = undefined;
   }
 
-  /** `quiet`: a check of a current list (the settle snapshot): the status stays `ready` meanwhile. */
+  /** `quiet`: a check of a current list (the settle and relist snapshots): the status stays `ready` meanwhile. */
   private async load(quiet = false): Promise<void> {
     if (this.done) return;
     clearTimeout(this.retryTimer);
@@ -303,7 +319,9 @@ export class PresenceTracker extends Emitter<PresenceTrackerEvents> {
       if (error.kind === 'disconnected') return;
       this.update({ status: 'error', error });
       if (retryable(error)) {
-        this.retryTimer = setTimeout(() => void this.load(), this.backoff.nextDelay());
+        const delay = this.backoff.nextDelay();
+        const rateLimited = error instanceof ServerError && error.code === 'rate_limited';
+        this.retryTimer = setTimeout(() => void this.load(), rateLimited ? Math.max(RATE_LIMITED_MIN_MS, delay) : delay);
       }
       return;
     }
@@ -314,6 +332,11 @@ export class PresenceTracker extends Emitter<PresenceTrackerEvents> {
     this.users = users;
     this.loaded = true;
     this.backoff.reset();
+    clearTimeout(this.relistTimer);
+    this.relistTimer = undefined;
+    if (this.relistMs > 0) {
+      this.relistTimer = setTimeout(() => void this.load(true), this.relistMs * (0.75 + 0.5 * this.random()));
+    }
     this.update({ status: 'ready', error: undefined });
   }
 

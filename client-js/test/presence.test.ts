@@ -358,6 +358,30 @@ test('trackPresence: refusals for now are asked again with backoff; others wait 
   await client.close();
 });
 
+test('trackPresence: lists again every relistMs, quietly; rate_limited waits for the budget to refill', async () => {
+  const { client, ws } = await connected();
+  await subscribed(client, ws, 'room:1');
+  const t = client.trackPresence('room:1', { snapshotDelayMs: 0, relistMs: 100 });
+  const seen = watch(t);
+  await page(ws, [member('alice', 'n1/1')]);
+  await waitFor(() => t.status === 'ready', 1000, 'the snapshot');
+  const at = seen.length;
+  // A member missed by the first listing (no join was announced for them).
+  await page(ws, [member('alice', 'n1/1'), member('bob', 'n1/2')]);
+  await waitFor(() => t.members.length === 2, 1000, 'the relisting');
+  assert.deepEqual(
+    seen.slice(at).map((x) => x.status),
+    ['ready'],
+  );
+  // The history-read budget is empty: a strike; not asked again before it refilled.
+  const f = await ws.next('presence');
+  ws.replyError(f.id, 'rate_limited');
+  await waitFor(() => t.status === 'error', 1000, 'the error');
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(ws.sent.filter((x) => x.type === 'presence').length, 3);
+  await client.close();
+});
+
 test('trackPresence: a refused subscription is the tracker\'s error', async () => {
   const { client, ws } = await connected();
   const t = client.trackPresence('secret:1');
