@@ -357,6 +357,9 @@ async fn a_full_channel_lists_up_to_its_max_and_subscriptions_still_work() {
     assert_eq!(c.message().await.channel, "lobby:1");
     // No events on a rule without `events`.
     a.no_diff_within(Duration::from_millis(300)).await;
+    // Room frees up: the refused connection is listed at the next refresh.
+    assert!(a.unsubscribe("lobby:1").await.ok);
+    until_members(&mut c, "lobby:1", &["b", "c"]).await;
 }
 
 async fn online(gw: &Gateway, users: &[&str]) -> Vec<Value> {

@@ -186,10 +186,35 @@ struct FlatClient {
     payload: Option<Payload>,
     token: Option<String>,
     since: Option<Since>,
-    expect: Option<Since>,
+    // Fields only some frame types read: a value of the wrong type is an error for
+    // those, and ignored (as any unknown field) by the others.
+    expect: Option<Lenient<Since>>,
     offset: Option<u64>,
-    limit: Option<u32>,
-    cursor: Option<String>,
+    limit: Option<Lenient<u32>>,
+    cursor: Option<Lenient<String>>,
+}
+
+/// A field's value, or what it held when that was not of its type.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Lenient<T> {
+    Valid(T),
+    Invalid(serde::de::IgnoredAny),
+}
+
+impl<T> Lenient<T> {
+    /// The value of a field this frame type reads: of its type, or a `bad_frame`.
+    fn read(v: Option<Self>, field: &str, id: Option<u64>) -> Result<Option<T>, ProtocolError> {
+        match v {
+            None => Ok(None),
+            Some(Lenient::Valid(t)) => Ok(Some(t)),
+            Some(Lenient::Invalid(_)) => Err(frame_err(
+                ErrorCode::BadFrame,
+                id,
+                format!("invalid type for field `{field}`"),
+            )),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -248,7 +273,7 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, Protoco
                 .event
                 .unwrap_or_else(|| crate::envelope::DEFAULT_EVENT.to_owned()),
             payload: flat.payload.unwrap_or_else(Payload::null),
-            expect: flat.expect,
+            expect: Lenient::read(flat.expect, "expect", id)?,
         },
         "refresh" => ClientFrame::Refresh {
             id: need_id()?,
@@ -263,8 +288,8 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, Protoco
         "presence" => ClientFrame::Presence {
             id: need_id()?,
             channel: need(flat.channel, "channel")?,
-            limit: flat.limit,
-            cursor: flat.cursor,
+            limit: Lenient::read(flat.limit, "limit", id)?,
+            cursor: Lenient::read(flat.cursor, "cursor", id)?,
         },
         "presence_stats" => ClientFrame::PresenceStats {
             id: need_id()?,
@@ -273,7 +298,7 @@ pub fn decode_client(enc: Encoding, bytes: &[u8]) -> Result<ClientFrame, Protoco
         "history" => ClientFrame::History {
             id: need_id()?,
             channel: need(flat.channel, "channel")?,
-            limit: flat.limit,
+            limit: Lenient::read(flat.limit, "limit", id)?,
             since: flat.since,
         },
         other => {
@@ -764,6 +789,33 @@ mod tests {
             }
         ));
         let e = decode_client(Encoding::MsgPack, b"\xc1").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::BadFrame);
+        // A field another frame type reads is ignored when of another type here,
+        // and a bad_frame for the type that reads it.
+        let f = decode_client(
+            Encoding::Json,
+            br#"{"type":"subscribe","id":1,"channel":"a","cursor":5,"limit":"x","expect":[]}"#,
+        )
+        .unwrap();
+        assert!(matches!(f, ClientFrame::Subscribe { .. }));
+        let e = decode_client(
+            Encoding::Json,
+            br#"{"type":"presence","id":2,"channel":"a","limit":"x"}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            ProtocolError::Frame {
+                code: ErrorCode::BadFrame,
+                id: Some(2),
+                ..
+            }
+        ));
+        let e = decode_client(
+            Encoding::Json,
+            br#"{"type":"publish","id":3,"channel":"a","expect":{"offset":"1"}}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.code(), ErrorCode::BadFrame);
     }
 

@@ -57,6 +57,9 @@ struct State {
     online: HashMap<Arc<str>, OnlineOp>,
     /// When to look at a channel again for leaves falling due.
     due: BTreeMap<Instant, HashSet<Arc<str>>>,
+    /// Connections refused because their channel's presence was full, per channel:
+    /// tried again at each refresh, so they are listed once there is room.
+    refused: HashMap<Arc<str>, HashSet<Arc<str>>>,
     /// The earliest look scheduled per channel (so one channel is scheduled once
     /// per due time, however many batches reported it).
     due_at: HashMap<Arc<str>, Instant>,

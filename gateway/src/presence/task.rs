@@ -107,6 +107,7 @@ impl Presence {
             Ok(outcome) => {
                 self.metrics.presence.refused(outcome.refused.len());
                 self.schedule(&channel, outcome.next_due);
+                self.note_refused(&channel, outcome.refused);
             }
             Err(e) => {
                 self.metrics.presence.failed();
@@ -145,6 +146,53 @@ impl Presence {
             s.pending.remove(&channel);
         }
         self.changed(&s);
+    }
+
+    /// Remembers connections a full channel refused (to try again at the refresh).
+    fn note_refused(&self, channel: &Arc<str>, refused: Vec<String>) {
+        if refused.is_empty() {
+            return;
+        }
+        let mut s = lock(&self.state);
+        let set = s.refused.entry(channel.clone()).or_default();
+        set.extend(refused.into_iter().map(Arc::from));
+    }
+
+    /// Tries again to register the connections a full channel refused, those still
+    /// here (room may have freed up).
+    async fn retry_refused(&self, channel: &Arc<str>, policy: Policy) {
+        let joins: HashMap<Arc<str>, Arc<Join>> = {
+            let mut s = lock(&self.state);
+            let Some(refused) = s.refused.remove(channel) else {
+                return;
+            };
+            let Some(members) = s.channels.get(channel) else {
+                return;
+            };
+            refused
+                .into_iter()
+                .filter_map(|c| members.get(&c).map(|j| (c, j.clone())))
+                .collect()
+        };
+        if joins.is_empty() {
+            return;
+        }
+        let pending = Pending {
+            joins,
+            leaves: Default::default(),
+        };
+        match update(&*self.store, channel, policy, &pending).await {
+            Ok(o) => {
+                self.schedule(channel, o.next_due);
+                self.note_refused(channel, o.refused);
+            }
+            Err(_) => {
+                self.metrics.presence.failed();
+                let mut s = lock(&self.state);
+                let set = s.refused.entry(channel.clone()).or_default();
+                set.extend(pending.joins.into_keys());
+            }
+        }
     }
 
     fn schedule(&self, channel: &Arc<str>, next_due: Option<Duration>) {
@@ -214,6 +262,8 @@ impl Presence {
                 self.schedule(&channel, outcome.next_due);
                 if outcome.missing {
                     self.restore(&channel, policy).await;
+                } else {
+                    self.retry_refused(&channel, policy).await;
                 }
             }
             Err(_) => self.metrics.presence.failed(),
@@ -235,7 +285,10 @@ impl Presence {
             leaves: Default::default(),
         };
         match update(&*self.store, channel, policy, &pending).await {
-            Ok(o) => self.schedule(channel, o.next_due),
+            Ok(o) => {
+                self.schedule(channel, o.next_due);
+                self.note_refused(channel, o.refused);
+            }
             Err(_) => {
                 self.metrics.presence.failed();
                 self.requeue(channel.clone(), pending);
