@@ -1,5 +1,7 @@
-// Collaborative editing (issue 20): `tidings-client/collab`. For now the operational
-// transformation of plain text; the editing client built on it comes later.
+// Collaborative editing (issue 20): `tidings-client/collab`. The operational
+// transformation of plain text (ot.ts), the editing protocol of docs/collaboration.md
+// as a pure state machine (editor.ts), and CollabDocument, which runs it over a
+// TidingsClient (document.ts).
 export {
   MAX_COMPONENTS,
   MAX_INSERT_CHARS,
@@ -16,3 +18,15 @@ export {
   type Selection,
   type WireComponent,
 } from './ot.js';
+export {
+  Editor,
+  randomClientId,
+  splitOperation,
+  type CursorPayload,
+  type EditorEffect,
+  type EditorOptions,
+  type LogEntry,
+  type OpPayload,
+  type RemoteCursor,
+  type SnapshotPayload,
+} from './editor.js';
