@@ -42,12 +42,17 @@ pub(crate) fn encode(enc: Encoding, frame: &ClientFrame) -> Result<WsMessage, Er
 }
 
 /// The outcome of a reply for its requester: the `result` value, or the server's
-/// error (read the value with [`protocol::frame::ReplyResult::from_value`]).
+/// error (read the value with [`protocol::frame::ReplyResult::from_value`]). A
+/// `conflict` that says where the channel is becomes [`Error::Conflict`].
 pub(crate) fn reply_result(r: protocol::frame::Reply) -> Result<serde_json::Value, Error> {
-    r.into_result().map_err(|e| Error::Server {
-        code: e.code.as_str().to_owned(),
-        message: e.message,
-    })
+    r.into_result()
+        .map_err(|e| match (e.code, e.offset, e.epoch) {
+            (ErrorCode::Conflict, Some(offset), Some(epoch)) => Error::Conflict { offset, epoch },
+            (code, _, _) => Error::Server {
+                code: code.as_str().to_owned(),
+                message: e.message,
+            },
+        })
 }
 
 #[cfg(test)]

@@ -111,6 +111,7 @@ pub(crate) fn start(mut cfg: Config) -> Result<(Client, Events), Error> {
         rng,
         prompt_streak: 0,
         subs: Vec::new(),
+        routes: Vec::new(),
         next_id: 0,
         close_done: None,
     };
@@ -142,6 +143,8 @@ struct Driver {
     prompt_streak: usize,
     /// The channels held, restored after every reconnect.
     subs: Vec<Sub>,
+    /// Streams of some channels' events ([`Client::channel_events`]), newest first.
+    routes: Vec<Route>,
     /// Publishes and acks waiting to be sent.
     queue: OfflineQueue<Outgoing>,
     /// The last request id used on this client (ids only need to be unique per
@@ -151,9 +154,56 @@ struct Driver {
     close_done: Option<oneshot::Sender<()>>,
 }
 
+/// A stream that takes the events of some channels ([`Client::channel_events`]).
+struct Route {
+    channels: Vec<String>,
+    tx: mpsc::Sender<Event>,
+}
+
+/// The channel an event is about, for the routes; `None` for the connection's own
+/// events.
+fn channel_of(ev: &Event) -> Option<&str> {
+    match ev {
+        Event::Message { channel, .. }
+        | Event::Recovered { channel, .. }
+        | Event::PresenceDiff { channel, .. }
+        | Event::Error(Error::Subscription { channel, .. }) => Some(channel),
+        Event::Subscribed(sub) => Some(&sub.channel),
+        _ => None,
+    }
+}
+
 impl Driver {
+    /// Hands an event to the application: a channel's event to the newest open route
+    /// that names the channel (else the main stream), the connection's own events to
+    /// every open route and the main stream.
     async fn emit(&self, ev: Event) {
+        let mut ev = ev;
+        let open = self.routes.iter().filter(|r| !r.tx.is_closed());
+        match channel_of(&ev) {
+            Some(ch) => {
+                let mut open = open;
+                if let Some(r) = open.find(|r| r.channels.iter().any(|c| c == ch)) {
+                    match r.tx.send(ev).await {
+                        Ok(()) => return,
+                        // Dropped meanwhile: the main stream takes it.
+                        Err(mpsc::error::SendError(back)) => ev = back,
+                    }
+                }
+            }
+            None => {
+                for r in open {
+                    let _ = r.tx.send(ev.clone()).await;
+                }
+            }
+        }
         let _ = self.events.send(ev).await;
+    }
+
+    /// Adds a route (newest first), dropping the routes whose stream is gone.
+    fn route(&mut self, channels: Vec<String>, tx: mpsc::Sender<Event>) {
+        self.routes.retain(|r| !r.tx.is_closed());
+        self.routes.insert(0, Route { channels, tx });
     }
 
     fn id(&mut self) -> u64 {

@@ -20,6 +20,12 @@ pub enum Error {
     /// stable codes of [`protocol::ErrorCode`] (see [`Error::code`]).
     #[error("{code}: {message}")]
     Server { code: String, message: String },
+    /// A conditional publish ([`Client::publish_if`](crate::Client::publish_if))
+    /// was refused because the channel's history is not at the expected position:
+    /// it is at `offset` of `epoch` now (the server's `conflict` error). Nothing was
+    /// published. [`Error::code`] gives [`ErrorCode::Conflict`].
+    #[error("conflict: the channel is at offset {offset} of epoch `{epoch}`")]
+    Conflict { offset: u64, epoch: String },
     /// The client lost a channel it held: resubscribing after a reconnect failed, or
     /// a refreshed token no longer allows it. Reported as
     /// [`Event::Error`](crate::Event::Error); the channel is dropped. Except with
@@ -73,10 +79,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// The protocol error code of a [`Server`](Error::Server) or
-    /// [`Subscription`](Error::Subscription) error, when it is one this crate knows.
+    /// The protocol error code of a [`Server`](Error::Server),
+    /// [`Subscription`](Error::Subscription) or [`Conflict`](Error::Conflict) error,
+    /// when it is one this crate knows.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
+            Error::Conflict { .. } => Some(ErrorCode::Conflict),
             Error::Server { code, .. } | Error::Subscription { code, .. } => {
                 serde_json::from_value(serde_json::Value::String(code.clone()))
                     .ok()
@@ -109,6 +117,15 @@ mod tests {
             message: String::new(),
         };
         assert_eq!(e.code(), None);
+        let e = Error::Conflict {
+            offset: 7,
+            epoch: "ep".into(),
+        };
+        assert_eq!(e.code(), Some(ErrorCode::Conflict));
+        assert_eq!(
+            e.to_string(),
+            "conflict: the channel is at offset 7 of epoch `ep`"
+        );
         assert!(Error::Unauthorized("x".into()).is_auth());
         assert!(!Error::Closed.is_auth());
     }

@@ -31,6 +31,13 @@
 //! - **Presence**: who is subscribed to a channel ([`Client::presence`],
 //!   [`Client::presence_all`], [`Client::presence_stats`]) and, on channels whose
 //!   presence has events, [`Event::PresenceDiff`] when users join or leave.
+//! - **Ordered channels**: a conditional publish ([`Client::publish_if`]) appends
+//!   only at an expected history position, else fails with [`Error::Conflict`]
+//!   saying where the channel is; [`Client::history`] reads a channel's history
+//!   without subscribing. Collaborative editing (crate `tidings-collab`) is built on
+//!   them.
+//! - **Event routing**: [`Client::channel_events`] gives a separate stream of some
+//!   channels' events, e.g. for a component that owns those channels.
 //!
 //! One background task owns the socket and all state; the cloneable [`Client`] handle
 //! talks to it over bounded channels, and everything that happens arrives on the
@@ -122,6 +129,8 @@ pub enum Event {
         payload: Payload,
         /// Position in the channel's history, when the channel keeps history.
         offset: Option<u64>,
+        /// The history epoch `offset` belongs to (offsets restart in a new epoch).
+        epoch: Option<String>,
         /// The publisher's message id, if it set one.
         msg_id: Option<String>,
         /// Publish time, milliseconds since the Unix epoch.
@@ -205,6 +214,22 @@ pub use protocol::frame::SubscribeResult as Subscription;
 pub use protocol::frame::{PresenceResult, PresenceStatsResult};
 pub use protocol::presence::{Joined, Left, Member};
 
+/// A channel's history ([`Client::history`]): its position (`epoch`, latest
+/// `offset`; `""` and `0` before its first message) and entries, oldest first.
+pub use protocol::frame::{HistoryEntry, HistoryResult, MAX_HISTORY_PAGE};
+
+/// A conditional publish the server accepted ([`Client::publish_if`]): where it is
+/// in the channel's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The publication's offset: the expected offset plus one.
+    pub offset: u64,
+    /// The history epoch of that offset.
+    pub epoch: String,
+    /// Gateway nodes that had subscribers for the channel.
+    pub nodes: u64,
+}
+
 /// A successful publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Receipt {
@@ -234,6 +259,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The page size [`Client::presence_all`] asks for: the protocol's largest.
 const PRESENCE_PAGE: u32 = protocol::presence::MAX_PAGE;
+/// The capacity of a [`Client::channel_events`] stream.
+const ROUTE_CAPACITY: usize = 1024;
 pub(crate) type Refresher =
     Arc<dyn Fn() -> BoxFuture<'static, Result<String, String>> + Send + Sync>;
 
@@ -265,6 +292,24 @@ pub(crate) enum Command {
         event: String,
         payload: Payload,
         reply: oneshot::Sender<Result<Receipt, Error>>,
+    },
+    PublishIf {
+        channel: String,
+        event: String,
+        payload: Payload,
+        expect: Since,
+        reply: oneshot::Sender<Result<Appended, Error>>,
+    },
+    History {
+        channel: String,
+        limit: Option<u32>,
+        since: Option<Since>,
+        reply: oneshot::Sender<Result<HistoryResult, Error>>,
+    },
+    Route {
+        channels: Vec<String>,
+        events: mpsc::Sender<Event>,
+        reply: oneshot::Sender<()>,
     },
     Ack {
         offset: u64,
@@ -409,6 +454,109 @@ impl Client {
             reply,
         })
         .await
+    }
+
+    /// Publishes conditionally: only if the channel's history is at `expect` (its
+    /// latest offset and epoch; offset 0 for a channel whose history has not started,
+    /// whatever the epoch), so the publication becomes offset `expect.offset + 1`.
+    /// Otherwise nothing is published and the call fails with
+    /// [`Error::Conflict`]`{offset, epoch}`, where the channel is now. The channel
+    /// must keep history (a `--history` rule); otherwise the server refuses it
+    /// ([`Error::Server`]). Queued like [`publish`](Self::publish) while
+    /// disconnected. A publish that fails with [`Error::Disconnected`] or
+    /// [`Error::Timeout`] may have been accepted: publishing it again with the same
+    /// `expect` is safe, it conflicts if the first one went through.
+    ///
+    /// ```no_run
+    /// # async fn f(client: client::Client) -> Result<(), client::Error> {
+    /// use client::{Error, Since};
+    /// let at = Since { offset: 41, epoch: "5c0f3e9a1b7d2846".into() };
+    /// match client.publish_if("doc:1", "op", &serde_json::json!({"n": 1}), at).await {
+    ///     Ok(a) => println!("appended at {} of {}", a.offset, a.epoch),
+    ///     Err(Error::Conflict { offset, .. }) => println!("the channel moved on to {offset}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn publish_if<T: Serialize + ?Sized>(
+        &self,
+        channel: impl Into<String>,
+        event: impl Into<String>,
+        payload: &T,
+        expect: Since,
+    ) -> Result<Appended, Error> {
+        let payload = Payload::from_value(payload).map_err(|e| Error::Payload(e.to_string()))?;
+        let (channel, event) = (channel.into(), event.into());
+        self.request(|reply| Command::PublishIf {
+            channel,
+            event,
+            payload,
+            expect,
+            reply,
+        })
+        .await
+    }
+
+    /// Entries of a channel's history without subscribing: the last `limit` (server
+    /// default and maximum [`MAX_HISTORY_PAGE`], 100), or with `since` the first
+    /// `limit` after that position (to page forward: pass the last entry's offset).
+    /// A `since` of another epoch returns no entries, only where the channel is. The
+    /// result also gives the channel's current `epoch` and latest `offset`. Allowed
+    /// on channels the token may subscribe to that keep history (else
+    /// [`Error::Server`] with `forbidden` or `bad_request`); counts against the
+    /// connection's history-read budget (`rate_limited` when empty). Queued like a
+    /// publish while disconnected.
+    ///
+    /// ```no_run
+    /// # async fn f(client: client::Client) -> Result<(), client::Error> {
+    /// let last = client.history("snap:doc:1", Some(1), None).await?;
+    /// if let Some(e) = last.publications.last() {
+    ///     println!("latest snapshot at offset {}: {}", e.offset, e.payload);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn history(
+        &self,
+        channel: impl Into<String>,
+        limit: Option<u32>,
+        since: Option<Since>,
+    ) -> Result<HistoryResult, Error> {
+        let channel = channel.into();
+        self.request(|reply| Command::History {
+            channel,
+            limit,
+            since,
+            reply,
+        })
+        .await
+    }
+
+    /// A separate stream for the events of some channels: from now on their
+    /// messages, [`Event::Recovered`], [`Event::Subscribed`], [`Event::PresenceDiff`]
+    /// and [`Error::Subscription`] errors go to the returned stream instead of the
+    /// main one, while the connection's own events ([`Event::Connected`],
+    /// [`Event::Disconnected`] and the other errors) go to both. Call it before
+    /// subscribing to the channels so that nothing is missed. Dropping the stream
+    /// sends those channels' events to the main stream again. A later call that
+    /// names the same channel takes it over. Read the stream continuously, like the
+    /// main one: the client waits while it is full.
+    pub async fn channel_events<I, S>(&self, channels: I) -> Result<Events, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let channels = channels.into_iter().map(Into::into).collect();
+        let (events, rx) = mpsc::channel(ROUTE_CAPACITY);
+        let (reply, done) = oneshot::channel();
+        let cmd = Command::Route {
+            channels,
+            events,
+            reply,
+        };
+        if self.tx.send(cmd).await.is_err() || done.await.is_err() {
+            return Err(self.stopped_error());
+        }
+        Ok(Events { rx })
     }
 
     /// Acknowledges the personal channel up to `offset` (the user's read position,

@@ -1,7 +1,8 @@
 //! Tests of the background task against an in-process fake gateway over in-memory
 //! pipes, with paused Tokio time: reconnect schedule, close-code policy, token
 //! refresh, offline queue, resume and de-duplication, retries of channels refused as
-//! `unavailable`, heartbeats, timeouts; presence in [`presence`].
+//! `unavailable`, heartbeats, timeouts; presence in [`presence`]; conditional
+//! publishes, history reads and event routing in [`ordered`].
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -29,6 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use crate::driver::{BoxIo, Connector};
 use crate::{Backoff, Client, ClientBuilder, Error, Event, Events, Position, Since};
 
+mod ordered;
 mod presence;
 
 const SEED: u64 = 99;

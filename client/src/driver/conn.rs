@@ -215,6 +215,7 @@ impl Driver {
                         event: m.event,
                         payload: m.payload,
                         offset: m.offset,
+                        epoch: m.epoch,
                         msg_id: m.msg_id,
                         ts: m.ts,
                     })

@@ -1,11 +1,12 @@
 //! What the handle's commands become: requests on the open connection, or, while
-//! disconnected, remembered subscriptions and queued publishes, acks and presence
-//! queries; then their
+//! disconnected, remembered subscriptions and queued publishes (plain and
+//! conditional), acks, presence queries and history reads; then their
 //! replies (read as the protocol crate's typed results), their timeouts, and what
 //! happens to them when the connection drops.
 
 use protocol::frame::{
-    AckResult, ClientFrame, PresenceResult, PresenceStatsResult, PublishResult, ReplyResult,
+    AckResult, ClientFrame, HistoryResult, PresenceResult, PresenceStatsResult, PublishResult,
+    ReplyResult, Since,
 };
 use protocol::{ErrorCode, Payload};
 use serde_json::Value;
@@ -16,16 +17,29 @@ use super::Driver;
 use super::conn::Conn;
 use super::subscriptions::{Sub, SubWaiter};
 use crate::ended::Ended;
-use crate::{Command, Error, Event, Receipt, lock};
+use crate::{Appended, Command, Error, Event, Receipt, lock};
 
-/// A publish, ack or presence query waiting to be sent (in the offline queue, which
-/// also paces them under the server's rate limit).
+/// A publish, ack, presence query or history read waiting to be sent (in the offline
+/// queue, which also paces them under the server's rate limit).
 pub(super) enum Outgoing {
     Publish {
         channel: String,
         event: String,
         payload: Payload,
         reply: oneshot::Sender<Result<Receipt, Error>>,
+    },
+    PublishIf {
+        channel: String,
+        event: String,
+        payload: Payload,
+        expect: Since,
+        reply: oneshot::Sender<Result<Appended, Error>>,
+    },
+    History {
+        channel: String,
+        limit: Option<u32>,
+        since: Option<Since>,
+        reply: oneshot::Sender<Result<HistoryResult, Error>>,
     },
     Ack {
         offset: u64,
@@ -47,6 +61,12 @@ impl Outgoing {
     pub(super) fn fail(self, e: Error) {
         match self {
             Outgoing::Publish { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Outgoing::PublishIf { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Outgoing::History { reply, .. } => {
                 let _ = reply.send(Err(e));
             }
             Outgoing::Ack { reply, .. } => {
@@ -72,6 +92,8 @@ pub(super) enum Pending {
     },
     Unsubscribe(oneshot::Sender<Result<(), Error>>),
     Publish(oneshot::Sender<Result<Receipt, Error>>),
+    PublishIf(oneshot::Sender<Result<Appended, Error>>),
+    History(oneshot::Sender<Result<HistoryResult, Error>>),
     Ack(oneshot::Sender<Result<u64, Error>>),
     Presence(oneshot::Sender<Result<PresenceResult, Error>>),
     PresenceStats(oneshot::Sender<Result<PresenceStatsResult, Error>>),
@@ -98,6 +120,12 @@ impl Pending {
             Pending::Publish(r) => {
                 let _ = r.send(Err(e));
             }
+            Pending::PublishIf(r) => {
+                let _ = r.send(Err(e));
+            }
+            Pending::History(r) => {
+                let _ = r.send(Err(e));
+            }
             Pending::Ack(reply) => {
                 let _ = reply.send(Err(e));
             }
@@ -122,6 +150,22 @@ fn typed<R: ReplyResult>(result: Result<Value, Error>) -> Result<R, Error> {
     R::from_value(result?).map_err(|e| Error::Protocol(e.to_string()))
 }
 
+/// The reply to a conditional publish: its position, which an accepting server
+/// always gives.
+fn appended(result: Result<Value, Error>) -> Result<Appended, Error> {
+    let p: PublishResult = typed(result)?;
+    match (p.offset, p.epoch) {
+        (Some(offset), Some(epoch)) => Ok(Appended {
+            offset,
+            epoch,
+            nodes: p.nodes,
+        }),
+        _ => Err(Error::Protocol(
+            "result of a conditional `publish` without `offset` and `epoch`".into(),
+        )),
+    }
+}
+
 impl Driver {
     pub(super) fn enqueue(&mut self, item: Outgoing) {
         let capacity = self.cfg.queue_capacity;
@@ -144,7 +188,8 @@ impl Driver {
         self.write(conn, &frame).await
     }
 
-    /// Sends queued publishes, acks and presence queries while the rate budget allows.
+    /// Sends queued publishes, acks, presence queries and history reads while the
+    /// rate budget allows.
     pub(super) async fn pump(&mut self, conn: &mut Conn) -> Result<(), Ended> {
         while !self.queue.is_empty() && conn.bucket.try_take() {
             let Some(item) = self.queue.pop() else { break };
@@ -164,6 +209,36 @@ impl Driver {
                         expect: None,
                     },
                     Pending::Publish(reply),
+                ),
+                Outgoing::PublishIf {
+                    channel,
+                    event,
+                    payload,
+                    expect,
+                    reply,
+                } => (
+                    ClientFrame::Publish {
+                        id,
+                        channel,
+                        event,
+                        payload,
+                        expect: Some(expect),
+                    },
+                    Pending::PublishIf(reply),
+                ),
+                Outgoing::History {
+                    channel,
+                    limit,
+                    since,
+                    reply,
+                } => (
+                    ClientFrame::History {
+                        id,
+                        channel,
+                        limit,
+                        since,
+                    },
+                    Pending::History(reply),
                 ),
                 Outgoing::Ack { offset, reply } => {
                     (ClientFrame::Ack { id, offset }, Pending::Ack(reply))
@@ -193,8 +268,8 @@ impl Driver {
     }
 
     /// A command while connected: subscriptions, unsubscriptions and refreshes go out
-    /// at once (they may take the rate budget into debt); publishes, acks and
-    /// presence queries go through the queue.
+    /// at once (they may take the rate budget into debt); publishes, acks, presence
+    /// queries and history reads go through the queue.
     pub(super) async fn online_command(
         &mut self,
         conn: &mut Conn,
@@ -237,6 +312,45 @@ impl Driver {
                     reply,
                 });
                 self.pump(conn).await
+            }
+            Command::PublishIf {
+                channel,
+                event,
+                payload,
+                expect,
+                reply,
+            } => {
+                self.enqueue(Outgoing::PublishIf {
+                    channel,
+                    event,
+                    payload,
+                    expect,
+                    reply,
+                });
+                self.pump(conn).await
+            }
+            Command::History {
+                channel,
+                limit,
+                since,
+                reply,
+            } => {
+                self.enqueue(Outgoing::History {
+                    channel,
+                    limit,
+                    since,
+                    reply,
+                });
+                self.pump(conn).await
+            }
+            Command::Route {
+                channels,
+                events,
+                reply,
+            } => {
+                self.route(channels, events);
+                let _ = reply.send(());
+                Ok(())
             }
             Command::Ack { offset, reply } => {
                 self.enqueue(Outgoing::Ack { offset, reply });
@@ -309,6 +423,38 @@ impl Driver {
                 payload,
                 reply,
             }),
+            Command::PublishIf {
+                channel,
+                event,
+                payload,
+                expect,
+                reply,
+            } => self.enqueue(Outgoing::PublishIf {
+                channel,
+                event,
+                payload,
+                expect,
+                reply,
+            }),
+            Command::History {
+                channel,
+                limit,
+                since,
+                reply,
+            } => self.enqueue(Outgoing::History {
+                channel,
+                limit,
+                since,
+                reply,
+            }),
+            Command::Route {
+                channels,
+                events,
+                reply,
+            } => {
+                self.route(channels, events);
+                let _ = reply.send(());
+            }
             Command::Ack { offset, reply } => self.enqueue(Outgoing::Ack { offset, reply }),
             Command::Presence {
                 channel,
@@ -391,6 +537,12 @@ impl Driver {
                 });
                 let _ = r.send(receipt);
             }
+            Pending::PublishIf(r) => {
+                let _ = r.send(appended(result));
+            }
+            Pending::History(r) => {
+                let _ = r.send(typed(result));
+            }
             Pending::Ack(reply) => {
                 let _ = reply.send(typed::<AckResult>(result).map(|a| a.offset));
             }
@@ -426,6 +578,12 @@ impl Driver {
                     let _ = r.send(Ok(()));
                 }
                 Pending::Publish(r) => {
+                    let _ = r.send(Err(Error::Disconnected));
+                }
+                Pending::PublishIf(r) => {
+                    let _ = r.send(Err(Error::Disconnected));
+                }
+                Pending::History(r) => {
                     let _ = r.send(Err(Error::Disconnected));
                 }
                 Pending::Ack(reply) => {
