@@ -228,11 +228,21 @@ async fn a_reconnect_to_another_node_within_the_grace_period_shows_no_leave_or_j
     assert_eq!(joined(&a.diff().await), ["alice"]);
     let carol = member(&gws[0], "carol", "room:3").await;
     assert_eq!(joined(&a.diff().await), ["carol"]);
+    let gone = carol.welcome.session.clone();
     drop(carol);
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Listings agree with the events: carol is still there while her leave waits.
+    let p = page(&mut a, "room:3").await;
+    assert_eq!((p.clients, p.users), (2, 2), "{p:?}");
     let _carol = member(&gws[1], "carol", "room:3").await;
     a.no_diff_within(Duration::from_secs(4)).await;
     until_members(&mut a, "room:3", &["alice", "carol"]).await;
+    // The new connection took the old one's place.
+    let p = page(&mut a, "room:3").await;
+    assert!(
+        p.members.iter().all(|m| !m.client.ends_with(&gone)),
+        "{p:?}"
+    );
 }
 
 #[tokio::test]

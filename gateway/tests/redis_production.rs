@@ -336,6 +336,7 @@ async fn the_documented_minimal_acl_users_work_end_to_end() {
         .redis_url(&redis.url(), "acl1")
         .args(&["--history", ROOMS, "--redis-username", "tidings-gateway"])
         .args(&["--redis-password-file", &file])
+        .args(&["--presence", "room:* events", "--presence-refresh", "300ms"])
         .start()
         .await;
     ready(&gw).await;
@@ -344,6 +345,27 @@ async fn the_documented_minimal_acl_users_work_end_to_end() {
         Secret::new("sdk-secret-1"),
     ));
     works_end_to_end(&gw, &p, "acl-user").await;
+    // Presence and online status (their scripts' commands are in the rules too).
+    let t = token("acl-member", &["room:*"], &[], 60);
+    let mut m = Client::connect(&gw, &t).await;
+    m.subscribe_ok("room:acl", None).await;
+    eventually(
+        "listed and online, read by the gateway and the SDK",
+        || async {
+            let listed = p
+                .presence("room:acl", 10, None)
+                .await
+                .is_ok_and(|r| r.clients == 1);
+            let online = p.online(&["acl-member"]).await.is_ok_and(|s| s[0].online);
+            listed && online
+        },
+    )
+    .await;
+    let (status, body) = gw
+        .post_api("/api/v1/presence/stats", r#"{"channel":"room:acl"}"#)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(gw.metric("tidings_presence_failures_total").await, 0.0);
     // Acks (the inbox) go through the gateway's user too.
     let t = token("acl-user", &["room:*"], &[], 60);
     let mut c = Client::connect(&gw, &t).await;

@@ -100,7 +100,7 @@ fn ms(d: Duration) -> String {
 
 fn channel_keys(p: &Publisher, ch: &str) -> Vec<String> {
     let k = p.keys();
-    ["members", "index", "users", "leaving", "nodes"]
+    ["members", "index", "users", "leaving", "nodes", "lingering"]
         .iter()
         .map(|part| k.presence(ch, part))
         .collect()

@@ -15,6 +15,7 @@ mod memory;
 mod redis;
 
 pub use memory::MemoryBroker;
+pub(crate) use redis::misconfigured;
 pub use redis::{NodeContext, RedisBroker};
 
 /// What a publish reached: the protocol's publish result, which is also the HTTP

@@ -23,15 +23,23 @@ struct Channel {
     members: BTreeMap<String, String>,
     /// client -> user.
     owners: HashMap<String, String>,
-    /// user -> connections present.
+    /// user -> connections present (0 while their leave is pending).
     users: HashMap<String, u32>,
     /// user -> when the leave is due.
     leaving: HashMap<String, Instant>,
+    /// user -> their last connection, listed until the leave is announced.
+    lingering: HashMap<String, String>,
 }
 
 impl Channel {
     fn is_empty(&self) -> bool {
         self.members.is_empty() && self.leaving.is_empty()
+    }
+
+    fn unlinger(&mut self, user: &str) {
+        if let Some(old) = self.lingering.remove(user) {
+            self.members.remove(&old);
+        }
     }
 
     fn due_leaves(&mut self, now: Instant) -> Vec<String> {
@@ -41,13 +49,16 @@ impl Channel {
             .filter(|(_, at)| **at <= now)
             .map(|(u, _)| u.clone())
             .collect();
-        due.into_iter()
-            .filter(|u| {
-                self.leaving.remove(u);
-                !self.users.contains_key(u)
-            })
-            .map(|u| format!(r#"{{"user":{}}}"#, serde_json::Value::String(u)))
-            .collect()
+        let mut left = Vec::new();
+        for u in due {
+            self.leaving.remove(&u);
+            if self.users.get(&u).is_none_or(|n| *n == 0) {
+                self.users.remove(&u);
+                self.unlinger(&u);
+                left.push(format!(r#"{{"user":{}}}"#, serde_json::Value::String(u)));
+            }
+        }
+        left
     }
 
     fn next_due(&self, now: Instant) -> Option<Duration> {
@@ -137,19 +148,29 @@ impl Store for MemoryStore {
                 ch.owners.insert(j.client.clone(), j.user.clone());
                 let n = ch.users.entry(j.user.clone()).or_insert(0);
                 *n += 1;
-                if *n == 1 && ch.leaving.remove(&j.user).is_none() {
-                    joined.push(j.joined.clone());
+                if *n == 1 {
+                    if ch.leaving.remove(&j.user).is_none() {
+                        joined.push(j.joined.clone());
+                    } else {
+                        // Back within the grace period: replaces the entry left listed.
+                        ch.unlinger(&j.user);
+                    }
                 }
             }
             for client in leaves {
                 let Some(user) = ch.owners.remove(client) else {
                     continue;
                 };
-                ch.members.remove(client);
-                if let Some(n) = ch.users.get_mut(&user) {
-                    *n -= 1;
-                    if *n == 0 {
-                        ch.users.remove(&user);
+                match ch.users.get_mut(&user) {
+                    Some(n) if *n > 1 => {
+                        *n -= 1;
+                        ch.members.remove(client);
+                    }
+                    _ => {
+                        // The last connection stays listed until the leave is sent.
+                        ch.users.insert(user.clone(), 0);
+                        ch.unlinger(&user);
+                        ch.lingering.insert(user.clone(), client.clone());
                         ch.leaving.insert(user, now + self.grace);
                     }
                 }

@@ -48,6 +48,11 @@ pub trait Store: Send + Sync + 'static {
 }
 
 fn broker_error(e: PublishError) -> BrokerError {
+    if let PublishError::Unavailable(m) = &e
+        && crate::broker::misconfigured(m)
+    {
+        tracing::error!(error = %m, "redis refused a presence command: check the gateway's ACL user (docs/operations.md)");
+    }
     match e {
         PublishError::InvalidTarget(m) => BrokerError::Rejected(m),
         other => BrokerError::Unavailable(other.to_string()),

@@ -2,26 +2,50 @@
 -- KEYS[1] members (hash client -> member JSON), KEYS[2] index (sorted set of
 -- clients, all scores 0, for paging in client order), KEYS[3] users (hash user ->
 -- connections present), KEYS[4] leaving (sorted set user -> when the leave is due),
--- KEYS[5] nodes (sorted set node -> expiry of its entries, ms). Per node, the hash
--- <node prefix><node> (client -> user) says what to remove when the node's entries
--- expire; its name shares the channel's hash tag, so it lives in the same slot.
--- Every time is Redis' own clock (TIME), so nodes' clocks need not agree.
+-- KEYS[5] nodes (sorted set node -> expiry of its entries, ms), KEYS[6] lingering
+-- (hash user -> their last connection, still listed while their leave is pending).
+-- Per node, the hash <node prefix><node> (client -> user) says what to remove when
+-- the node's entries expire; its name shares the channel's hash tag, so it lives in
+-- the same slot. Every time is Redis' own clock (TIME), so nodes' clocks need not
+-- agree.
+--
+-- Listings agree with the events: a user whose last connection went stays listed
+-- (that connection's entry, and a count of 0 in `users`) until their leave is
+-- announced; if they come back within the grace period, the new connection takes
+-- the old entry's place and no event is sent.
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Removes a client; returns true when it was its user's last connection.
+local function unlist(client)
+  redis.call('HDEL', KEYS[1], client)
+  redis.call('ZREM', KEYS[2], client)
+end
+
+-- The entry a user's last connection left listed, removed.
+local function unlinger(user)
+  local old = redis.call('HGET', KEYS[6], user)
+  if old then
+    redis.call('HDEL', KEYS[6], user)
+    unlist(old)
+  end
+end
+
+-- Removes a client; returns true when it was its user's last connection (whose
+-- entry then stays listed until the user's leave is announced).
 local function drop_client(client, user)
-  if redis.call('HDEL', KEYS[1], client) == 0 then
+  if redis.call('HEXISTS', KEYS[1], client) == 0 then
     return false
   end
-  redis.call('ZREM', KEYS[2], client)
   if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
-    redis.call('HDEL', KEYS[3], user)
+    redis.call('HSET', KEYS[3], user, 0)
+    unlinger(user)
+    redis.call('HSET', KEYS[6], user, client)
     return true
   end
+  unlist(client)
   return false
 end
 
@@ -48,7 +72,9 @@ local function due_leaves(now)
   local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
   for _, user in ipairs(due) do
     redis.call('ZREM', KEYS[4], user)
-    if not redis.call('HGET', KEYS[3], user) then
+    if tonumber(redis.call('HGET', KEYS[3], user) or '0') <= 0 then
+      redis.call('HDEL', KEYS[3], user)
+      unlinger(user)
       left[#left + 1] = '{"user":' .. cjson.encode(user) .. '}'
     end
   end
@@ -81,8 +107,8 @@ end
 -- other nodes pass every ttl / 2.
 local function expire_all(ttl, grace, node_key)
   local keep = 2 * ttl
-  for i = 1, 5 do
-    if i == 4 then
+  for i = 1, 6 do
+    if i == 4 or i == 6 then
       redis.call('PEXPIRE', KEYS[i], keep + grace)
     else
       redis.call('PEXPIRE', KEYS[i], keep)

@@ -26,6 +26,10 @@ for _ = 1, tonumber(ARGV[9]) do
       if redis.call('HINCRBY', KEYS[3], user, 1) == 1 then
         if redis.call('ZREM', KEYS[4], user) == 0 then
           joins[#joins + 1] = ARGV[i + 3]
+        else
+          -- Back within the grace period: this connection replaces the one left
+          -- listed, and nobody is told anything.
+          unlinger(user)
         end
       end
     end

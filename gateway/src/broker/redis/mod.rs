@@ -374,7 +374,7 @@ impl Broker for RedisBroker {
 
 /// Whether a Redis error says the node's user or password is wrong or lacks a
 /// right: a mistake in the deployment that no retry heals, logged as an error.
-pub(super) fn misconfigured(why: &str) -> bool {
+pub(crate) fn misconfigured(why: &str) -> bool {
     // Redis' own codes (a subscriber connection's raw reply) and the redis
     // crate's spelling of them (`NoPerm: ...`, `AuthenticationFailed`).
     let why = why.to_ascii_lowercase();
