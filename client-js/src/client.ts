@@ -805,6 +805,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     if (!this.positionsMap.accept(m.channel, m.offset, m.epoch)) return;
     const msg: Message = { channel: m.channel, event: m.event, payload: m.payload, ts: m.ts };
     if (m.offset !== undefined) msg.offset = m.offset;
+    if (m.epoch !== undefined) msg.epoch = m.epoch;
     if (m.msg_id !== undefined) msg.msgId = m.msg_id;
     this.emit('message', msg);
     sub?._message(msg);

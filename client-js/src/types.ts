@@ -75,6 +75,8 @@ export interface Message {
   payload: JsonValue;
   /** Position in the channel's history, when the channel keeps history. */
   offset?: number;
+  /** The history epoch of `offset`, when the server says (live and replayed messages). */
+  epoch?: string;
   /** The publisher's message id, if it set one. */
   msgId?: string;
   /** Publish time, milliseconds since the Unix epoch (publisher's clock). */

@@ -243,7 +243,7 @@ export class Editor {
   /** Send nothing before the revision reaches this (the end of a replay after a reconnect). */
   private syncTarget: number | undefined;
   private readonly snapshotInterval: number;
-  private readonly maxOpBytes: number;
+  private maxOpBytes: number;
   private readonly windowSize: number;
   /** The log operations at offsets windowStart + 1 ..= rev (null: skipped). */
   private window: (Operation | null)[] = [];
@@ -324,6 +324,11 @@ export class Editor {
       this.trySend();
     }
     return this.flush();
+  }
+
+  /** Changes the largest wire form of one published operation (UTF-8 bytes, at least 16). */
+  setMaxOpBytes(n: number): void {
+    this.maxOpBytes = Math.max(16, n);
   }
 
   /** Sets the local selection (code points in `text`). */

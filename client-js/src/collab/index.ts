@@ -30,3 +30,16 @@ export {
   type RemoteCursor,
   type SnapshotPayload,
 } from './editor.js';
+export {
+  CollabDocument,
+  diffOperation,
+  openDocument,
+  pickSnapshot,
+  type DocumentChange,
+  type DocumentCursor,
+  type DocumentEvents,
+  type DocumentOptions,
+  type DocumentStatus,
+  type ReloadEvent,
+  type ResyncReport,
+} from './document.js';
