@@ -16,7 +16,7 @@ interface Fixture {
 const fixtures = (
   JSON.parse(readFileSync(`${ROOT}/test/fixtures/protocol-frames.json`, 'utf8')) as { frames: Fixture[] }
 ).frames;
-const CLIENT_TYPES = new Set(['subscribe', 'unsubscribe', 'publish', 'refresh', 'ack', 'presence', 'presence_stats', 'pong']);
+const CLIENT_TYPES = new Set(['subscribe', 'unsubscribe', 'publish', 'refresh', 'ack', 'history', 'presence', 'presence_stats', 'pong']);
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 const unhex = (s: string): Uint8Array => new Uint8Array(Buffer.from(s, 'hex'));
 
@@ -34,7 +34,7 @@ test('client frames encode to the documented JSON text and MessagePack bytes', (
     assert.equal(hex(msgpackCodec.encode(frame) as Uint8Array), f.msgpack, f.json);
     n++;
   }
-  assert.equal(n, 10);
+  assert.equal(n, 13);
 });
 
 test('server frames decode the same from JSON and from MessagePack', () => {
@@ -48,7 +48,7 @@ test('server frames decode the same from JSON and from MessagePack', () => {
     assert.equal(fromJson.type, type);
     n++;
   }
-  assert.equal(n, 22);
+  assert.equal(n, 26);
 });
 
 test('decoded frames carry the documented fields (uint64 ts as a number)', () => {

@@ -95,6 +95,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "publish",
     "refresh",
     "ack",
+    "history",
     "presence",
     "presence_stats",
     "pong",

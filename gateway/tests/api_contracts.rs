@@ -283,6 +283,13 @@ impl Fleet {
                 }
                 "demo" => Gateway::builder().args(&["--demo"]).start().await,
                 "presence" => self.presence().await,
+                // Conditional publishes need a channel with history.
+                "history" => {
+                    Gateway::builder()
+                        .args(&["--history", "$user:* 100 24h,doc:* 1000 1h"])
+                        .start()
+                        .await
+                }
                 "origins" => {
                     Gateway::builder()
                         .args(&["--allowed-origins", "https://app.example"])
@@ -524,12 +531,13 @@ async fn openapi_examples_replay_against_gateways() {
 
 // --- WebSocket --------------------------------------------------------------------------
 
-const CLIENT_TYPES: [&str; 8] = [
+const CLIENT_TYPES: [&str; 9] = [
     "subscribe",
     "unsubscribe",
     "publish",
     "refresh",
     "ack",
+    "history",
     "presence",
     "presence_stats",
     "pong",
@@ -643,23 +651,30 @@ fn asyncapi_codes_equal_the_protocol_crate() {
 #[tokio::test]
 async fn asyncapi_client_frames_are_answered_in_both_encodings() {
     let s = specs();
-    let gw = Gateway::builder()
-        .args(&["--history", "$user:* 100 24h,room:* 100 1h"])
-        .args(&["--presence", "room:* events"])
-        .start()
-        .await;
-    // Something on alice's personal channel, so that `ack` has a position to store.
-    let (status, _) = gw
-        .publish(json!({"user": "alice", "event": "e", "payload": 1}))
-        .await;
-    assert_eq!(status, 200);
     let examples: Vec<_> = frame_examples(&s)
         .into_iter()
         .filter(|(_, p, _)| CLIENT_TYPES.contains(&p["type"].as_str().unwrap()))
         .collect();
     assert!(examples.len() >= CLIENT_TYPES.len());
     for enc in [Encoding::Json, Encoding::MsgPack] {
-        let tok = token("alice", &["news", "room:*"], &["room:*"], 300);
+        // A gateway per encoding: the examples change what they act on (a conditional
+        // publish moves its channel), and each encoding gets the same answers.
+        let gw = Gateway::builder()
+            .args(&["--history", "$user:* 100 24h,room:* 100 1h,doc:* 1000 1h"])
+            .args(&["--presence", "room:* events"])
+            .start()
+            .await;
+        // Something on alice's personal channel, so that `ack` has a position to store.
+        let (status, _) = gw
+            .publish(json!({"user": "alice", "event": "e", "payload": 1}))
+            .await;
+        assert_eq!(status, 200);
+        let tok = token(
+            "alice",
+            &["news", "room:*", "doc:*"],
+            &["room:*", "doc:*"],
+            300,
+        );
         let mut c = Client::connect_encoding(&gw, &tok, enc).await;
         for (label, payload, r) in &examples {
             let frame = decode_client(Encoding::Json, payload.to_string().as_bytes())
@@ -859,6 +874,35 @@ async fn live_frame(scenario: &str, gw: &Gateway, ping_gw: &Gateway) -> Value {
             r.request(json!({"type": "unsubscribe", "channel": "room:8"}))
                 .await;
             r.request(json!({"type": "subscribe", "channel": "room:8", "since": {"offset": 1, "epoch": epoch}}))
+                .await
+        }
+        "reply_publish_conditional" | "reply_conflict" => {
+            let (mut r, _) = Raw::connect(gw, &tok("s-cond"), "").await;
+            let channel = format!("room:{scenario}");
+            let publish = json!({"type": "publish", "channel": channel, "event": "op", "payload": [1], "expect": {"offset": 0, "epoch": ""}});
+            let first = r.request(publish.clone()).await;
+            if scenario == "reply_publish_conditional" {
+                return first;
+            }
+            r.request(publish).await
+        }
+        "reply_history" | "reply_history_other_epoch" => {
+            let channel = format!("room:{scenario}");
+            let (status, _) = gw
+                .publish(json!({"channel": channel, "event": "typing", "payload": {}}))
+                .await;
+            assert_eq!(status, 200);
+            let (status, _) = gw
+                .publish(json!({"channel": channel, "payload": {}, "id": "m-1"}))
+                .await;
+            assert_eq!(status, 200);
+            let (mut r, _) = Raw::connect(gw, &tok("s-history"), "").await;
+            if scenario == "reply_history" {
+                return r
+                    .request(json!({"type": "history", "channel": channel, "limit": 2}))
+                    .await;
+            }
+            r.request(json!({"type": "history", "channel": channel, "limit": 50, "since": {"offset": 17, "epoch": "70e4c1d9a2b8f356"}}))
                 .await
         }
         "reply_refresh" => {

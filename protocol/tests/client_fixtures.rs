@@ -25,11 +25,11 @@ use std::path::PathBuf;
 
 use protocol::close::{self, Reconnect};
 use protocol::frame::{
-    AckResult, ClientFrame, PresenceResult, PresenceStatsResult, PublishResult, RefreshResult,
-    Reply, ReplyResult, ServerFrame, SubscribeResult, UnsubscribeResult, decode_client,
-    decode_server, encode_message, encode_presence_diff,
+    AckResult, ClientFrame, HistoryResult, PresenceResult, PresenceStatsResult, PublishResult,
+    RefreshResult, Reply, ReplyResult, ServerFrame, SubscribeResult, UnsubscribeResult,
+    decode_client, decode_server, encode_message, encode_presence_diff,
 };
-use protocol::{Encoding, Publication};
+use protocol::{Encoding, ErrorCode, Publication};
 use serde_json::{Value, json};
 
 const FRAMES: &str = "client-js/test/fixtures/protocol-frames.json";
@@ -185,7 +185,27 @@ fn client_frames_of_the_fixture_encode_to_its_bytes() {
             }
         }
     }
-    assert_eq!(n, 10, "client frame examples");
+    assert_eq!(n, 13, "client frame examples");
+}
+
+/// A `conflict` refusal written the gateway's way (`Reply::conflict`, message
+/// included) from the position it carries, in `out`.
+fn conflict_reply(reply: &Reply, out: Encoding) -> Option<Vec<u8>> {
+    let e = reply
+        .error
+        .as_ref()
+        .filter(|e| e.code == ErrorCode::Conflict)?;
+    let id = reply.id.unwrap_or_else(|| panic!("conflict without id"));
+    let (offset, epoch) = match (e.offset, &e.epoch) {
+        (Some(o), Some(ep)) => (o, ep.clone()),
+        _ => panic!("conflict without offset and epoch: {e:?}"),
+    };
+    Some(
+        ServerFrame::Reply(Reply::conflict(id, offset, epoch))
+            .encode(out)
+            .unwrap()
+            .to_vec(),
+    )
 }
 
 /// The reply's result read as the typed result of the request it answers (told by
@@ -204,6 +224,8 @@ fn typed_reply(reply: &Reply, out: Encoding) -> Option<Vec<u8>> {
     let has = |k: &str| result.get(k).is_some();
     Some(if has("nodes") {
         again::<PublishResult>(reply, result, out)
+    } else if has("publications") {
+        again::<HistoryResult>(reply, result, out)
     } else if has("members") {
         again::<PresenceResult>(reply, result, out)
     } else if has("clients") {
@@ -225,7 +247,7 @@ fn typed_reply(reply: &Reply, out: Encoding) -> Option<Vec<u8>> {
 
 #[test]
 fn server_frames_of_the_fixture_decode_and_encode_to_its_bytes() {
-    let (mut n, mut typed) = (0, 0);
+    let (mut n, mut typed, mut conflicts) = (0, 0, 0);
     for f in fixture_frames() {
         if !seeds::SERVER_TYPES.contains(&f.kind.as_str()) {
             continue;
@@ -263,6 +285,10 @@ fn server_frames_of_the_fixture_decode_and_encode_to_its_bytes() {
                             assert_eq!(hex(&bytes), want, "typed result of {}", f.json);
                             typed += 1;
                         }
+                        if let Some(bytes) = conflict_reply(r, out) {
+                            assert_eq!(hex(&bytes), want, "Reply::conflict of {}", f.json);
+                            conflicts += 1;
+                        }
                     }
                     // The gateway's path: one encoding of the diff for all.
                     ServerFrame::PresenceDiff(d) => {
@@ -274,10 +300,12 @@ fn server_frames_of_the_fixture_decode_and_encode_to_its_bytes() {
             }
         }
     }
-    assert_eq!(n, 22, "server frame examples");
-    // Eleven successful replies (one in `ack`, seven in `reply`, three in section
-    // 15), each from two encodings into two.
-    assert_eq!(typed, 11 * 4, "typed reply results");
+    assert_eq!(n, 26, "server frame examples");
+    // Fourteen successful replies (one in `publish`, one in `ack`, two in `history`,
+    // seven in `reply`, three in section 15), each from two encodings into two.
+    assert_eq!(typed, 14 * 4, "typed reply results");
+    // One `conflict` refusal (in `publish`), likewise.
+    assert_eq!(conflicts, 4, "conflict replies");
 }
 
 // --- close-codes.json ---------------------------------------------------------------
