@@ -238,3 +238,28 @@ async fn conditional_publish_through_the_api_and_the_sdk() {
     assert_eq!(body["results"][0]["error"], "conflict");
     assert_eq!(body["results"][0]["offset"], 2);
 }
+
+/// The last entries, even when they do not all fit in one page's byte budget:
+/// the newest ones that fit, ending at the latest offset (a page cut short used to
+/// hold the oldest of the range).
+#[tokio::test]
+async fn history_without_since_ends_at_the_newest_entry_when_pages_are_small() {
+    let gw = Gateway::builder()
+        .args(&["--history", DOCS, "--replay-page-bytes", "1024"])
+        .start()
+        .await;
+    let t = token("scroll", &["doc:*"], &["doc:*"], 60);
+    let mut c = Client::connect(&gw, &t).await;
+    for i in 1..=8 {
+        let r = c
+            .publish("doc:big", "m", json!({ "i": i, "pad": "x".repeat(300) }))
+            .await;
+        assert!(r.ok, "{r:?}");
+    }
+    let r = c.history("doc:big", Some(5), None).await;
+    let h = HistoryResult::from_value(r.result.unwrap()).unwrap();
+    let offsets: Vec<u64> = h.publications.iter().map(|p| p.offset).collect();
+    assert!(!offsets.is_empty());
+    assert_eq!(offsets.last(), Some(&8), "{offsets:?}");
+    assert!(offsets.windows(2).all(|w| w[1] == w[0] + 1), "{offsets:?}");
+}

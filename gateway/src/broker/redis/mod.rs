@@ -272,12 +272,19 @@ impl Broker for RedisBroker {
         at: &StreamPosition,
     ) -> Result<Receipt, BrokerError> {
         match self.shared.publisher.publish_if(p, at).await {
+            // A duplicate (its message id was seen) published nothing: no position,
+            // as on the memory broker.
             Ok(r) => Ok(Receipt {
                 nodes: r.nodes,
                 sessions: None,
                 duplicates: r.duplicates as u64,
-                offset: r.offsets.first().copied().flatten(),
-                epoch: r.epoch,
+                offset: r
+                    .offsets
+                    .first()
+                    .copied()
+                    .flatten()
+                    .filter(|_| r.duplicates == 0),
+                epoch: r.epoch.filter(|_| r.duplicates == 0),
             }),
             Err(e) => {
                 if matches!(e, PublishError::Unavailable(_)) {

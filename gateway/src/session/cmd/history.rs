@@ -70,9 +70,32 @@ impl Session {
             if top.epoch.is_empty() || after >= top.top {
                 return Ok(top);
             }
-            broker
+            let mut page = broker
                 .history(name, Some(after), limit as usize, bytes)
-                .await
+                .await?;
+            // The last entries asked for: a page the byte budget cut short holds the
+            // oldest of them; ask again for as many as fit, ending at the newest.
+            let mut tries = 0;
+            while since.is_none()
+                && tries < 4
+                && page.epoch == top.epoch
+                && page.pubs.last().and_then(|p| p.offset) < Some(page.top)
+                && !page.pubs.is_empty()
+            {
+                tries += 1;
+                let fit = (page.pubs.len() as u64)
+                    .saturating_sub(u64::from(tries > 1))
+                    .max(1);
+                page = broker
+                    .history(
+                        name,
+                        Some(page.top.saturating_sub(fit)),
+                        fit as usize,
+                        bytes,
+                    )
+                    .await?;
+            }
+            Ok::<_, crate::broker::BrokerError>(page)
         };
         match read.await {
             Ok(page) => Outcome::Reply(Reply::ok(
