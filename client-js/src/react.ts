@@ -2,8 +2,20 @@
 // dependency; create the client once, outside components (or in a module), and pass
 // it in.
 
-import { useCallback, useEffect, useRef, useState, useSyncExternalStore } from 'react';
+import { useCallback, useEffect, useLayoutEffect, useRef, useState, useSyncExternalStore } from 'react';
 import type { TidingsClient } from './client.js';
+import {
+  codePointIndex,
+  openDocument,
+  utf16Index,
+  type CollabDocument,
+  type DocumentCursor,
+  type DocumentOptions,
+  type DocumentStatus,
+  type ReloadEvent,
+  type ResyncReport,
+} from './collab/document.js';
+import { codePointLength, transformSelection, type Operation, type Selection } from './collab/ot.js';
 import type { TidingsError } from './errors.js';
 import type { JsonValue } from './frames.js';
 import type { PresenceSnapshot, PresenceTracker } from './presence.js';
@@ -35,6 +47,13 @@ function acquire(client: TidingsClient, channel: string): Subscription {
   if (!m) refs.set(client, (m = new Map()));
   m.set(channel, (m.get(channel) ?? 0) + 1);
   return client.subscribe(channel);
+}
+
+/** Counts a user of the channel without subscribing (the user subscribes itself, e.g. with `since`). */
+function reserve(client: TidingsClient, channel: string): void {
+  let m = refs.get(client);
+  if (!m) refs.set(client, (m = new Map()));
+  m.set(channel, (m.get(channel) ?? 0) + 1);
 }
 
 function release(client: TidingsClient, channel: string): void {
@@ -216,4 +235,163 @@ export function useNotifications(
     if (lastOffset.current !== undefined) await client.ack(lastOffset.current);
   }, [client]);
   return { ...s, markRead };
+}
+
+/** The props that bind a `<textarea>` to a document (`<textarea {...doc.textarea} />`). */
+export interface TextareaBinding {
+  ref: (el: HTMLTextAreaElement | null) => void;
+  value: string;
+  /** True until the document is loaded, and when it cannot be edited. */
+  readOnly: boolean;
+  onChange: (e: { currentTarget: HTMLTextAreaElement }) => void;
+  onSelect: (e: { currentTarget: HTMLTextAreaElement }) => void;
+}
+
+export interface DocumentState {
+  /** The document (undefined when `channel` is null). */
+  doc: CollabDocument | undefined;
+  text: string;
+  revision: number;
+  status: DocumentStatus | 'idle';
+  /** Local edits not in the log yet. */
+  pending: boolean;
+  error?: Error;
+  /** The other editors' selections in `text` (code points), with names. */
+  remoteCursors: DocumentCursor[];
+  /** The last reload (the history was gone): whether local edits were lost, and when. */
+  reloaded?: ReloadEvent & { at: number };
+  /** The last report of being back in sync after being offline. */
+  resynced?: ResyncReport & { at: number };
+  /** A local edit (code points); ignored while the document is not loaded. */
+  applyLocal(op: Operation, selection?: Selection): void;
+  /** Props for a `<textarea>`: its value, and its input and selection turned into edits (UTF-16 offsets converted to code points). */
+  textarea: TextareaBinding;
+}
+
+/** The selection of a text field, in code points of its value. */
+export function fieldSelection(el: { value: string; selectionStart: number | null; selectionEnd: number | null; selectionDirection?: string | null }): Selection {
+  const start = codePointIndex(el.value, el.selectionStart ?? 0);
+  const end = codePointIndex(el.value, el.selectionEnd ?? el.selectionStart ?? 0);
+  return el.selectionDirection === 'backward' ? { anchor: end, head: start } : { anchor: start, head: end };
+}
+
+type DocView = Omit<DocumentState, 'applyLocal' | 'textarea' | 'doc'>;
+
+/**
+ * Writes the document's text into the bound field at once, not at React's next
+ * render: an input event that came in between would otherwise be read against a
+ * value without the remote change, and diffing it against the document would undo
+ * that change. The caret goes where the document moved it (a new value puts it at
+ * the end).
+ */
+function syncField(t: HTMLTextAreaElement | null, d: CollabDocument, op?: Operation): void {
+  if (!t || t.value === d.text) return;
+  const focused = typeof document !== 'undefined' && document.activeElement === t;
+  // The field's own selection is the truth (the document hears of it a little later,
+  // from the selection events): moved through the change when it applies to the field.
+  let sel = d.selection;
+  if (focused && op && op.baseLen === codePointLength(t.value)) {
+    sel = transformSelection(fieldSelection(t), op, false);
+    d.select(sel);
+  }
+  t.value = d.text;
+  if (!focused) return;
+  const a = utf16Index(d.text, sel.anchor);
+  const h = utf16Index(d.text, sel.head);
+  if (a <= h) t.setSelectionRange(a, h, 'forward');
+  else t.setSelectionRange(h, a, 'backward');
+}
+
+function docView(d: CollabDocument, prev: DocView): DocView {
+  return { ...prev, text: d.text, revision: d.revision, status: d.status, pending: d.pending, error: d.error, remoteCursors: d.cursors };
+}
+
+/**
+ * A collaborative document on `channel` (e.g. `doc:notes`) while the component is
+ * mounted (nothing when `channel` is null): loaded from its newest snapshot, kept in
+ * sync, its local edits sent (see CollabDocument in `tidings-client/collab`). Needs a
+ * `--history` rule for the channel and `snap:<channel>`, and rights on both and on
+ * `cursor:<channel>`.
+ *
+ *   const doc = useDocument(client, 'doc:notes');
+ *   <textarea {...doc.textarea} />
+ *   doc.remoteCursors.map(c => ...)   // code point positions in doc.text
+ */
+export function useDocument(client: TidingsClient, channel: string | null | undefined, opts: DocumentOptions = {}): DocumentState {
+  const empty: DocView = { text: '', revision: 0, status: channel ? 'loading' : 'idle', pending: false, remoteCursors: [] };
+  const [s, setS] = useState<DocView>(empty);
+  const [doc, setDoc] = useState<CollabDocument | undefined>(undefined);
+  const optsRef = useRef(opts);
+  optsRef.current = opts;
+  const el = useRef<HTMLTextAreaElement | null>(null);
+  useEffect(() => {
+    if (!channel) {
+      setDoc(undefined);
+      setS({ text: '', revision: 0, status: 'idle', pending: false, remoteCursors: [] });
+      return;
+    }
+    // Shared with useChannel/usePresence on the same channels: the last one to go unsubscribes.
+    reserve(client, channel);
+    reserve(client, `cursor:${channel}`);
+    const d = openDocument(client, channel, { ...optsRef.current, unsubscribeOnClose: false });
+    setDoc(d);
+    setS((p) => docView(d, { ...p, reloaded: undefined, resynced: undefined }));
+    const update = (): void => setS((p) => docView(d, p));
+    const offs = [
+      d.on('change', (c) => {
+        syncField(el.current, d, c.op);
+        update();
+      }),
+      d.on('status', update),
+      d.on('cursors', update),
+      d.on('error', update),
+      d.on('reload', (r) => setS((p) => ({ ...docView(d, p), reloaded: { ...r, at: Date.now() } }))),
+      d.on('resynced', (r) => setS((p) => ({ ...docView(d, p), resynced: { ...r, at: Date.now() } }))),
+    ];
+    return () => {
+      for (const off of offs) off();
+      d.close();
+      release(client, channel);
+      release(client, `cursor:${channel}`);
+    };
+  }, [client, channel]);
+
+  // The field may have been rendered before the document was open.
+  useLayoutEffect(() => {
+    if (doc) syncField(el.current, doc);
+  }, [doc]);
+
+  const applyLocal = useCallback(
+    (op: Operation, selection?: Selection) => {
+      if (doc?.isLoaded) doc.apply(op, selection);
+    },
+    [doc],
+  );
+  const ref = useCallback((t: HTMLTextAreaElement | null) => {
+    el.current = t;
+  }, []);
+  const onChange = useCallback(
+    (e: { currentTarget: HTMLTextAreaElement }) => {
+      const t = e.currentTarget;
+      if (!doc?.isLoaded) return;
+      doc.setText(t.value, fieldSelection(t));
+      // What React renders is the document's text; if it differs (an edit refused), the field follows it.
+      setS((p) => docView(doc, p));
+    },
+    [doc],
+  );
+  const onSelect = useCallback(
+    (e: { currentTarget: HTMLTextAreaElement }) => {
+      const t = e.currentTarget;
+      if (doc?.isLoaded && t.value === doc.text) doc.select(fieldSelection(t));
+    },
+    [doc],
+  );
+  const readOnly = !doc || !(s.status === 'ready' || s.status === 'syncing' || s.status === 'offline');
+  return {
+    ...s,
+    doc,
+    applyLocal,
+    textarea: { ref, value: s.text, readOnly, onChange, onSelect },
+  };
 }

@@ -551,4 +551,14 @@ test('cursors: sent in the log coordinates, moved through later operations, show
   assert.equal(c.receiveCursor({ client: 'x', rev: 1, anchor: 0, head: 0 }), false, 'revision 1 is before the window: dropped');
   assert.equal(c.removeCursor({ user: 'bob' }), true);
   assert.deepEqual(c.remoteCursors().map((x) => x.client), ['d']);
+  // An editor's caret moves past what that editor inserts at it (its cursor message after the edit may be missed).
+  c.receiveCursor({ client: 'z', user: 'zoe', rev: 9, anchor: 0, head: 0 });
+  c.receive({ offset: 10, epoch: 'E', event: 'op', payload: { op: ['zz', 10], client: 'z', seq: 4 } });
+  assert.deepEqual(
+    c.remoteCursors().map((x) => [x.client, x.head]),
+    [
+      ['d', 0],
+      ['z', 2],
+    ],
+  );
 });

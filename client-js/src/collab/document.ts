@@ -772,6 +772,21 @@ export function diffOperation(prev: string, next: string, hints: { before?: Sele
     .retain(a.length - endA);
 }
 
+/** The code point position of the UTF-16 offset `i` of `text` (a DOM selection offset). */
+export function codePointIndex(text: string, i: number): number {
+  return codePointLength(text.slice(0, Math.max(0, Math.min(i, text.length))));
+}
+
+/** The UTF-16 offset of the code point position `p` of `text` (for a DOM selection). */
+export function utf16Index(text: string, p: number): number {
+  let i = 0;
+  for (let k = 0; k < p && i < text.length; k++) {
+    const c = text.charCodeAt(i);
+    i += c >= 0xd800 && c <= 0xdbff && i + 1 < text.length ? 2 : 1;
+  }
+  return i;
+}
+
 /** Opens a collaborative document on `channel` (e.g. `doc:42`); see CollabDocument. */
 export function openDocument(client: TidingsClient, channel: string, opts: DocumentOptions = {}): CollabDocument {
   return new CollabDocument(client, channel, opts);

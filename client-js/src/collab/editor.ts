@@ -245,8 +245,8 @@ export class Editor {
   private readonly snapshotInterval: number;
   private maxOpBytes: number;
   private readonly windowSize: number;
-  /** The log operations at offsets windowStart + 1 ..= rev (null: skipped). */
-  private window: (Operation | null)[] = [];
+  /** The log operations at offsets windowStart + 1 ..= rev, with their editor (null: skipped). */
+  private window: ({ op: Operation; client: unknown } | null)[] = [];
   private windowStart: number;
   private readonly cursors = new Map<string, CursorPayload>();
   private out: EditorEffect[] = [];
@@ -364,13 +364,13 @@ export class Editor {
     }
     const parsed = this.parse(m);
     if (typeof parsed === 'string') {
-      this.advance(null);
+      this.advance(null, undefined);
       this.out.push({ type: 'skipped', offset: this.rev, reason: parsed });
     } else {
       const p = m.payload as { client?: unknown; seq?: unknown };
       const f = this.inflightOp;
       if (f && p.client === this.client && p.seq === f.seq) this.ack(parsed, f);
-      else this.applyRemote(parsed);
+      else this.applyRemote(parsed, p.client);
     }
     this.trySend();
     return this.flush();
@@ -393,7 +393,7 @@ export class Editor {
 
   private ack(op: Operation, f: Inflight): void {
     this.server = op.apply(this.server);
-    this.advance(op);
+    this.advance(op, this.client);
     this.inflightOp = undefined;
     this.out.push({ type: 'acked', seq: f.seq, offset: this.rev });
     if (this.snapshotInterval > 0 && this.rev % this.snapshotInterval === 0) {
@@ -401,7 +401,7 @@ export class Editor {
     }
   }
 
-  private applyRemote(op: Operation): void {
+  private applyRemote(op: Operation, author: unknown): void {
     this.server = op.apply(this.server);
     let r = op;
     const f = this.inflightOp;
@@ -420,14 +420,17 @@ export class Editor {
       anchor: transformPosition(this.sel.anchor, r, false),
       head: transformPosition(this.sel.head, r, false),
     };
-    this.advance(op);
+    this.advance(op, author);
     this.out.push({ type: 'remote', op: r, offset: this.rev });
   }
 
-  /** The revision moves on by one; `op` (null: skipped) joins the window; cursors move along. */
-  private advance(op: Operation | null): void {
+  /**
+   * The revision moves on by one; `op` (null: skipped) of the editor `author` joins
+   * the window; cursors move along (an editor's own caret after what it inserted at it).
+   */
+  private advance(op: Operation | null, author: unknown): void {
     this.rev += 1;
-    this.window.push(op);
+    this.window.push(op ? { op, client: author } : null);
     if (this.window.length > this.windowSize) {
       const drop = this.window.length - this.windowSize;
       this.window.splice(0, drop);
@@ -439,8 +442,9 @@ export class Editor {
     }
     for (const c of this.cursors.values()) {
       if (c.rev !== this.rev - 1) continue;
-      c.anchor = transformPosition(c.anchor, op, false);
-      c.head = transformPosition(c.head, op, false);
+      const own = c.client === author;
+      c.anchor = transformPosition(c.anchor, op, own);
+      c.head = transformPosition(c.head, op, own);
       c.rev = this.rev;
     }
   }
@@ -609,7 +613,8 @@ export class Editor {
 
   /**
    * Another editor's selection from `cursor:<doc>` (its own are ignored): moved through
-   * the operations between its revision and this one (kept for the last
+   * the operations between its revision and this one, as a remote caret except through
+   * that editor's own operations, which move it past what it inserted at it (kept for the last
    * `cursorWindow` revisions; older ones are dropped), or held until this editor
    * reaches its revision. Returns whether it was taken.
    */
@@ -621,10 +626,11 @@ export class Editor {
     if (rev < this.rev) {
       if (rev < this.windowStart) return false;
       for (let r = rev; r < this.rev; r++) {
-        const op = this.window[r - this.windowStart];
-        if (!op) continue;
-        c.anchor = transformPosition(c.anchor, op, false);
-        c.head = transformPosition(c.head, op, false);
+        const w = this.window[r - this.windowStart];
+        if (!w) continue;
+        const own = w.client === client;
+        c.anchor = transformPosition(c.anchor, w.op, own);
+        c.head = transformPosition(c.head, w.op, own);
       }
       c.rev = this.rev;
     }

@@ -32,7 +32,9 @@ export {
 } from './editor.js';
 export {
   CollabDocument,
+  codePointIndex,
   diffOperation,
+  utf16Index,
   openDocument,
   pickSnapshot,
   type DocumentChange,
