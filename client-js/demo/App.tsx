@@ -1,9 +1,11 @@
-// Login (pick a user name, get a token), then the chat, notifications and status.
+// Login (pick a user name, get a token), then the chat or the shared documents,
+// notifications and status.
 import { useEffect, useState } from 'react';
 import { jsonCodec, TidingsClient } from '../src/index.js';
 import { msgpackCodec } from '../src/msgpack.js';
 import { fetchToken, USER_RE, wsUrl } from './api.js';
 import { ConnectionBar } from './ConnectionBar.js';
+import { Docs } from './Docs.js';
 import { EventLog } from './EventLog.js';
 import { Notifications } from './Notifications.js';
 import { Rooms } from './Rooms.js';
@@ -19,6 +21,11 @@ interface Session {
 // ?encoding=msgpack switches the connection to binary MessagePack frames.
 const codec = new URLSearchParams(location.search).get('encoding') === 'msgpack' ? msgpackCodec : jsonCodec;
 
+// ?view=docs opens the documents (?doc=<name> picks the first one).
+const params = new URLSearchParams(location.search);
+const initialView = params.get('view') === 'docs' ? 'docs' : 'chat';
+const initialDoc = params.get('doc') ?? 'notes';
+
 function initialUser(): string {
   return new URLSearchParams(location.search).get('user') ?? sessionStorage.getItem('tidings-demo-user') ?? '';
 }
@@ -28,6 +35,7 @@ export function App() {
   const [name, setName] = useState(initialUser);
   const [error, setError] = useState('');
   const [busy, setBusy] = useState(false);
+  const [view, setView] = useState<'chat' | 'docs'>(initialView);
 
   async function login(user: string): Promise<void> {
     if (!USER_RE.test(user)) {
@@ -104,6 +112,14 @@ export function App() {
     <div className="app">
       <header>
         <h1>Tidings demo</h1>
+        <span className="views">
+          <button className={view === 'chat' ? 'view active' : 'view'} data-testid="view-chat" onClick={() => setView('chat')}>
+            Chat
+          </button>
+          <button className={view === 'docs' ? 'view active' : 'view'} data-testid="view-docs" onClick={() => setView('docs')}>
+            Docs
+          </button>
+        </span>
         <ConnectionBar client={client} />
         <span className="encoding" data-testid="encoding">
           {codec.subprotocol}
@@ -115,7 +131,8 @@ export function App() {
           log out
         </button>
       </header>
-      <Rooms client={client} user={user} subject={subject} />
+      <Rooms client={client} user={user} subject={subject} hidden={view !== 'chat'} />
+      <Docs client={client} subject={subject} active={view === 'docs'} initialDoc={initialDoc} />
       <aside>
         <Notifications client={client} user={subject} />
         <EventLog client={client} />

@@ -7,7 +7,7 @@ import type { TidingsClient } from '../src/index.js';
 import { ROOM_RE } from './api.js';
 import { RoomPane } from './RoomPane.js';
 
-export function Rooms({ client, user, subject }: { client: TidingsClient; user: string; subject: string }) {
+export function Rooms({ client, user, subject, hidden = false }: { client: TidingsClient; user: string; subject: string; hidden?: boolean }) {
   const [rooms, setRooms] = useState<string[]>(['lobby']);
   const [active, setActive] = useState('lobby');
   const [name, setName] = useState('');
@@ -31,7 +31,7 @@ export function Rooms({ client, user, subject }: { client: TidingsClient; user: 
   }
 
   return (
-    <main className="rooms">
+    <main className="rooms" hidden={hidden}>
       <nav>
         {rooms.map((r) => (
           <span key={r} className={r === active ? 'tab active' : 'tab'}>

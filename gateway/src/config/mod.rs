@@ -22,12 +22,18 @@ pub use settings::{
 };
 
 /// History rules in demo mode when none are configured (the demo's rooms replay
-/// what was said before one joined).
-const DEMO_HISTORY: [&str; 2] = ["$user:* 100 24h", "room:* 100 1h"];
+/// what was said before one joined; its documents are logs of operations with
+/// snapshots, docs/collaboration.md).
+const DEMO_HISTORY: [&str; 4] = [
+    "$user:* 100 24h",
+    "room:* 100 1h",
+    "doc:* 100000 7d",
+    "snap:* 10 30d",
+];
 
-/// Presence rules in demo mode when none are configured (the rooms show who is
-/// there).
-const DEMO_PRESENCE: [&str; 1] = ["room:* events"];
+/// Presence rules in demo mode when none are configured (the rooms and documents
+/// show who is there).
+const DEMO_PRESENCE: [&str; 2] = ["room:* events", "doc:* events"];
 
 /// The validated configuration of one gateway node.
 #[derive(Debug, Clone)]

@@ -20,9 +20,12 @@ include!(concat!(env!("OUT_DIR"), "/demo_assets.rs"));
 /// How long a demo token lives; the demo client refreshes it before then.
 pub const TOKEN_TTL_SECS: u64 = 900;
 
-/// Channels demo users may subscribe and publish to (chat rooms and typing events).
+/// Channels demo users may subscribe and publish to (chat rooms and typing events,
+/// and collaborative documents: operations, snapshots and cursors).
 pub fn rights() -> Vec<String> {
-    vec!["room:*".to_owned(), "typing:*".to_owned()]
+    ["room:*", "typing:*", "doc:*", "snap:*", "cursor:*"]
+        .map(str::to_owned)
+        .to_vec()
 }
 
 #[derive(Deserialize)]
