@@ -509,6 +509,34 @@ test('large edits go out as several operations within the size limit, which comp
   }
   assert.equal(n, 4);
   assert.equal(log.textAt('', log.entries.length), text);
+  // Another editor's insert at the paste's place, in the log between its pieces, stays outside the paste.
+  const p = new Editor({ client: 'p', text: '<>', maxOpBytes: 64 });
+  const q = new Editor({ client: 'q', text: '<>' });
+  p.online();
+  q.online();
+  const paste = 'abcdefghij'.repeat(20);
+  const log2 = new Log();
+  const [p1] = p.edit(new Operation().retain(1).insert(paste).retain(1));
+  const [q1] = q.edit(Operation.fromJSON([1, 'Q', 1]));
+  assert.ok(p1?.type === 'publish' && q1?.type === 'publish');
+  log2.append(p1);
+  let fx = p.receive(log2.entries[0] as LogEntry);
+  const [q2] = q.receive(log2.entries[0] as LogEntry);
+  assert.equal(q2?.type, 'remote');
+  const [q3] = q.conflict(1, 1, 'E1');
+  assert.ok(q3?.type === 'publish');
+  log2.append(q3);
+  fx = [...fx, ...p.receive(log2.entries[1] as LogEntry)];
+  const out = fx.filter((e) => e.type === 'publish');
+  for (let e = out.shift(); e?.type === 'publish'; e = out.shift()) {
+    const r = log2.append(e);
+    const more = r.ok ? p.receive(log2.entries.at(-1) as LogEntry) : p.conflict(r.seq, r.offset, r.epoch);
+    out.push(...more.filter((x) => x.type === 'publish'));
+  }
+  assert.ok(log2.entries.length > 3);
+  const result = log2.textAt('<>', log2.entries.length);
+  assert.ok(result === `<Q${paste}>` || result === `<${paste}Q>`, result);
+  assert.equal(p.text, result);
 });
 
 test('cursors: sent in the log coordinates, moved through later operations, shown in the local text', () => {

@@ -209,6 +209,18 @@ describe('collaborative documents against gateways', { timeout: 120_000 }, () =>
     await waitFor(() => a.cursors.length === 0, 5000, "jon's cursor gone");
   });
 
+  test('a 200 KB paste goes out as several operations within the payload limit, and a concurrent insert at its place stays outside it', async () => {
+    const a = open(client('max', nodes[0]?.ws ?? ''), 'doc:paste');
+    const b = open(client('ned', nodes[1]?.ws ?? ''), 'doc:paste');
+    await Promise.all([a.ready, b.ready]);
+    const big = 'ça va? '.repeat(30_000);
+    a.replace(0, 0, big);
+    b.replace(0, 0, '[b]');
+    await settled([a, b], 30_000);
+    assert.ok(a.text === `[b]${big}` || a.text === `${big}[b]`, a.text.slice(0, 20));
+    assert.ok(a.revision >= 5, `one paste in ${a.revision - 1} operations`);
+  });
+
   test('a gateway without Redis restarts and loses the history: the editors reload and go on together', async () => {
     const args = ['--history', 'doc:* 100000 7d,snap:* 10 30d'];
     let solo = await startGateway({ args });

@@ -127,31 +127,42 @@ function isObj(v: JsonValue | undefined): v is { [key: string]: JsonValue } {
 
 const isIndex = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 
-/** The size of `s` in the compact JSON form (quotes included), in UTF-8 bytes, and where to cut it to fit `budget`. */
-function jsonCut(s: string, budget: number): { bytes: number; cut: number; cutPoints: number } {
+/** The UTF-8 bytes of code point `c` in the compact JSON form of a string. */
+function jsonBytes(c: number): number {
+  if (c === 0x22 || c === 0x5c || c === 0x08 || c === 0x09 || c === 0x0a || c === 0x0c || c === 0x0d) return 2;
+  if (c < 0x20) return 6;
+  if (c < 0x80) return 1;
+  if (c < 0x800) return 2;
+  if (c < 0x10000) return 3;
+  return 4;
+}
+
+/** The size of `s` in the compact JSON form (quotes included), in UTF-8 bytes. */
+function jsonSize(s: string): number {
   let bytes = 2;
-  let cut = -1;
-  let cutPoints = 0;
-  let points = 0;
   for (let i = 0; i < s.length; ) {
     const c = s.codePointAt(i) ?? 0;
-    const w = c >= 0x10000 ? 2 : 1;
-    let b: number;
-    if (c === 0x22 || c === 0x5c || c === 0x08 || c === 0x09 || c === 0x0a || c === 0x0c || c === 0x0d) b = 2;
-    else if (c < 0x20) b = 6;
-    else if (c < 0x80) b = 1;
-    else if (c < 0x800) b = 2;
-    else if (c < 0x10000) b = 3;
-    else b = 4;
-    if (cut < 0 && bytes + b > budget) {
-      cut = i;
-      cutPoints = points;
-    }
-    bytes += b;
-    points += 1;
-    i += w;
+    bytes += jsonBytes(c);
+    i += c >= 0x10000 ? 2 : 1;
   }
-  return { bytes, cut: cut < 0 ? s.length : cut, cutPoints: cut < 0 ? points : cutPoints };
+  return bytes;
+}
+
+/** The longest end of `s` whose JSON form fits `budget` bytes: where it starts (UTF-16) and its code points. */
+function jsonTail(s: string, budget: number): { from: number; points: number } {
+  let bytes = 2;
+  let from = s.length;
+  let points = 0;
+  while (from > 0) {
+    const low = s.charCodeAt(from - 1);
+    const w = from >= 2 && low >= 0xdc00 && low <= 0xdfff && s.charCodeAt(from - 2) >= 0xd800 && s.charCodeAt(from - 2) <= 0xdbff ? 2 : 1;
+    const b = jsonBytes(s.codePointAt(from - w) ?? 0);
+    if (bytes + b > budget) break;
+    bytes += b;
+    from -= w;
+    points += 1;
+  }
+  return { from, points };
 }
 
 /**
@@ -159,6 +170,11 @@ function jsonCut(s: string, budget: number): { bytes: number; cut: number; cutPo
  * form of `head` within `maxBytes` (beyond only when its first change, one component
  * or one code point of an insert, with the retains before it does not fit: head always
  * changes something); `tail` is undefined when `op` fits.
+ *
+ * An insert too long for head is cut so that head inserts its **end** and tail the
+ * rest before it: another editor's text inserted at the same place meanwhile then
+ * lands before or after the whole insert (the operation first in the log goes first
+ * at equal positions), never inside it, as it would between a first part and the rest.
  */
 export function splitOperation(op: Operation, maxBytes: number): [Operation, Operation | undefined] {
   const comps = op.components;
@@ -173,7 +189,7 @@ export function splitOperation(op: Operation, maxBytes: number): [Operation, Ope
     const sep = k > 0 ? 1 : 0;
     if (typeof c === 'number') {
       const b = String(c).length + sep;
-      if (size + b > maxBytes && changed) return finish(k, 0);
+      if (size + b > maxBytes && changed) return finish(k);
       size += b;
       if (c > 0) {
         head.retain(c);
@@ -186,37 +202,37 @@ export function splitOperation(op: Operation, maxBytes: number): [Operation, Ope
       }
       continue;
     }
-    const { bytes, cut, cutPoints } = jsonCut(c, maxBytes - size - sep);
+    const bytes = jsonSize(c);
     if (size + sep + bytes <= maxBytes) {
       size += sep + bytes;
-      const n = codePointLength(c);
       head.insert(c);
-      target += n;
+      target += codePointLength(c);
       changed = true;
       continue;
     }
-    // Cut the insert: at least one code point when head changes nothing yet.
-    let at = cut;
-    let points = cutPoints;
+    // Cut the insert: head takes its end (at least one code point when head changes nothing yet).
+    let { from, points } = jsonTail(c, maxBytes - size - sep);
     if (points === 0) {
-      if (changed) return finish(k, 0);
-      at = (c.codePointAt(0) ?? 0) >= 0x10000 ? 2 : 1;
+      if (changed) return finish(k);
+      const low = c.charCodeAt(c.length - 1);
+      from = c.length - (c.length >= 2 && low >= 0xdc00 && low <= 0xdfff ? 2 : 1);
       points = 1;
     }
-    head.insert(c.slice(0, at));
-    target += points;
-    return finish(k, at);
+    head.insert(c.slice(from));
+    return finish(k, { from, points });
   }
   return [op, undefined];
 
-  /** head = components before k (and `at` code units of an insert at k), then retain the rest. */
-  function finish(k: number, at: number): [Operation, Operation] {
+  /** head = components before k (and the end of an insert at k), then retain the rest. */
+  function finish(k: number, cut?: { from: number; points: number }): [Operation, Operation] {
     head.retain(op.baseLen - base);
     const tail = new Operation().retain(target);
     for (let j = k; j < comps.length; j++) {
       const c = comps[j] as WireComponent;
-      if (typeof c === 'string') tail.insert(j === k ? c.slice(at) : c);
-      else if (c > 0) tail.retain(c);
+      if (typeof c === 'string') {
+        if (j === k && cut) tail.insert(c.slice(0, cut.from)).retain(cut.points);
+        else tail.insert(c);
+      } else if (c > 0) tail.retain(c);
       else tail.delete(-c);
     }
     return [head, tail];
