@@ -347,6 +347,8 @@ pub struct Editor {
     checked: Option<Option<Snapshot>>,
     /// Connected, and the document channel resumed since: operations may go out.
     online: bool,
+    /// A page of history is being applied.
+    in_page: bool,
     /// The first entry of the epoch did not apply and the snapshot was read again
     /// because of it (a second time it is skipped).
     base_rechecked: bool,
@@ -393,6 +395,7 @@ impl Editor {
             stash: None,
             base_rechecked: false,
             online: true,
+            in_page: false,
             checking: None,
             checked: None,
             lost: false,
@@ -862,11 +865,16 @@ impl Editor {
         let before = self.rev;
         let mut entries: Vec<_> = page.publications.iter().collect();
         entries.sort_by_key(|p| p.offset);
+        self.in_page = true;
         for p in entries {
             self.receive(p.offset, Some(&page.epoch), &p.event, &p.payload);
             if self.phase != Phase::Live {
-                return;
+                break;
             }
+        }
+        self.in_page = false;
+        if self.phase != Phase::Live {
+            return;
         }
         self.drain_held();
         if self.phase != Phase::Live {
@@ -1033,7 +1041,10 @@ impl Editor {
         }
         if offset > self.rev + 1 {
             self.hold(offset, epoch, event, payload);
-            self.fetch();
+            // (A page of history with a gap is dealt with by its reader.)
+            if !self.in_page {
+                self.fetch();
+            }
             return;
         }
         self.apply_log(event, payload);
@@ -1496,15 +1507,27 @@ fn digits(n: usize) -> usize {
 /// of `head` within `max_bytes` (beyond only when its first change, one component
 /// or one code point of an insert, with the retains before it does not fit: `head`
 /// always changes something); `tail` is `None` when `op` fits. The same cut as the
-/// TypeScript `splitOperation`.
+/// TypeScript `splitOperation`: an insert too long for `head` is cut so that `head`
+/// inserts its **end** and `tail` the rest before it, so that another editor's text
+/// inserted at the same place meanwhile lands before or after the whole insert (the
+/// operation first in the log goes first at equal positions), never inside it.
 pub fn split_operation(op: &Operation, max_bytes: usize) -> (Operation, Option<Operation>) {
+    if op.to_json().len() <= max_bytes {
+        return (op.clone(), None);
+    }
     let comps = op.components();
     // Room for the brackets and the retain that ends head.
     let mut size = 2 + 1 + digits(op.base_len());
     let mut head = Operation::new();
     let (mut base, mut target) = (0usize, 0usize);
     let mut changed = false;
-    let finish = |head: &mut Operation, base: usize, target: usize, k: usize, at: usize| {
+    // head = the components before k (and the end of the insert at k, from byte
+    // `from`: `points` code points), then a retain of the rest.
+    let finish = |head: &mut Operation,
+                  base: usize,
+                  target: usize,
+                  k: usize,
+                  cut: Option<(usize, usize)>| {
         head.retain(op.base_len() - base);
         let mut tail = Operation::new();
         tail.retain(target);
@@ -1512,8 +1535,10 @@ pub fn split_operation(op: &Operation, max_bytes: usize) -> (Operation, Option<O
             match c {
                 Component::Retain(n) => tail.retain(*n),
                 Component::Delete(n) => tail.delete(*n),
-                Component::Insert(s) if j == k => tail.insert(&s[at..]),
-                Component::Insert(s) => tail.insert(s),
+                Component::Insert(s) => match cut {
+                    Some((from, points)) if j == k => tail.insert(&s[..from]).retain(points),
+                    _ => tail.insert(s),
+                },
             };
         }
         tail
@@ -1525,7 +1550,7 @@ pub fn split_operation(op: &Operation, max_bytes: usize) -> (Operation, Option<O
                 let is_delete = matches!(c, Component::Delete(_));
                 let b = digits(*n) + usize::from(is_delete) + sep;
                 if size + b > max_bytes && changed {
-                    let tail = finish(&mut head, base, target, k, 0);
+                    let tail = finish(&mut head, base, target, k, None);
                     return (head, Some(tail));
                 }
                 size += b;
@@ -1539,38 +1564,37 @@ pub fn split_operation(op: &Operation, max_bytes: usize) -> (Operation, Option<O
                 }
             }
             Component::Insert(s) => {
+                let bytes: usize = 2 + s.chars().map(json_char_len).sum::<usize>();
+                if size + sep + bytes <= max_bytes {
+                    size += sep + bytes;
+                    head.insert(s);
+                    target += s.chars().count();
+                    changed = true;
+                    continue;
+                }
+                // The longest end of the insert that fits.
                 let budget = max_bytes.saturating_sub(size + sep + 2);
-                let mut used = 0;
-                let mut cut = None;
-                let mut points = 0;
-                for (i, ch) in s.char_indices() {
+                let (mut from, mut points, mut used) = (s.len(), 0, 0);
+                for (i, ch) in s.char_indices().rev() {
                     let w = json_char_len(ch);
                     if used + w > budget {
-                        cut = Some(i);
                         break;
                     }
                     used += w;
+                    from = i;
                     points += 1;
                 }
-                let Some(mut at) = cut else {
-                    size += sep + 2 + used;
-                    head.insert(s);
-                    target += points;
-                    changed = true;
-                    continue;
-                };
                 if points == 0 {
                     if changed {
-                        let tail = finish(&mut head, base, target, k, 0);
+                        let tail = finish(&mut head, base, target, k, None);
                         return (head, Some(tail));
                     }
                     // At least one code point, so that head makes progress.
-                    at = s.chars().next().map_or(0, char::len_utf8);
+                    from = s.char_indices().next_back().map_or(0, |(i, _)| i);
                     points = 1;
                 }
-                head.insert(&s[..at]);
-                target += points;
-                let tail = finish(&mut head, base, target, k, at);
+                head.insert(&s[from..]);
+                let tail = finish(&mut head, base, target, k, Some((from, points)));
                 return (head, Some(tail));
             }
         }
