@@ -350,6 +350,12 @@ impl Document {
         lock(&self.shared.editor).has_pending()
     }
 
+    /// The revision of the snapshot the document was loaded from at open (0: it
+    /// was read from the start of the log).
+    pub fn loaded_from(&self) -> u64 {
+        lock(&self.shared.editor).loaded_from()
+    }
+
     /// Up to date with everything known of the log, with no local edits pending.
     pub fn is_synced(&self) -> bool {
         lock(&self.shared.editor).is_synced()
@@ -406,6 +412,32 @@ impl Document {
     /// Replaces `len` code points at `pos` with `text`.
     pub fn replace(&self, pos: usize, len: usize, text: &str) -> Result<(), DocumentError> {
         self.with_editor(|e| e.replace(pos, len, text))
+    }
+
+    /// An edit made from the text as it is at this moment (remote changes land in
+    /// the background, so positions read earlier may be stale): `f` gets the text
+    /// and returns the operation to apply to it, or `None` for no edit. Returns
+    /// whether an edit was made.
+    ///
+    /// ```no_run
+    /// # fn f(doc: &collab::Document) -> Result<(), collab::DocumentError> {
+    /// use collab::ot::Operation;
+    /// // Append a line, wherever the end is now.
+    /// doc.edit_with(|text| {
+    ///     let mut op = Operation::new();
+    ///     op.retain(text.chars().count()).insert("\n-- signed");
+    ///     Some(op)
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn edit_with(
+        &self,
+        f: impl FnOnce(&str) -> Option<Operation>,
+    ) -> Result<bool, DocumentError> {
+        self.with_editor(|e| match f(e.text()) {
+            Some(op) => e.edit(&op).map(|()| true),
+            None => Ok(false),
+        })
     }
 
     /// Sets the local selection (published to the other editors).

@@ -349,6 +349,8 @@ pub struct Editor {
     online: bool,
     /// A page of history is being applied.
     in_page: bool,
+    /// The revision of the snapshot the document was first loaded from.
+    loaded_from: u64,
     /// The first entry of the epoch did not apply and the snapshot was read again
     /// because of it (a second time it is skipped).
     base_rechecked: bool,
@@ -396,6 +398,7 @@ impl Editor {
             base_rechecked: false,
             online: true,
             in_page: false,
+            loaded_from: 0,
             checking: None,
             checked: None,
             lost: false,
@@ -457,6 +460,12 @@ impl Editor {
     /// and is not being loaded again): local edits are taken.
     pub fn is_loaded(&self) -> bool {
         self.loaded && !matches!(self.phase, Phase::Load { .. })
+    }
+
+    /// The revision of the snapshot the document was first loaded from (0: from the
+    /// start of the log).
+    pub fn loaded_from(&self) -> u64 {
+        self.loaded_from
     }
 
     /// Whether there are local edits not in the log yet.
@@ -675,6 +684,7 @@ impl Editor {
             self.fetch();
             self.settle();
         } else {
+            self.loaded_from = self.rev;
             self.phase = Phase::Subscribe;
             self.actions.push_back(Action::Subscribe {
                 since: self.since(),
