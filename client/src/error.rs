@@ -7,9 +7,10 @@ use protocol::ErrorCode;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The bounded queue of outgoing publishes, acks and presence queries is full (the
-    /// client has been disconnected for a while, or sends faster than the server's
-    /// rate limit allows). Nothing was queued; try again later or drop the message.
+    /// The bounded queue of outgoing publishes, acks, presence queries and history
+    /// reads is full (the client has been disconnected for a while, or sends faster
+    /// than the server's rate limit allows). Nothing was queued; try again later or
+    /// drop the message.
     #[error("outgoing queue is full ({capacity} requests waiting)")]
     QueueFull { capacity: usize },
     /// No reply arrived within the request timeout after the request was sent. The

@@ -332,6 +332,12 @@ async fn three_editors_on_two_nodes_converge_to_the_log() {
         started.elapsed()
     );
     assert!(entries > 20, "too little concurrency to test anything");
+
+    // No snapshot yet (interval 500): a new editor replays the whole log.
+    let (d, _) = connect(ws(&[gw2.addr]), "dave", 5);
+    let (dd, _) = open(&d, doc, 500).await;
+    assert_eq!(dd.loaded_from(), 0);
+    assert_eq!((dd.text(), dd.revision()), (text, entries));
 }
 
 #[tokio::test]
