@@ -66,6 +66,9 @@ pub struct Options {
     /// (`rate_limited`, `unavailable`, a full queue); it doubles up to 30 s
     /// (default 250 ms).
     pub retry_delay: Duration,
+    /// Events kept for the application before the oldest unread ones are dropped
+    /// (then reported as [`DocumentEvent::Lagged`]; default 1024).
+    pub event_capacity: usize,
 }
 
 impl Default for Options {
@@ -79,7 +82,35 @@ impl Default for Options {
             cursor_interval: Duration::from_millis(50),
             stall_after: Duration::from_secs(2),
             retry_delay: Duration::from_millis(250),
+            event_capacity: 1024,
         }
+    }
+}
+
+/// The bounded queue of events to the application. Its last place is kept for a
+/// [`DocumentEvent::Lagged`]: when the others are taken, that marker goes in and
+/// further events are dropped until the application has read some, so an
+/// application that stops reading never makes the document hold a backlog, and
+/// learns where events went missing.
+struct Out {
+    tx: mpsc::Sender<DocumentEvent>,
+    lagging: bool,
+}
+
+impl Out {
+    fn send(&mut self, e: DocumentEvent) {
+        let room = self.tx.capacity();
+        if self.lagging && room <= 1 {
+            return;
+        }
+        self.lagging = false;
+        let e = if room > 1 {
+            e
+        } else {
+            self.lagging = true;
+            DocumentEvent::Lagged
+        };
+        let _ = self.tx.try_send(e);
     }
 }
 
@@ -134,6 +165,11 @@ pub enum DocumentEvent {
     Skipped { offset: u64, reason: String },
     /// The client's connection went up or down (edits go on offline).
     Connection { connected: bool },
+    /// The application did not read events fast enough (`Options::event_capacity`
+    /// were unread): the events after this one were dropped until it read again.
+    /// The document itself is unaffected: read `text()` and `remote_cursors()`
+    /// again.
+    Lagged,
     /// Something the document could not do: a publish refused for good, a snapshot
     /// not written, the subscription lost (then the document closes), or the
     /// client's own errors.
@@ -170,10 +206,11 @@ impl From<editor::Event> for DocumentEvent {
 }
 
 /// The events of one document. Ends when the document is closed. Read it, or drop
-/// it: undelivered events are kept.
+/// it: at most `Options::event_capacity` unread events are kept, beyond that they
+/// are dropped and reported as [`DocumentEvent::Lagged`].
 #[derive(Debug)]
 pub struct DocumentEvents {
-    rx: mpsc::UnboundedReceiver<DocumentEvent>,
+    rx: mpsc::Receiver<DocumentEvent>,
 }
 
 impl DocumentEvents {
@@ -266,7 +303,7 @@ impl Document {
             connected: AtomicBool::new(matches!(client.state(), State::Connected { .. })),
             closed: AtomicBool::new(false),
         });
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(options.event_capacity.max(1) + 1);
         let (results_tx, results_rx) = mpsc::unbounded_channel();
         let (close_tx, close_rx) = mpsc::channel(1);
         let (loaded_tx, loaded_rx) = oneshot::channel();
@@ -278,7 +315,10 @@ impl Document {
             cursor,
             opts: options,
             routed,
-            out: out_tx,
+            out: Out {
+                tx: out_tx,
+                lagging: false,
+            },
             results_tx,
             results: results_rx,
             close: close_rx,
@@ -520,7 +560,7 @@ struct Runner {
     cursor: String,
     opts: Options,
     routed: Events,
-    out: mpsc::UnboundedSender<DocumentEvent>,
+    out: Out,
     results_tx: mpsc::UnboundedSender<Outcome>,
     results: mpsc::UnboundedReceiver<Outcome>,
     close: mpsc::Receiver<oneshot::Sender<()>>,
@@ -590,7 +630,7 @@ impl Runner {
             if let Some(l) = self.loaded.take() {
                 let _ = l.send(Err(e.clone()));
             } else if e != DocumentError::Closed {
-                let _ = self.out.send(DocumentEvent::Error(e));
+                self.out.send(DocumentEvent::Error(e));
             }
         }
         let Runner {
@@ -624,7 +664,7 @@ impl Runner {
             {
                 let _ = l.send(Ok(()));
             }
-            let _ = self.out.send(e.into());
+            self.out.send(e.into());
         }
         for a in actions {
             self.execute(a);
@@ -811,7 +851,7 @@ impl Runner {
             }
             Outcome::CursorSent => self.cursor_out = false,
             Outcome::Error(e) => {
-                let _ = self.out.send(DocumentEvent::Error(e.into()));
+                self.out.send(DocumentEvent::Error(e.into()));
             }
         }
     }
@@ -862,12 +902,12 @@ impl Runner {
                     // longer allows it): nothing more arrives.
                     self.stop = Some(e.into());
                 } else {
-                    let _ = self.out.send(DocumentEvent::Error(e.into()));
+                    self.out.send(DocumentEvent::Error(e.into()));
                 }
             }
             ClientEvent::Connected { .. } => {
                 self.shared.connected.store(true, Ordering::SeqCst);
-                let _ = self.out.send(DocumentEvent::Connection { connected: true });
+                self.out.send(DocumentEvent::Connection { connected: true });
             }
             ClientEvent::Disconnected { .. } => {
                 lock(&self.shared.editor).on_disconnected();
@@ -877,7 +917,7 @@ impl Runner {
                     .send(DocumentEvent::Connection { connected: false });
             }
             ClientEvent::Error(e) => {
-                let _ = self.out.send(DocumentEvent::Error(e.into()));
+                self.out.send(DocumentEvent::Error(e.into()));
             }
             _ => {}
         }

@@ -520,3 +520,53 @@ async fn a_new_editor_loads_the_latest_snapshot_and_the_tail() {
     check_intentions(&text, &ledger);
     assert!(!wd.lost_edits());
 }
+
+/// An application that does not read a document's events does not make it keep
+/// an unbounded backlog: past `event_capacity` events are dropped and reported as
+/// `Lagged`, and the document itself stays right.
+#[tokio::test]
+async fn unread_events_are_bounded_and_reported_as_lagged() {
+    let redis = RedisServer::start().await;
+    let (n1, n2) = two_nodes(&redis).await;
+    let (writer, _) = connect(ws(&[n1.addr]), "writer", 21);
+    let (reader, _) = connect(ws(&[n2.addr]), "reader", 22);
+    let (w, _watch) = open(&writer, "doc:lag", 0).await;
+    let options = Options {
+        snapshot_interval: 0,
+        event_capacity: 4,
+        ..Options::default()
+    };
+    let (r, mut events) = timeout(WAIT, Document::open(&reader, "doc:lag", options))
+        .await
+        .expect("loaded in time")
+        .expect("open");
+    for i in 0..40 {
+        w.insert(w.len(), &format!("{}", i % 10)).unwrap();
+        sleep(Duration::from_millis(5)).await;
+    }
+    let deadline = Instant::now() + WAIT;
+    while r.text() != w.text() || w.has_pending() {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} vs {:?}",
+            r.text(),
+            w.text()
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+    let mut seen = Vec::new();
+    while let Ok(Some(e)) = timeout(Duration::from_millis(200), events.next()).await {
+        seen.push(e);
+    }
+    // The four kept, then the marker where the drops began (an event or two may
+    // follow it once reading made room again).
+    assert!(seen.len() <= 7, "{seen:?}");
+    assert_eq!(seen.get(4), Some(&DocumentEvent::Lagged), "{seen:?}");
+    // Read again: events flow again.
+    w.insert(0, "x").unwrap();
+    let next = timeout(WAIT, events.next())
+        .await
+        .expect("an event")
+        .expect("open");
+    assert!(matches!(next, DocumentEvent::Changed { .. }), "{next:?}");
+}
