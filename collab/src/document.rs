@@ -912,8 +912,7 @@ impl Runner {
             ClientEvent::Disconnected { .. } => {
                 lock(&self.shared.editor).on_disconnected();
                 self.shared.connected.store(false, Ordering::SeqCst);
-                let _ = self
-                    .out
+                self.out
                     .send(DocumentEvent::Connection { connected: false });
             }
             ClientEvent::Error(e) => {
