@@ -64,6 +64,14 @@ pub enum Scenario {
     ReconnectStorm(StormArgs),
     /// Clients disconnected during a stream and resuming; reports what the gap lost.
     Recovery(RecoveryArgs),
+    /// One channel with presence: N members (-n, default 10,000 here), then users
+    /// joining and leaving at a rate; the cost per join/leave, Redis memory, the
+    /// time of presence counts and listings, the joins and leaves subscribers see.
+    #[command(
+        long_about = PRESENCE_ABOUT,
+        mut_arg("connections", |a| a.default_value("10000").help("Members: subscribers of the channel that stay for the whole run"))
+    )]
+    Presence(PresenceArgs),
     /// Mixed traffic over several gateways while a seeded controller kills,
     /// terminates and restarts gateways and Redis, freezes and delays the
     /// gateway<->Redis links and stalls clients; then checks every numbered stream.
@@ -96,6 +104,7 @@ impl Scenario {
             Scenario::Chat(_) => "chat",
             Scenario::ReconnectStorm(_) => "reconnect-storm",
             Scenario::Recovery(_) => "recovery",
+            Scenario::Presence(_) => "presence",
             Scenario::Chaos(_) => "chaos",
             Scenario::ChaosWorker => "chaos-worker",
             Scenario::Worker => "worker",
@@ -113,6 +122,7 @@ impl Scenario {
             Scenario::Chat(a) => Some(&a.common),
             Scenario::ReconnectStorm(a) => Some(&a.common),
             Scenario::Recovery(a) => Some(&a.common),
+            Scenario::Presence(a) => Some(&a.common),
             Scenario::Chaos(a) => Some(&a.common),
             Scenario::Worker
             | Scenario::ChaosWorker
@@ -221,7 +231,7 @@ pub struct Common {
     /// Start this gateway binary (on 127.0.0.1, free ports) instead of attaching.
     #[arg(long, value_name = "PATH")]
     pub spawn_gateway: Option<PathBuf>,
-    /// How many gateway processes to start with --spawn-gateway [default: 1; chaos: 3].
+    /// How many gateway processes to start with --spawn-gateway [default: 1; presence: 2; chaos: 3].
     #[arg(long)]
     pub gateways: Option<usize>,
     /// Extra argument for started gateways, repeatable (e.g. --gateway-arg=--heartbeat-interval=30s).
@@ -613,11 +623,191 @@ impl Scenario {
                 protocol::channel::validate(&a.channel)?;
                 Ok(())
             }
+            Scenario::Presence(a) => a.validate(),
             Scenario::Chaos(a) => a.validate(),
             Scenario::Floor(a) => a.validate(),
             Scenario::Compare(a) => a.validate(),
             Scenario::Worker | Scenario::ChaosWorker | Scenario::FloorServer(_) => Ok(()),
         }
+    }
+}
+
+/// The long help of `loadtest presence`.
+const PRESENCE_ABOUT: &str = "\
+One channel with presence (issue 19): N members subscribed for the whole run (-n,
+default 10,000), and churn users joining and leaving it at --churn-rate. Loopback only,
+bounded in time, stops by itself; needs Redis (--redis or --redis-url).
+
+Setup: started gateways (--spawn-gateway PATH; 2 unless --gateways) get
+--presence '<channel> events max=<M>' (without `events` with --no-events; M is
+members + churn users + 1,000 unless --max-members), --presence-refresh and
+--presence-grace as given here. With --url the gateways must have such a rule.
+
+Phases (each measured on its own):
+  populate   the members connect and subscribe (join events to everyone already
+             there, with events); Redis' used_memory before and after; the time until
+             presence_stats counts them all, and a listing of every member in pages
+             of 1,000 through POST /api/v1/presence
+  pre-join   churn users join until (rate / 2) x --hold of them are in
+  baseline   --baseline with nothing happening (heartbeats, refresh passes): the
+             idle CPU of gateways and Redis, subtracted below
+  churn      --churn-rate joins + leaves per second together (half each): the churn
+             user joined longest leaves (unsubscribes; after --hold), one away for
+             longer than the grace period (or a new one) joins (subscribes); after a
+             warm-up of grace + 1 s, CPU of gateways (/proc) and Redis (INFO cpu)
+             and Redis' script calls (INFO commandstats) over --duration, per
+             join/leave (gross, and above the baseline)
+  queries    churn goes on for --query-window while --queries requests of each kind
+             (presence_stats, a page of 100, a page of 1,000; over the WebSocket
+             from --query-connections connections, and through the HTTP API) are
+             spread over it: their latency, p50/p99
+  grace      churn stops; after the grace period every leave must be announced:
+             each sample subscriber (--sample of them) must have seen every churn
+             join and leave exactly once, no member leave, nothing inconsistent
+The members run in worker processes (at least two, --per-process each at most); the
+churn users and query connections in this one.
+Also: join latency (subscribe sent -> the joiner's own join in a presence_diff),
+leave latency (unsubscribe -> the leave seen by another churn user; includes the
+grace period), presence_diff frames and bytes all members received, the gateways'
+refresh pass time (tidings_presence_refresh_seconds) and Redis SLOWLOG entries.
+
+Listings over the WebSocket count against the gateway's per-connection
+--resume-rate (5/s by default): keep 2 x --queries / --query-window / --query-connections
+under it, or raise it with --gateway-arg=--resume-rate=N (then say so).
+
+Example (build first: cargo build --release -p gateway -p loadtest):
+  loadtest presence --spawn-gateway target/release/gateway --redis --json presence.json";
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct PresenceArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The channel with presence.
+    #[arg(long, default_value = "bench:presence")]
+    pub channel: String,
+    /// Joins + leaves per second, together (half of each).
+    #[arg(long, default_value_t = 100.0)]
+    pub churn_rate: f64,
+    /// How long the churn is measured (after its warm-up, before the queries).
+    #[arg(long, default_value = "30s")]
+    pub duration: Dur,
+    /// How long a churn user stays in the channel before leaving.
+    #[arg(long, default_value = "5s")]
+    pub hold: Dur,
+    /// The quiet window measured before the churn (idle CPU).
+    #[arg(long, default_value = "10s")]
+    pub baseline: Dur,
+    /// Requests of each kind (WebSocket and API: stats, page of 100, page of 1,000).
+    #[arg(long, default_value_t = 200)]
+    pub queries: u64,
+    /// How long the queries are spread over (churn goes on meanwhile).
+    #[arg(long, default_value = "20s")]
+    pub query_window: Dur,
+    /// WebSocket connections the presence requests are spread over.
+    #[arg(long, default_value_t = 8)]
+    pub query_connections: usize,
+    /// Members that parse every presence_diff and check the joins and leaves.
+    #[arg(long, default_value_t = 20)]
+    pub sample: usize,
+    /// The gateways' --presence-refresh.
+    #[arg(long, default_value = "5s")]
+    pub presence_refresh: Dur,
+    /// The gateways' --presence-grace.
+    #[arg(long, default_value = "5s")]
+    pub presence_grace: Dur,
+    /// The presence rule without `events` (no presence_diff frames): the bookkeeping alone.
+    #[arg(long)]
+    pub no_events: bool,
+    /// The rule's `max` [default: members + churn users + 1,000].
+    #[arg(long)]
+    pub max_members: Option<u32>,
+    /// Longest wait for all members to be counted after they subscribed.
+    #[arg(long, default_value = "60s")]
+    pub list_within: Dur,
+}
+
+impl PresenceArgs {
+    /// Churn users that are in the channel at any time.
+    pub fn held(&self) -> usize {
+        (self.churn_rate / 2.0 * self.hold.0.as_secs_f64())
+            .round()
+            .max(1.0) as usize
+    }
+
+    /// Shortest time a churn user stays away (so its leave is announced first).
+    pub fn min_away(&self) -> Duration {
+        self.presence_grace.0 + Duration::from_secs(1)
+    }
+
+    /// Churn users (connections) needed: those in, and those away long enough.
+    /// (Users away until their leave was seen, if later: room for announcements
+    /// lagging by up to the grace period again.)
+    pub fn churn_users(&self) -> usize {
+        let away = self.presence_grace.0 + self.min_away() + Duration::from_secs(1);
+        self.held() + (self.churn_rate / 2.0 * away.as_secs_f64()).ceil() as usize + 2
+    }
+
+    /// Churn before measuring: long enough for the first leaves to be announced.
+    pub fn warmup(&self) -> Duration {
+        self.presence_grace.0 + Duration::from_secs(1)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let c = &self.common;
+        if c.server != ServerKind::Tidings {
+            bail!("presence is a Tidings scenario");
+        }
+        if !c.redis && c.redis_url.is_none() {
+            bail!("presence needs Redis (its memory and CPU are measured): --redis or --redis-url");
+        }
+        protocol::channel::validate(&self.channel)?;
+        if !self.channel.starts_with("bench") {
+            bail!("--channel must start with `bench` (the load clients' tokens allow bench*)");
+        }
+        if !(self.churn_rate > 0.0 && self.churn_rate <= 10_000.0) {
+            bail!("--churn-rate must be in (0, 10000]");
+        }
+        if self.hold.0 < Duration::from_millis(500) {
+            bail!(
+                "--hold must be at least 500ms (a join and leave within one 50 ms batch cancel out)"
+            );
+        }
+        if self.churn_users() > 50_000 {
+            bail!("more than 50,000 churn users: lower --churn-rate, --hold or --presence-grace");
+        }
+        if self.presence_refresh.0 < Duration::from_millis(100) {
+            bail!("--presence-refresh must be at least 100ms (the gateway's bound)");
+        }
+        if self.queries > 100_000 || self.query_connections == 0 || self.query_connections > 1000 {
+            bail!("--queries must be at most 100000, --query-connections 1..=1000");
+        }
+        if self.queries > 0 && self.query_window.0.is_zero() {
+            bail!("--query-window must be positive");
+        }
+        let per_conn = 2.0 * self.queries as f64
+            / self.query_window.0.as_secs_f64().max(0.001)
+            / self.query_connections as f64;
+        let raised = c.gateway_args.iter().any(|a| a.contains("resume-rate"));
+        if per_conn > 4.5 && !raised {
+            bail!(
+                "{per_conn:.1} listings/s per query connection is above the gateway's default \
+                 --resume-rate (5/s): raise --query-connections or --query-window, or the \
+                 gateway's limit with --gateway-arg=--resume-rate=N"
+            );
+        }
+        let total = self.baseline.0
+            + self.warmup()
+            + self.duration.0
+            + self.query_window.0
+            + self.min_away()
+            + Duration::from_secs(20);
+        if total > c.max_duration.0 {
+            bail!(
+                "--baseline + --duration + --query-window, the warm-up, the grace and 20 s of setup is longer than --max-duration ({})",
+                humantime::format_duration(c.max_duration.0)
+            );
+        }
+        Ok(())
     }
 }
 
@@ -858,6 +1048,35 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn presence_bounds_are_checked() {
+        let ok = |extra: &[&str]| {
+            let mut a = vec!["presence", "--spawn-gateway", "gw", "--redis"];
+            a.extend_from_slice(extra);
+            parse(&a)
+        };
+        let Ok(Scenario::Presence(p)) = ok(&[]) else {
+            panic!("not presence");
+        };
+        // 10,000 members by default here, 1,000 elsewhere.
+        assert_eq!(p.common.connections, 10_000);
+        assert_eq!(p.held(), 250);
+        assert!(p.churn_users() > p.held() + 300);
+        let Ok(Scenario::Fanout(f)) = parse(&["fanout", "--url", "ws://127.0.0.1:1/ws"]) else {
+            panic!("not fanout");
+        };
+        assert_eq!(f.common.connections, 1000);
+        assert!(ok(&["-n", "200", "--churn-rate", "20"]).is_ok());
+        assert!(parse(&["presence", "--spawn-gateway", "gw"]).is_err());
+        assert!(ok(&["--channel", "room:1"]).is_err());
+        assert!(ok(&["--hold", "100ms"]).is_err());
+        assert!(ok(&["--churn-rate", "0"]).is_err());
+        // Listings over the WebSocket within the gateway's --resume-rate, or raised.
+        assert!(ok(&["--queries", "1000"]).is_err());
+        assert!(ok(&["--queries", "1000", "--gateway-arg=--resume-rate=100"]).is_ok());
+        assert!(ok(&["--duration", "20m"]).is_err());
     }
 
     #[test]

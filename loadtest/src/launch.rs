@@ -22,6 +22,8 @@ pub struct Env {
     /// The server processes measured from /proc: the gateways, or nginx's master
     /// and workers.
     pub gateway_pids: Vec<u32>,
+    /// Admin listeners (`/metrics`) of the started gateways.
+    pub admin_addrs: Vec<std::net::SocketAddr>,
     pub redis_url: Option<String>,
     pub redis_pid: Option<u32>,
     pub secret: String,
@@ -39,6 +41,7 @@ impl Env {
             server: c.server,
             targets: Vec::new(),
             gateway_pids: c.gateway_pid.clone(),
+            admin_addrs: Vec::new(),
             redis_url: c.redis_url.clone(),
             redis_pid: None,
             secret: c.jwt_secret.clone(),
@@ -76,6 +79,7 @@ impl Env {
                 for i in 0..c.gateways.unwrap_or(1) {
                     let gw = spawn_gateway(path, i, c, &env).await?;
                     env.gateway_pids.push(gw.pid());
+                    env.admin_addrs.push(gw.admin);
                     env.targets.push(Target::parse(&gw.ws_url())?);
                     env.gateways.push(gw);
                 }
@@ -149,11 +153,17 @@ async fn spawn_gateway(
     Ok(gw.args(&c.gateway_args).try_start().await?)
 }
 
-async fn redis_conn(url: &str) -> Result<redis::aio::MultiplexedConnection> {
+/// A connection to the run's Redis for its queries (INFO, PUBSUB NUMSUB, MEMORY
+/// USAGE): each may wait up to 10 s for its answer (the client's default is 0.5 s, too
+/// short while this process or the machine is busy with the load).
+pub async fn redis_conn(url: &str) -> Result<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url).context("bad Redis URL")?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
     tokio::time::timeout(
         Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
+        client.get_multiplexed_async_connection_with_config(&config),
     )
     .await
     .map_err(|_| anyhow!("Redis at {url} did not answer"))?
@@ -171,6 +181,21 @@ pub async fn redis_pid(url: &str) -> Result<u32> {
         .find_map(|l| l.strip_prefix("process_id:"))
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| anyhow!("no process_id in INFO server"))
+}
+
+/// One section of Redis' `INFO` (e.g. `memory`, `cpu`, `commandstats`) as
+/// field -> value.
+pub async fn redis_info(
+    conn: &mut redis::aio::MultiplexedConnection,
+    section: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let info: String = redis::cmd("INFO").arg(section).query_async(conn).await?;
+    Ok(info
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect())
 }
 
 /// Waits until every client-visible channel has at least `min` subscribed gateway

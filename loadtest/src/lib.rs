@@ -10,6 +10,7 @@ pub mod chart;
 pub mod cli;
 pub mod compare;
 pub mod conn;
+pub mod diff;
 pub mod floor;
 pub mod launch;
 pub mod nchan;

@@ -3,10 +3,11 @@
 //! It opens many WebSocket connections to a gateway (one it starts itself with
 //! `--spawn-gateway`, with `--redis` for a Redis of its own, or one given by
 //! `--url`), runs one scenario (idle, fanout, targeted, chat, reconnect-storm,
-//! recovery), checks that nothing was lost, duplicated or reordered, and measures
-//! latency, throughput and the gateway's memory and CPU from `/proc`. It only ever
-//! targets 127.0.0.0/8, is bounded in time and size, and stops by itself. Above
-//! `--per-process` connections it re-executes itself as `loadtest worker` processes.
+//! recovery, presence, chaos), checks that nothing was lost, duplicated or
+//! reordered, and measures latency, throughput and the gateway's memory and CPU
+//! from `/proc`. It only ever targets 127.0.0.0/8, is bounded in time and size, and
+//! stops by itself. Above `--per-process` connections it re-executes itself as
+//! `loadtest worker` processes.
 //! The work lives in the library (`lib.rs`); this file only parses and exits.
 
 use clap::Parser;

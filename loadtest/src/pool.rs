@@ -36,6 +36,8 @@ pub struct Totals {
     pub dropped: Cohort,
     pub connected_now: u64,
     pub chat_expected: u64,
+    /// Presence diffs received (see [`crate::diff::Seen`]).
+    pub presence: crate::diff::Seen,
 }
 
 impl Totals {
@@ -71,6 +73,17 @@ impl Pool {
         per_process: usize,
         worker_exe: Option<PathBuf>,
     ) -> Result<Pool> {
+        Self::start_in(template, per_process, worker_exe, false).await
+    }
+
+    /// [`Pool::start`]; with `processes`, a single group runs in a worker process
+    /// too (keeps this process' runtime free for what the scenario does itself).
+    pub async fn start_in(
+        template: GroupSpec,
+        per_process: usize,
+        worker_exe: Option<PathBuf>,
+        processes: bool,
+    ) -> Result<Pool> {
         let total = template.total;
         let per = per_process.max(1);
         let groups = total.div_ceil(per).max(1);
@@ -96,7 +109,7 @@ impl Pool {
             spec.count = count;
             spec.concurrency = (template.concurrency / groups).max(1);
             first += count;
-            if groups == 1 {
+            if groups == 1 && !processes {
                 let (ctx, crx) = mpsc::unbounded_channel();
                 let (etx, mut erx) = mpsc::unbounded_channel();
                 tokio::spawn(worker::run_group(spec, crx, etx));
@@ -216,6 +229,7 @@ impl Pool {
             out.dropped.add(&t.dropped);
             out.connected_now += t.connected_now;
             out.chat_expected += t.chat_expected;
+            out.presence.add(&t.presence);
         }
         out
     }

@@ -77,13 +77,7 @@ impl Sink {
     }
 
     pub fn http(addr: SocketAddr, api_key: &str) -> Sink {
-        Sink::Http(Arc::new(HttpApi {
-            addr,
-            headers: format!(
-                "Authorization: Bearer {api_key}\r\nContent-Type: application/json\r\n"
-            ),
-            idle: std::sync::Mutex::new(Vec::new()),
-        }))
+        Sink::Http(Arc::new(HttpApi::with_key(addr, api_key)))
     }
 
     /// Nchan's publisher at `addr` (`/pub/<channel>`); asks for the channel's
@@ -210,12 +204,24 @@ impl HttpApi {
         }
     }
 
+    /// A client of a gateway's API (publish, presence) with its key.
+    pub fn with_key(addr: SocketAddr, api_key: &str) -> HttpApi {
+        HttpApi {
+            addr,
+            headers: format!(
+                "Authorization: Bearer {api_key}\r\nContent-Type: application/json\r\n"
+            ),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
     /// `GET path`: status and body.
     pub async fn get(&self, path: &str) -> Result<(u16, String)> {
         self.request("GET", path, None).await
     }
 
-    async fn post(&self, path: &str, body: &str) -> Result<(u16, String)> {
+    /// `POST path` with a JSON body: status and body.
+    pub async fn post(&self, path: &str, body: &str) -> Result<(u16, String)> {
         self.request("POST", path, Some(body)).await
     }
 

@@ -40,6 +40,7 @@ pub struct Report {
     pub storm: Option<Storm>,
     pub recovery: Option<Recovery>,
     pub chaos: Option<crate::scenario::chaos::ChaosReport>,
+    pub presence: Option<crate::scenario::presence::figures::PresenceReport>,
     pub unexpected_closes: u64,
     pub close_reasons: BTreeMap<String, u64>,
     pub pings_answered: u64,
@@ -372,6 +373,9 @@ impl Report {
         }
         if let Some(c) = &self.chaos {
             c.rows(&mut rows);
+        }
+        if let Some(p) = &self.presence {
+            p.rows(&mut rows);
         }
         rows.push((
             "closes".into(),

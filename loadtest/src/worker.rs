@@ -20,8 +20,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::cli::ServerKind;
 use crate::conn::{self, Target, Ws};
-use crate::payload;
 use crate::stats::{Cohort, Hist, SeqTracker};
+use crate::{diff, payload};
 
 /// How often a group reports progress.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -60,6 +60,10 @@ pub struct GroupSpec {
     /// WebSocket per channel, each frame a bare payload).
     #[serde(default)]
     pub server: ServerKind,
+    /// Every this many clients (by index) one parses `presence_diff` frames and
+    /// counts the users they announce (0: none does; all count frames and bytes).
+    #[serde(default)]
+    pub presence_sample_every: usize,
 }
 
 /// Whether client `idx` belongs to the cohort that drop commands disconnect:
@@ -107,6 +111,9 @@ pub struct Tick {
     pub dropped: Cohort,
     pub connected_now: u64,
     pub chat_expected: u64,
+    /// Presence diffs received so far (cumulative).
+    #[serde(default)]
+    pub presence: diff::Seen,
 }
 
 /// A finished connect or reconnect phase of one group.
@@ -144,6 +151,12 @@ pub struct GroupStats {
     pub recovered_true: u64,
     pub recovered_false: u64,
     pub recovered_absent: u64,
+    /// Presence diffs received by all clients of the group.
+    #[serde(default)]
+    pub presence: diff::Seen,
+    /// What each sample client saw of them.
+    #[serde(default)]
+    pub presence_samples: Vec<diff::Seen>,
 }
 
 /// Events to the coordinator.
@@ -198,6 +211,8 @@ struct Live {
     reconnect_errors: Vec<String>,
     chat_done: u64,
     chat_replies: u64,
+    /// What each presence sample client saw so far, by client index.
+    samples: BTreeMap<usize, diff::Seen>,
 }
 
 fn note(list: &mut Vec<String>, e: String) {
@@ -234,6 +249,8 @@ struct Client {
     epoch: Option<String>,
     next_id: u64,
     chat_seq: u64,
+    /// Set for the clients that parse presence diffs.
+    sample: Option<Box<diff::Sample>>,
     sh: Arc<Shared>,
 }
 
@@ -270,6 +287,22 @@ impl Client {
         live.interval_deliveries += 1;
     }
 
+    /// Counts a `presence_diff` frame (parsed by sample clients only).
+    fn on_diff(&mut self, text: &str) {
+        let (mut d, sample) = match &mut self.sample {
+            Some(s) => (s.on_frame(text), Some(s.seen)),
+            None => (diff::Seen::default(), None),
+        };
+        d.frames = 1;
+        d.bytes = text.len() as u64;
+        let mut live = self.sh.live();
+        live.stats.presence.add(&d);
+        if let Some(mut seen) = sample {
+            seen.frames = seen.sample_frames;
+            live.samples.insert(self.idx, seen);
+        }
+    }
+
     /// Handles one text frame; returns a frame to send back (a pong) if any.
     fn on_text(&mut self, text: &str) -> Option<&'static str> {
         if self.sh.spec.server == ServerKind::Nchan {
@@ -279,6 +312,10 @@ impl Client {
                 Ok(b) => self.delivered(b, now),
                 Err(_) => self.sh.live().stats.bad_frames += 1,
             }
+            return None;
+        }
+        if diff::is_diff(text) {
+            self.on_diff(text);
             return None;
         }
         let Some(f) = payload::decode(text) else {
@@ -659,6 +696,7 @@ async fn ticker(sh: Arc<Shared>, events: mpsc::UnboundedSender<Event>) {
                 dropped: live.stats.dropped,
                 connected_now: live.connected_now,
                 chat_expected: live.stats.chat_expected,
+                presence: live.stats.presence,
             }
         };
         if events.send(Event::Tick(tick)).is_err() {
@@ -757,7 +795,14 @@ pub async fn run_group(
                             (Some(format!("room:{room}")), len)
                         }
                     };
+                    let every = spec.presence_sample_every;
+                    let sample = (every > 0 && idx % every == 0)
+                        .then(|| Box::new(diff::Sample::new(spec.total)));
+                    if sample.is_some() {
+                        sh.live().samples.insert(idx, diff::Seen::default());
+                    }
                     let client = Client {
+                        sample,
                         idx,
                         dropper: in_drop_cohort(idx, spec.drop_fraction),
                         token,
@@ -858,7 +903,12 @@ pub async fn run_group(
     .await;
     tasks.abort_all();
     ticker.abort();
-    let stats = sh.live().stats.clone();
+    let stats = {
+        let live = sh.live();
+        let mut stats = live.stats.clone();
+        stats.presence_samples = live.samples.values().copied().collect();
+        stats
+    };
     let _ = events.send(Event::Final(Box::new(stats)));
 }
 
@@ -932,6 +982,9 @@ impl GroupStats {
         self.recovered_true += o.recovered_true;
         self.recovered_false += o.recovered_false;
         self.recovered_absent += o.recovered_absent;
+        self.presence.add(&o.presence);
+        self.presence_samples
+            .extend(o.presence_samples.iter().copied());
     }
 }
 

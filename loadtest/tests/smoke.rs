@@ -314,6 +314,94 @@ async fn recovery_reports_what_the_gap_lost() {
     }
 }
 
+/// `presence`: 200 members on one channel with presence events over two gateways,
+/// churn of 20 joins + leaves per second for 3 s, then presence requests over the
+/// WebSocket and the API. Every sample member sees every churn join and leave once,
+/// the channel is listed in full, and the figures are in range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_counts_churn_and_queries() {
+    let redis = RedisServer::start().await;
+    let r = run(
+        &redis,
+        &[
+            "presence",
+            "-n",
+            "200",
+            "--churn-rate",
+            "20",
+            "--duration",
+            "3s",
+            "--hold",
+            "1s",
+            "--baseline",
+            "1s",
+            "--queries",
+            "20",
+            "--query-window",
+            "3s",
+            "--query-connections",
+            "4",
+            "--presence-grace",
+            "500ms",
+            "--presence-refresh",
+            "1s",
+            "--sample",
+            "10",
+        ],
+    )
+    .await;
+    let table = r.table();
+    assert!(r.correct, "{table}");
+    assert_eq!(r.connections.connected, 200, "{table}");
+    assert_eq!(r.unexpected_closes, 0, "{table}");
+    let p = r.presence.as_ref().expect("presence figures");
+    assert_eq!(p.gateways, 2, "{table}");
+    assert!(p.rule.contains("events"), "{table}");
+    // The channel filled: counted, listed in full, Redis grew.
+    assert_eq!(p.populate.counted_clients, 200, "{table}");
+    assert_eq!(p.populate.listed_distinct, 200, "{table}");
+    assert!(p.populate.diff_frames > 0, "{table}");
+    assert!(p.memory.used_after > p.memory.used_before, "{table}");
+    assert!(p.memory.channel_bytes_per_member > 10.0, "{table}");
+    assert!(p.memory.channel_bytes_per_member < 10_000.0, "{table}");
+    // About 20 changes per second, half of each, measured with their cost.
+    let c = &p.churn;
+    assert!((40..=80).contains(&c.changes), "{table}");
+    assert!(c.window.joins.abs_diff(c.window.leaves) <= 1, "{table}");
+    assert!(c.gateway_us_per_change > 0.0, "{table}");
+    assert!(c.window.redis_scripts > 0, "{table}");
+    assert!(c.window.diff_frames > 0, "{table}");
+    // Every sample saw every churn join and leave exactly once.
+    let k = &p.check;
+    assert!(k.ok, "{table}");
+    assert_eq!(k.samples, 10, "{table}");
+    assert_eq!(k.samples_exact, 10, "{table}");
+    assert!(k.churn_joins > 10 && k.churn_leaves > 10, "{table}");
+    assert_eq!(k.member_leaves_seen, 0, "{table}");
+    assert_eq!(k.inconsistent, 0, "{table}");
+    // Joins are seen within the batch window and a few round trips; leaves after
+    // the grace period.
+    assert!(p.join_seen_us.count > 0, "{table}");
+    assert!(
+        p.join_seen_us.p50 >= 40_000 && p.join_seen_us.p50 < 2_000_000,
+        "{table}"
+    );
+    assert!(p.leave_seen_us.p50 >= 500_000, "{table}");
+    // Every request kind answered, none refused.
+    assert_eq!(p.queries.len(), 6, "{table}");
+    for q in &p.queries {
+        assert_eq!(q.latency_us.count, 20, "{}: {table}", q.name);
+        assert_eq!(q.errors + q.rate_limited + q.short_pages, 0, "{table}");
+        assert!(
+            q.latency_us.p50 > 0 && q.latency_us.p50 < 1_000_000,
+            "{table}"
+        );
+    }
+    // Both gateways refreshed their entries.
+    assert_eq!(p.refresh.len(), 2, "{table}");
+    assert!(p.refresh.iter().all(|f| f.passes >= 2), "{table}");
+}
+
 /// `compare` runs every scenario for every column (Nchan's when nginx with nchan is
 /// installed) and the floor, checks them all, and writes its table and reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ pub mod chaos;
 pub mod chat;
 pub mod fanout;
 pub mod idle;
+pub mod presence;
 pub mod recovery;
 pub mod storm;
 pub mod targeted;
@@ -100,8 +101,29 @@ impl Run {
 
     /// Starts the client groups (not yet connected).
     pub async fn pool(&mut self, subscribe: SubscribeTo, drop_fraction: f64) -> Result<Pool> {
+        let spec = self.group_spec(subscribe, drop_fraction);
+        let per_process = self.common.per_process;
+        self.pool_of(spec, per_process, false).await
+    }
+
+    /// Starts the client groups of `spec`, at most `per_process` clients in each;
+    /// with `processes`, all in worker processes (even a single group).
+    pub async fn pool_of(
+        &mut self,
+        spec: GroupSpec,
+        per_process: usize,
+        processes: bool,
+    ) -> Result<Pool> {
+        let exe = self.common.worker_exe.clone();
+        let pool = Pool::start_in(spec, per_process, exe, processes).await?;
+        self.worker_pids = pool.worker_pids.clone();
+        Ok(pool)
+    }
+
+    /// The clients of the run, as the common options say.
+    pub fn group_spec(&self, subscribe: SubscribeTo, drop_fraction: f64) -> GroupSpec {
         let c = &self.common;
-        let spec = GroupSpec {
+        GroupSpec {
             targets: self.env.targets.clone(),
             secret: self.env.secret.clone(),
             first: 0,
@@ -116,10 +138,8 @@ impl Run {
             token_ttl_secs: c.max_duration.0.as_secs() + 600,
             connect_timeout_ms: c.connect_timeout.0.as_millis() as u64,
             server: c.server,
-        };
-        let pool = Pool::start(spec, c.per_process, c.worker_exe.clone()).await?;
-        self.worker_pids = pool.worker_pids.clone();
-        Ok(pool)
+            presence_sample_every: 0,
+        }
     }
 
     /// Opens every connection; fails when none could be opened.
@@ -314,6 +334,7 @@ impl Run {
             storm: None,
             recovery: None,
             chaos: None,
+            presence: None,
             unexpected_closes: stats.unexpected_closes,
             close_reasons: stats.close_codes.clone(),
             pings_answered: stats.pings,
@@ -572,6 +593,7 @@ pub async fn run(scenario: &crate::cli::Scenario) -> Result<Report> {
         S::Chat(a) => chat::run(a).await?,
         S::ReconnectStorm(a) => storm::run(a).await?,
         S::Recovery(a) => recovery::run(a).await?,
+        S::Presence(a) => presence::run(a).await?,
         S::Chaos(a) => chaos::run(a).await?,
         S::Worker | S::ChaosWorker | S::FloorServer(_) => {
             bail!("`{}` is run by loadtest itself", scenario.name())

@@ -959,6 +959,7 @@ pub async fn run(a: &ChaosArgs) -> Result<Report> {
         storm: None,
         recovery: None,
         chaos: Some(chaos),
+        presence: None,
         unexpected_closes: reconnects.values().sum(),
         close_reasons: reconnects,
         pings_answered: pings,
