@@ -17,14 +17,19 @@ use super::{BATCH, Pending, Presence, lock};
 
 /// Channels updated or refreshed at once.
 const PARALLEL: usize = 16;
-/// Joins or users sent in one script.
-const CHUNK: usize = 1000;
+/// Joins or users sent in one script: a script holds Redis for its whole run (about
+/// 11 us per user of online status), so a few ms at most.
+const CHUNK: usize = 250;
 
 impl Presence {
     /// Runs until the node stops (the task is aborted).
     pub async fn run(self: Arc<Self>) {
         let mut refresh = tokio::time::interval(self.config.refresh);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The refresh runs beside the batches, one at a time: with thousands of
+        // users and channels it takes hundreds of ms, during which joins and leaves
+        // waited (measured: p99 1.1-1.4 s to announce a join with 10,000 members).
+        let mut refreshing: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let due = lock(&self.state).due.keys().next().copied();
             tokio::select! {
@@ -33,9 +38,14 @@ impl Presence {
                     self.flush().await;
                 }
                 _ = refresh.tick() => {
-                    let started = Instant::now();
-                    self.refresh_all().await;
-                    self.metrics.presence.refreshed(started.elapsed());
+                    if refreshing.as_ref().is_none_or(|t| t.is_finished()) {
+                        let me = self.clone();
+                        refreshing = Some(tokio::spawn(async move {
+                            let started = Instant::now();
+                            me.refresh_all().await;
+                            me.metrics.presence.refreshed(started.elapsed());
+                        }));
+                    }
                 }
                 _ = sleep_until(due), if due.is_some() => self.sweep_due().await,
             }
