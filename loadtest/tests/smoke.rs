@@ -379,13 +379,11 @@ async fn presence_counts_churn_and_queries() {
     assert!(k.churn_joins > 10 && k.churn_leaves > 10, "{table}");
     assert_eq!(k.member_leaves_seen, 0, "{table}");
     assert_eq!(k.inconsistent, 0, "{table}");
-    // Joins are seen within the batch window and a few round trips; leaves after
-    // the grace period.
+    // Joins are seen within the batch window and a few round trips (a join that
+    // arrives while a batch is gathering goes out with it, sooner than the window);
+    // leaves after the grace period.
     assert!(p.join_seen_us.count > 0, "{table}");
-    assert!(
-        p.join_seen_us.p50 >= 40_000 && p.join_seen_us.p50 < 2_000_000,
-        "{table}"
-    );
+    assert!(p.join_seen_us.p50 < 2_000_000, "{table}");
     assert!(p.leave_seen_us.p50 >= 500_000, "{table}");
     // Every request kind answered, none refused.
     assert_eq!(p.queries.len(), 6, "{table}");
