@@ -252,6 +252,25 @@ impl Session {
         }
     }
 
+    /// Takes a token from the history-read budget (history reads, presence
+    /// listings); `None` when there was one, else the `rate_limited` reply (a
+    /// strike) saying `what`.
+    fn read_budget(&mut self, id: u64, now: Instant, what: &str) -> Option<Outcome> {
+        if self
+            .resumes
+            .take(resume_rate(&self.node), self.node.started, now)
+        {
+            return None;
+        }
+        self.node.metrics.history_limited();
+        let reply = err(
+            Some(id),
+            ErrorCode::RateLimited,
+            format!("too many {what}; slow down"),
+        );
+        Some(self.strike(now, reply))
+    }
+
     /// A data frame of the wrong kind (text on a MessagePack connection or binary on
     /// a JSON one): counted and struck like any other undecodable frame.
     pub fn wrong_kind(&mut self, now: Instant, reply: Reply) -> Outcome {

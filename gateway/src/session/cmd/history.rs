@@ -7,7 +7,7 @@ use protocol::frame::{HistoryEntry, HistoryResult, MAX_HISTORY_PAGE, Reply, Sinc
 use protocol::{ErrorCode, channel};
 use tokio::time::Instant;
 
-use crate::session::{Outcome, Session, err, resume_rate};
+use crate::session::{Outcome, Session, err};
 
 impl Session {
     pub(in crate::session) async fn history(
@@ -43,19 +43,8 @@ impl Session {
                 format!("limit must be 1..={MAX_HISTORY_PAGE}"),
             );
         }
-        if !self
-            .resumes
-            .take(resume_rate(&self.node), self.node.started, now)
-        {
-            self.node.metrics.history_limited();
-            return self.strike(
-                now,
-                err(
-                    Some(id),
-                    ErrorCode::RateLimited,
-                    "too many history reads; slow down",
-                ),
-            );
+        if let Some(refused) = self.read_budget(id, now, "history reads") {
+            return refused;
         }
         let broker = &self.node.broker;
         let bytes = self.node.config.history.replay_page_bytes;

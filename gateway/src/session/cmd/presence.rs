@@ -9,7 +9,7 @@ use protocol::frame::Reply;
 use protocol::presence::{DEFAULT_PAGE, MAX_CURSOR_BYTES, MAX_PAGE};
 use tokio::time::Instant;
 
-use crate::session::{Outcome, Session, err, resume_rate};
+use crate::session::{Outcome, Session, err};
 
 impl Session {
     /// The checks both requests share; `None` when the channel may be read.
@@ -65,19 +65,8 @@ impl Session {
                 format!("cursor longer than {MAX_CURSOR_BYTES} bytes"),
             );
         }
-        if !self
-            .resumes
-            .take(resume_rate(&self.node), self.node.started, now)
-        {
-            self.node.metrics.history_limited();
-            return self.strike(
-                now,
-                err(
-                    Some(id),
-                    ErrorCode::RateLimited,
-                    "too many presence listings; slow down",
-                ),
-            );
+        if let Some(refused) = self.read_budget(id, now, "presence listings") {
+            return refused;
         }
         match self
             .node
